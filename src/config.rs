@@ -1,0 +1,419 @@
+//! Typed configuration, read in exactly one place from `CATALOG_*` variables.
+//!
+//! Nothing else in the crate reads the environment. [`Config::from_source`] takes
+//! any [`Source`] so tests build configurations from a map instead of mutating the
+//! process environment. Every value has a typed default except the primary's URL; a
+//! value that does not parse is refused with a [`ConfigError`] naming the variable.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Where configuration values come from: the process environment in production,
+/// a map in tests.
+pub trait Source {
+    /// The raw value of `key`, if set.
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Source for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Source for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+impl Source for [(&str, &str)] {
+    fn get(&self, key: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
+/// A configuration value was missing or did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {reason}")]
+pub struct ConfigError {
+    /// The variable at fault, e.g. `CATALOG_READER_ADDR`.
+    pub var: &'static str,
+    /// What is wrong with it, and what would be accepted.
+    pub reason: String,
+}
+
+/// A bearer token that never appears in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret's bytes, for constant-time comparison.
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines, for a terminal.
+    Text,
+    /// One JSON object per line, for a log pipeline.
+    Json,
+}
+
+/// The whole service configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `CATALOG_DATABASE_URL`: the PostgreSQL primary. Required.
+    pub database_url: String,
+    /// `CATALOG_REPLICA_URLS`: comma-separated read replicas; empty means reads use the primary.
+    pub replica_urls: Vec<String>,
+    /// `CATALOG_REDIS_URL`: Redis for L2 and the invalidation stream; `None` disables both.
+    pub redis_url: Option<String>,
+    /// `CATALOG_READER_ADDR`: where the storefront (read) face listens.
+    pub reader_addr: SocketAddr,
+    /// `CATALOG_WRITER_ADDR`: where the admin (write) face listens.
+    pub writer_addr: SocketAddr,
+    /// `CATALOG_ADMIN_TOKENS`: comma-separated bearer tokens accepted by the admin face.
+    pub admin_tokens: Vec<Secret>,
+    /// `CATALOG_DB_POOL_SIZE`: connections per PostgreSQL pool (primary, and each replica).
+    pub db_pool_size: u32,
+    /// `CATALOG_LOG`: a `tracing` filter such as `info` or `catalog=debug`.
+    pub log_filter: String,
+    /// `CATALOG_LOG_FORMAT`: `text` or `json`.
+    pub log_format: LogFormat,
+    /// Read-path tuning.
+    pub read: ReadConfig,
+}
+
+/// Tuning of the read path (L1, replicas, HTTP caching headers, connection limits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadConfig {
+    /// `CATALOG_L1_BYTES`: the in-process cache's budget, in bytes of documents and keys.
+    pub l1_budget_bytes: u64,
+    /// `CATALOG_L1_TTL_SECS`: the maximum age of an L1 entry, the backstop against any
+    /// invalidation that was lost without anyone noticing.
+    pub l1_max_ttl: Duration,
+    /// `CATALOG_NEGATIVE_TTL_MS`: how long an unknown id is remembered as missing.
+    pub negative_ttl: Duration,
+    /// `CATALOG_HTTP_MAX_AGE_SECS`: `Cache-Control: max-age` sent with documents.
+    pub http_max_age_secs: u32,
+    /// `CATALOG_HTTP_SWR_SECS`: `Cache-Control: stale-while-revalidate` sent with documents.
+    pub http_stale_while_revalidate_secs: u32,
+    /// `CATALOG_REPLICA_CHECK_MS`: how often each replica's health and lag are probed.
+    pub replica_check_interval: Duration,
+    /// `CATALOG_REPLICA_MAX_LAG_BYTES`: a replica whose replay position is further than this
+    /// behind the primary's WAL position is skipped.
+    pub replica_max_lag_bytes: u64,
+    /// `CATALOG_PRIMARY_FALLBACK`: serve reads from the primary when no replica is healthy.
+    pub primary_fallback: bool,
+    /// `CATALOG_MAX_CONNECTIONS`: concurrent client connections per face; more wait in the
+    /// kernel's accept queue.
+    pub max_connections: usize,
+    /// `CATALOG_HEADER_TIMEOUT_MS`: a client must send its request head within this time.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ReadConfig {
+    fn default() -> Self {
+        Self {
+            l1_budget_bytes: 256 * 1024 * 1024,
+            l1_max_ttl: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(2),
+            http_max_age_secs: 5,
+            http_stale_while_revalidate_secs: 30,
+            replica_check_interval: Duration::from_millis(500),
+            replica_max_lag_bytes: 1024 * 1024,
+            primary_fallback: true,
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Config {
+    /// A configuration with every default, for `database_url`. Tests start here.
+    pub fn with_database(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            replica_urls: Vec::new(),
+            redis_url: None,
+            reader_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            writer_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            admin_tokens: Vec::new(),
+            db_pool_size: 16,
+            log_filter: "info".to_owned(),
+            log_format: LogFormat::Text,
+            read: ReadConfig::default(),
+        }
+    }
+
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&ProcessEnv)
+    }
+
+    /// Reads every `CATALOG_*` variable from `src`, applying defaults.
+    pub fn from_source(src: &(impl Source + ?Sized)) -> Result<Self, ConfigError> {
+        let var = Vars(src);
+        let database_url = var.required("CATALOG_DATABASE_URL", parse_pg_url)?;
+        let mut config = Self::with_database(database_url);
+        let d = ReadConfig::default();
+        config.replica_urls = var.or("CATALOG_REPLICA_URLS", Vec::new(), |raw| {
+            split_list(raw).map(parse_pg_url).collect()
+        })?;
+        config.redis_url = var.optional("CATALOG_REDIS_URL", parse_redis_url)?;
+        config.reader_addr = var.or("CATALOG_READER_ADDR", config.reader_addr, parse_from_str)?;
+        config.writer_addr = var.or("CATALOG_WRITER_ADDR", config.writer_addr, parse_from_str)?;
+        config.admin_tokens = var.or("CATALOG_ADMIN_TOKENS", Vec::new(), parse_tokens)?;
+        config.db_pool_size = var.or("CATALOG_DB_POOL_SIZE", 16, |raw| {
+            parse_in_range(raw, 1..=1000)
+        })?;
+        config.log_filter = var.or("CATALOG_LOG", config.log_filter, |raw| Ok(raw.to_owned()))?;
+        config.log_format = var.or("CATALOG_LOG_FORMAT", LogFormat::Text, |raw| match raw {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("expected `text` or `json`".to_owned()),
+        })?;
+        config.read = ReadConfig {
+            l1_budget_bytes: var.or("CATALOG_L1_BYTES", d.l1_budget_bytes, |raw| {
+                parse_in_range(raw, 1024..=u64::MAX)
+            })?,
+            l1_max_ttl: var.or("CATALOG_L1_TTL_SECS", d.l1_max_ttl, |raw| {
+                parse_in_range(raw, 1..=86_400).map(Duration::from_secs)
+            })?,
+            negative_ttl: var.or("CATALOG_NEGATIVE_TTL_MS", d.negative_ttl, |raw| {
+                parse_in_range(raw, 0..=3_600_000).map(Duration::from_millis)
+            })?,
+            http_max_age_secs: var.or("CATALOG_HTTP_MAX_AGE_SECS", d.http_max_age_secs, |raw| {
+                parse_in_range(raw, 0..=31_536_000)
+            })?,
+            http_stale_while_revalidate_secs: var.or(
+                "CATALOG_HTTP_SWR_SECS",
+                d.http_stale_while_revalidate_secs,
+                |raw| parse_in_range(raw, 0..=31_536_000),
+            )?,
+            replica_check_interval: var.or(
+                "CATALOG_REPLICA_CHECK_MS",
+                d.replica_check_interval,
+                |raw| parse_in_range(raw, 10..=60_000).map(Duration::from_millis),
+            )?,
+            replica_max_lag_bytes: var.or(
+                "CATALOG_REPLICA_MAX_LAG_BYTES",
+                d.replica_max_lag_bytes,
+                parse_from_str,
+            )?,
+            primary_fallback: var.or("CATALOG_PRIMARY_FALLBACK", d.primary_fallback, parse_bool)?,
+            max_connections: var.or("CATALOG_MAX_CONNECTIONS", d.max_connections, |raw| {
+                parse_in_range(raw, 1..=1_000_000)
+            })?,
+            header_read_timeout: var.or(
+                "CATALOG_HEADER_TIMEOUT_MS",
+                d.header_read_timeout,
+                |raw| parse_in_range(raw, 1..=600_000).map(Duration::from_millis),
+            )?,
+        };
+        Ok(config)
+    }
+}
+
+/// Typed lookups that attach the variable's name to any failure.
+struct Vars<'a, S: ?Sized>(&'a S);
+
+impl<S: Source + ?Sized> Vars<'_, S> {
+    fn optional<T>(
+        &self,
+        var: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.0.get(var) {
+            None => Ok(None),
+            Some(raw) if raw.trim().is_empty() => Ok(None),
+            Some(raw) => parse(raw.trim()).map(Some).map_err(|reason| ConfigError {
+                var,
+                reason: format!("invalid value {raw:?}: {reason}"),
+            }),
+        }
+    }
+
+    fn or<T>(
+        &self,
+        var: &'static str,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        Ok(self.optional(var, parse)?.unwrap_or(default))
+    }
+
+    fn required<T>(
+        &self,
+        var: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        self.optional(var, parse)?.ok_or_else(|| ConfigError {
+            var,
+            reason: "is not set (for the local stack: eval \"$(ops/dev.sh env)\")".to_owned(),
+        })
+    }
+}
+
+fn split_list(raw: &str) -> impl Iterator<Item = &str> {
+    raw.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn parse_from_str<T: FromStr>(raw: &str) -> Result<T, String>
+where
+    T::Err: fmt::Display,
+{
+    raw.parse().map_err(|e: T::Err| e.to_string())
+}
+
+fn parse_in_range<T>(raw: &str, range: std::ops::RangeInclusive<T>) -> Result<T, String>
+where
+    T: FromStr + PartialOrd + fmt::Display,
+    T::Err: fmt::Display,
+{
+    let value: T = parse_from_str(raw)?;
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!(
+            "must be between {} and {}",
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
+fn parse_bool(raw: &str) -> Result<bool, String> {
+    match raw {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false".to_owned()),
+    }
+}
+
+fn parse_pg_url(raw: &str) -> Result<String, String> {
+    if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+        Ok(raw.to_owned())
+    } else {
+        Err("expected a postgres:// URL".to_owned())
+    }
+}
+
+fn parse_redis_url(raw: &str) -> Result<String, String> {
+    if raw.starts_with("redis://") || raw.starts_with("rediss://") {
+        Ok(raw.to_owned())
+    } else {
+        Err("expected a redis:// URL".to_owned())
+    }
+}
+
+fn parse_tokens(raw: &str) -> Result<Vec<Secret>, String> {
+    let tokens: Vec<Secret> = split_list(raw).map(Secret::new).collect();
+    if tokens.iter().any(|t| t.expose().len() < 8) {
+        return Err("every token must be at least 8 characters".to_owned());
+    }
+    Ok(tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DB: (&str, &str) = ("CATALOG_DATABASE_URL", "postgres://u@h/db");
+
+    #[test]
+    fn defaults_apply_when_only_the_database_is_set() {
+        let config = Config::from_source(&[DB][..]).unwrap();
+        assert_eq!(config.database_url, "postgres://u@h/db");
+        assert!(config.replica_urls.is_empty());
+        assert_eq!(config.redis_url, None);
+        assert_eq!(config.reader_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.writer_addr.to_string(), "127.0.0.1:8081");
+        assert_eq!(config.read, ReadConfig::default());
+    }
+
+    #[test]
+    fn lists_are_split_and_trimmed() {
+        let src = [
+            DB,
+            (
+                "CATALOG_REPLICA_URLS",
+                " postgres://a/x , postgresql://b/x ,",
+            ),
+            ("CATALOG_ADMIN_TOKENS", "token-one-1,token-two-2"),
+        ];
+        let config = Config::from_source(&src[..]).unwrap();
+        assert_eq!(config.replica_urls, ["postgres://a/x", "postgresql://b/x"]);
+        assert_eq!(config.admin_tokens.len(), 2);
+        assert_eq!(config.admin_tokens[1].expose(), b"token-two-2");
+        assert_eq!(format!("{:?}", config.admin_tokens[0]), "Secret(..)");
+    }
+
+    #[test]
+    fn a_missing_database_url_names_the_variable() {
+        let err = Config::from_source(&[][..]).unwrap_err();
+        assert_eq!(err.var, "CATALOG_DATABASE_URL");
+    }
+
+    #[test]
+    fn every_bad_value_names_its_variable() {
+        let cases = [
+            ("CATALOG_DATABASE_URL", "mysql://x"),
+            ("CATALOG_REPLICA_URLS", "postgres://ok,http://bad"),
+            ("CATALOG_REDIS_URL", "localhost:6379"),
+            ("CATALOG_READER_ADDR", "not-an-address"),
+            ("CATALOG_WRITER_ADDR", "127.0.0.1:99999"),
+            ("CATALOG_ADMIN_TOKENS", "short"),
+            ("CATALOG_DB_POOL_SIZE", "0"),
+            ("CATALOG_LOG_FORMAT", "xml"),
+            ("CATALOG_L1_BYTES", "-5"),
+            ("CATALOG_L1_TTL_SECS", "0"),
+            ("CATALOG_NEGATIVE_TTL_MS", "soon"),
+            ("CATALOG_HTTP_MAX_AGE_SECS", "1.5"),
+            ("CATALOG_HTTP_SWR_SECS", "-1"),
+            ("CATALOG_REPLICA_CHECK_MS", "1"),
+            ("CATALOG_REPLICA_MAX_LAG_BYTES", "lots"),
+            ("CATALOG_PRIMARY_FALLBACK", "maybe"),
+            ("CATALOG_MAX_CONNECTIONS", "0"),
+            ("CATALOG_HEADER_TIMEOUT_MS", "0"),
+        ];
+        for (var, value) in cases {
+            let mut src: HashMap<String, String> = HashMap::new();
+            src.insert(DB.0.to_owned(), DB.1.to_owned());
+            src.insert(var.to_owned(), value.to_owned());
+            let err = Config::from_source(&src).unwrap_err();
+            assert_eq!(err.var, var, "{value:?} was not refused as {var}");
+            assert!(err.to_string().starts_with(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn blank_optional_values_mean_unset() {
+        let src = [DB, ("CATALOG_REDIS_URL", "  ")];
+        assert_eq!(Config::from_source(&src[..]).unwrap().redis_url, None);
+    }
+}

@@ -1,0 +1,69 @@
+//! `catalogd`: parses the command line and configuration, then hands over to the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+
+use catalog::cli::{Cli, Command};
+use catalog::config::Config;
+use catalog::seed::{self, SeedSpec};
+use catalog::store::postgres;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("catalogd: configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    catalog::telemetry::init(&config.log_filter, config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("catalogd: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("catalogd: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    let pool = postgres::connect(&config.database_url, 2)
+        .await
+        .context("cannot connect to the primary (CATALOG_DATABASE_URL)")?;
+    match command {
+        Command::Migrate => {
+            postgres::migrate(&pool).await.context("migration failed")?;
+            tracing::info!("migrations applied");
+        }
+        Command::Seed(args) => {
+            let spec = SeedSpec {
+                products: args.products,
+                categories: args.categories,
+                seed: args.seed,
+                replace: args.replace,
+            };
+            let report = seed::seed(&pool, spec).await?;
+            tracing::info!(
+                products = report.products,
+                categories = report.categories,
+                memberships = report.memberships,
+                elapsed_ms = report.elapsed.as_millis() as u64,
+                "catalog seeded"
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! PostgreSQL connection pools and the embedded schema migrations.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+/// The migrations in `migrations/`, compiled into the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// How long a request waits for a pooled connection before it fails: long enough to
+/// ride out a burst, short enough that a dead database surfaces as an error quickly.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens a pool of at most `max_connections` connections to `url`, connecting eagerly
+/// so a wrong URL fails at start-up rather than on the first request.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = url.parse()?;
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options.application_name("catalogd"))
+        .await
+}
+
+/// Applies every pending migration; applying them again changes nothing.
+pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
+    MIGRATOR.run(pool).await
+}
