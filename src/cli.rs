@@ -20,6 +20,11 @@ pub enum Command {
     Migrate,
     /// Fill the database with a deterministic synthetic catalog.
     Seed(SeedArgs),
+    /// Serve the storefront (read) API on CATALOG_READER_ADDR.
+    Reader,
+    /// Run every role in one process, for a single machine (today: the reader; the
+    /// writer joins it when the admin API lands).
+    All,
 }
 
 /// Options of `catalogd seed`.

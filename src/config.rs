@@ -92,6 +92,14 @@ pub struct Config {
     pub replica_urls: Vec<String>,
     /// `CATALOG_REDIS_URL`: Redis for L2 and the invalidation stream; `None` disables both.
     pub redis_url: Option<String>,
+    /// `CATALOG_REDIS_PREFIX`: prefix of every Redis key and stream of this deployment.
+    pub redis_prefix: String,
+    /// `CATALOG_REDIS_TIMEOUT_MS`: timeout of each Redis command; past it the read goes on
+    /// without Redis.
+    pub redis_timeout: Duration,
+    /// `CATALOG_L2_TTL_SECS`: lifetime of a document in Redis (bounds its memory; versions
+    /// keep it coherent).
+    pub l2_ttl: Duration,
     /// `CATALOG_READER_ADDR`: where the storefront (read) face listens.
     pub reader_addr: SocketAddr,
     /// `CATALOG_WRITER_ADDR`: where the admin (write) face listens.
@@ -160,6 +168,9 @@ impl Config {
             database_url: database_url.into(),
             replica_urls: Vec::new(),
             redis_url: None,
+            redis_prefix: "catalog:".to_owned(),
+            redis_timeout: Duration::from_millis(250),
+            l2_ttl: Duration::from_secs(3600),
             reader_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             writer_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             admin_tokens: Vec::new(),
@@ -185,6 +196,19 @@ impl Config {
             split_list(raw).map(parse_pg_url).collect()
         })?;
         config.redis_url = var.optional("CATALOG_REDIS_URL", parse_redis_url)?;
+        config.redis_prefix = var.or("CATALOG_REDIS_PREFIX", config.redis_prefix, |raw| {
+            if raw.len() <= 64 && !raw.contains(char::is_whitespace) {
+                Ok(raw.to_owned())
+            } else {
+                Err("at most 64 characters, no spaces".to_owned())
+            }
+        })?;
+        config.redis_timeout = var.or("CATALOG_REDIS_TIMEOUT_MS", config.redis_timeout, |raw| {
+            parse_in_range(raw, 1..=60_000).map(Duration::from_millis)
+        })?;
+        config.l2_ttl = var.or("CATALOG_L2_TTL_SECS", config.l2_ttl, |raw| {
+            parse_in_range(raw, 1..=2_592_000).map(Duration::from_secs)
+        })?;
         config.reader_addr = var.or("CATALOG_READER_ADDR", config.reader_addr, parse_from_str)?;
         config.writer_addr = var.or("CATALOG_WRITER_ADDR", config.writer_addr, parse_from_str)?;
         config.admin_tokens = var.or("CATALOG_ADMIN_TOKENS", Vec::new(), parse_tokens)?;
@@ -385,6 +409,9 @@ mod tests {
             ("CATALOG_DATABASE_URL", "mysql://x"),
             ("CATALOG_REPLICA_URLS", "postgres://ok,http://bad"),
             ("CATALOG_REDIS_URL", "localhost:6379"),
+            ("CATALOG_REDIS_PREFIX", "has space"),
+            ("CATALOG_REDIS_TIMEOUT_MS", "0"),
+            ("CATALOG_L2_TTL_SECS", "forever"),
             ("CATALOG_READER_ADDR", "not-an-address"),
             ("CATALOG_WRITER_ADDR", "127.0.0.1:99999"),
             ("CATALOG_ADMIN_TOKENS", "short"),

@@ -8,7 +8,9 @@ use clap::Parser as _;
 use catalog::cli::{Cli, Command};
 use catalog::config::Config;
 use catalog::seed::{self, SeedSpec};
+use catalog::startup::Application;
 use catalog::store::postgres;
+use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -40,6 +42,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    if let Command::Reader | Command::All = command {
+        return serve(&config).await;
+    }
     let pool = postgres::connect(&config.database_url, 2)
         .await
         .context("cannot connect to the primary (CATALOG_DATABASE_URL)")?;
@@ -64,6 +69,37 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 "catalog seeded"
             );
         }
+        Command::Reader | Command::All => unreachable!("handled above"),
     }
     Ok(())
+}
+
+/// Runs the service until SIGINT or SIGTERM.
+async fn serve(config: &Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown requested; draining");
+            stop.cancel();
+        }
+    });
+    app.run_until_stopped(stop).await
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = interrupt => {}
+        () = async {
+            match terminate.as_mut() {
+                Some(signal) => { signal.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
 }

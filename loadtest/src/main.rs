@@ -36,9 +36,8 @@ async fn get_product(user: &mut GooseUser) -> TransactionResult {
 
 #[tokio::main]
 async fn main() -> Result<(), GooseError> {
-    GooseAttack::initialize()?
-        .register_scenario(scenario!("browse").register_transaction(transaction!(get_product)))
-        .execute()
-        .await?;
+    let attack = GooseAttack::initialize()?
+        .register_scenario(scenario!("browse").register_transaction(transaction!(get_product)));
+    Box::pin(attack.execute()).await?;
     Ok(())
 }

@@ -1,6 +1,9 @@
-//! The stores beneath the caches: the PostgreSQL primary and its read replicas.
+//! The stores beneath L1: the PostgreSQL primary and its read replicas, and Redis (L2).
 //!
-//! This is the lowest floor of the crate: it knows nothing of HTTP or of the
-//! caches above it.
+//! This is the lowest floor of the crate: it knows nothing of HTTP or of the faces
+//! above it.
 
+pub mod catalog;
 pub mod postgres;
+pub mod redis;
+pub mod replicas;

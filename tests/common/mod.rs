@@ -162,3 +162,151 @@ pub async fn catalog_checksum(pool: &PgPool) -> String {
     .await
     .expect("checksum")
 }
+
+/// A reader built in-process on port 0 against a test database, its replica and Redis.
+#[derive(Debug)]
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub stop: tokio_util::sync::CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    /// The configuration a test app starts from: this database, its replica, the stack's
+    /// Redis under a key prefix of the database's own.
+    pub fn config(db: &TestDb) -> catalog::config::Config {
+        let stack = Stack::from_env();
+        let mut config = catalog::config::Config::with_database(&db.primary_url);
+        config.replica_urls = vec![db.replica_url.clone()];
+        config.redis_url = Some(stack.redis_url);
+        config.redis_prefix = format!("{}:", db.name);
+        config.reader_addr = "127.0.0.1:0".parse().unwrap();
+        config.db_pool_size = 8;
+        config.read.replica_check_interval = Duration::from_millis(100);
+        config
+    }
+
+    pub async fn spawn(config: &catalog::config::Config) -> Self {
+        let app = catalog::startup::Application::build(config)
+            .await
+            .expect("build the app");
+        let addr = app.reader_addr();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+        Self { addr, stop, task }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, &[]).await
+    }
+
+    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        http_request(self.addr, method, path, headers).await
+    }
+
+    /// The value of a metric line (`name{labels}` exactly as exposed), 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.get("/metrics").await.text();
+        text.lines()
+            .find_map(|line| {
+                let (name, value) = line.rsplit_once(' ')?;
+                (name == series).then(|| value.parse().ok())?
+            })
+            .unwrap_or(0.0)
+    }
+
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// An HTTP answer, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts a problem document with this status and type.
+    pub fn assert_problem(&self, status: u16, kind: &str) {
+        assert_eq!(self.status, status, "{}", self.text());
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json")
+        );
+        let json = self.json();
+        assert_eq!(json["type"], format!("/problems/{kind}"), "{json}");
+        assert_eq!(json["status"], status);
+        assert!(json["title"].as_str().is_some_and(|t| !t.is_empty()));
+        assert!(json["detail"].as_str().is_some_and(|t| !t.is_empty()));
+    }
+}
+
+/// One request on a fresh HTTP/1.1 connection.
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    use http_body_util::BodyExt as _;
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(connection);
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.expect("send");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Waits until the replica's copy of `db` has exactly `n` products.
+pub async fn replica_has_products(db: &TestDb, n: i64) {
+    let replica = db.replica().await;
+    poll(|| async {
+        let count: i64 = sqlx::query_scalar("select count(*) from products")
+            .fetch_one(&replica)
+            .await
+            .ok()?;
+        (count == n).then_some(())
+    })
+    .await;
+}

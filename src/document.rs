@@ -1,0 +1,218 @@
+//! The product document: the exact JSON bytes a storefront receives, rendered once per
+//! version and shared by every cache tier.
+//!
+//! A [`Document`] is immutable: its body is a `Bytes` that a cache hit clones (a
+//! reference-count increment) and writes; its `ETag` header is built with it. What a
+//! tier can know about an id is a [`Lookup`]: a live document, a version that is gone
+//! (deleted or deactivated: a tombstone), or nothing at all.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::header::HeaderValue;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// One product as served: pre-serialized JSON and the headers derived from its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    /// Product id.
+    pub id: i64,
+    /// The row's version; every write increments it.
+    pub version: i64,
+    /// The product's SKU, to check `by-sku` lookups against.
+    pub sku: Box<str>,
+    /// The exact response body.
+    pub body: Bytes,
+    /// `ETag` value, `"<version>"`, built once.
+    pub etag: HeaderValue,
+}
+
+impl Document {
+    /// Wraps an already-rendered body.
+    pub fn new(id: i64, version: i64, sku: impl Into<Box<str>>, body: Bytes) -> Self {
+        Self {
+            id,
+            version,
+            sku: sku.into(),
+            body,
+            etag: etag(version),
+        }
+    }
+}
+
+/// The strong `ETag` of a version.
+pub fn etag(version: i64) -> HeaderValue {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(version);
+    let mut value = Vec::with_capacity(digits.len() + 2);
+    value.push(b'"');
+    value.extend_from_slice(digits.as_bytes());
+    value.push(b'"');
+    HeaderValue::from_bytes(&value).expect("digits and quotes are a valid header value")
+}
+
+/// What a tier knows about one product id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// A live, active product.
+    Found(Arc<Document>),
+    /// The product existed but is deleted or inactive, as of `version`.
+    Gone {
+        /// The version of the tombstone.
+        version: i64,
+    },
+    /// No product ever had this id (or it was purged).
+    Unknown,
+}
+
+impl Lookup {
+    /// The version this lookup reflects; `Unknown` is older than any write.
+    pub fn version(&self) -> i64 {
+        match self {
+            Self::Found(doc) => doc.version,
+            Self::Gone { version } => *version,
+            Self::Unknown => 0,
+        }
+    }
+}
+
+/// One product row as loaded from PostgreSQL, before rendering.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ProductRow {
+    /// Product id.
+    pub id: i64,
+    /// Stock-keeping unit.
+    pub sku: String,
+    /// Display name.
+    pub name: String,
+    /// Long description.
+    pub description: String,
+    /// Brand name.
+    pub brand: String,
+    /// Price in minor units.
+    pub price_amount: i64,
+    /// ISO-4217 currency.
+    pub currency: String,
+    /// Units in stock.
+    pub stock: i32,
+    /// Free-form attributes, JSON object text.
+    pub attributes: String,
+    /// Image URLs, JSON array text.
+    pub images: String,
+    /// Slugs of the product's categories, sorted.
+    pub categories: Vec<String>,
+    /// Row version.
+    pub version: i64,
+    /// RFC 3339 UTC timestamp of the last write.
+    pub updated_at: String,
+    /// Whether the storefront may show it (not deleted, active).
+    pub visible: bool,
+}
+
+/// The document's field order: stable, and the order clients see.
+#[derive(Serialize)]
+struct Wire<'a> {
+    id: i64,
+    sku: &'a str,
+    name: &'a str,
+    description: &'a str,
+    brand: &'a str,
+    price: Price<'a>,
+    stock: i32,
+    attributes: &'a RawValue,
+    images: &'a RawValue,
+    categories: &'a [String],
+    version: i64,
+    updated_at: &'a str,
+}
+
+#[derive(Serialize)]
+struct Price<'a> {
+    amount: i64,
+    currency: &'a str,
+}
+
+impl ProductRow {
+    /// Renders the row into what the caches hold.
+    pub fn into_lookup(self) -> Result<Lookup, serde_json::Error> {
+        if !self.visible {
+            return Ok(Lookup::Gone {
+                version: self.version,
+            });
+        }
+        let attributes: Box<RawValue> = serde_json::from_str(&self.attributes)?;
+        let images: Box<RawValue> = serde_json::from_str(&self.images)?;
+        let wire = Wire {
+            id: self.id,
+            sku: &self.sku,
+            name: &self.name,
+            description: &self.description,
+            brand: &self.brand,
+            price: Price {
+                amount: self.price_amount,
+                currency: &self.currency,
+            },
+            stock: self.stock,
+            attributes: &attributes,
+            images: &images,
+            categories: &self.categories,
+            version: self.version,
+            updated_at: &self.updated_at,
+        };
+        let body = serde_json::to_vec(&wire)?;
+        Ok(Lookup::Found(Arc::new(Document::new(
+            self.id,
+            self.version,
+            self.sku,
+            Bytes::from(body),
+        ))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> ProductRow {
+        ProductRow {
+            id: 7,
+            sku: "ACM-LAM-7".into(),
+            name: "Desk \"Lamp\"".into(),
+            description: "Bright".into(),
+            brand: "Acme".into(),
+            price_amount: 2999,
+            currency: "EUR".into(),
+            stock: 3,
+            attributes: r#"{"color": "red"}"#.into(),
+            images: r#"["https://img/1.jpg"]"#.into(),
+            categories: vec!["lamps".into(), "office".into()],
+            version: 4,
+            updated_at: "2026-01-02T03:04:05.000006Z".into(),
+            visible: true,
+        }
+    }
+
+    #[test]
+    fn renders_fields_in_the_documented_order() {
+        let Lookup::Found(doc) = row().into_lookup().unwrap() else {
+            panic!("not found")
+        };
+        assert_eq!(
+            std::str::from_utf8(&doc.body).unwrap(),
+            r#"{"id":7,"sku":"ACM-LAM-7","name":"Desk \"Lamp\"","description":"Bright","brand":"Acme","price":{"amount":2999,"currency":"EUR"},"stock":3,"attributes":{"color": "red"},"images":["https://img/1.jpg"],"categories":["lamps","office"],"version":4,"updated_at":"2026-01-02T03:04:05.000006Z"}"#
+        );
+        assert_eq!(doc.etag, "\"4\"");
+        assert_eq!(&*doc.sku, "ACM-LAM-7");
+    }
+
+    #[test]
+    fn invisible_rows_are_tombstones_with_their_version() {
+        let hidden = ProductRow {
+            visible: false,
+            ..row()
+        };
+        assert_eq!(hidden.into_lookup().unwrap(), Lookup::Gone { version: 4 });
+        assert_eq!(Lookup::Unknown.version(), 0);
+    }
+}

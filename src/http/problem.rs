@@ -1,0 +1,103 @@
+//! RFC 9457 problem documents: every error answer is `application/problem+json` with a
+//! stable `type`, a human `title` and a `detail` about this occurrence.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+
+/// `Content-Type` of problem documents.
+pub const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
+
+/// One error answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable identifier, served as the type URI `/problems/<kind>`.
+    pub kind: &'static str,
+    /// Short, human summary of the kind of problem.
+    pub title: &'static str,
+    /// What went wrong this time.
+    pub detail: Cow<'static, str>,
+    /// Methods for the `Allow` header of a 405.
+    pub allow: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Wire<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+}
+
+impl Problem {
+    /// A problem without an `Allow` header.
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        title: &'static str,
+        detail: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            status,
+            kind,
+            title,
+            detail: detail.into(),
+            allow: None,
+        }
+    }
+
+    /// The response: status, problem+json body, `no-store` so no cache keeps an error.
+    pub fn response(&self) -> Response<Full<Bytes>> {
+        let type_uri = format!("/problems/{}", self.kind);
+        let body = serde_json::to_vec(&Wire {
+            kind: &type_uri,
+            title: self.title,
+            status: self.status.as_u16(),
+            detail: &self.detail,
+        })
+        .unwrap_or_default();
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, PROBLEM_JSON);
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(allow) = self.allow {
+            headers.insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    #[tokio::test]
+    async fn problems_are_json_with_type_title_status_and_detail() {
+        let mut problem = Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+            "POST \"x\" is not served here",
+        );
+        problem.allow = Some("GET, HEAD");
+        let response = problem.response();
+        assert_eq!(response.status(), 405);
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/problem+json");
+        assert_eq!(response.headers()[ALLOW], "GET, HEAD");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["type"], "/problems/method-not-allowed");
+        assert_eq!(json["title"], "Method not allowed");
+        assert_eq!(json["status"], 405);
+        assert_eq!(json["detail"], "POST \"x\" is not served here");
+    }
+}

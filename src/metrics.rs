@@ -1,0 +1,272 @@
+//! Prometheus metrics, served at `/metrics` in the text exposition format.
+//!
+//! Every handle the hot path touches is resolved once at start-up: a request increments
+//! a pre-built counter and records into a lock-free histogram (plain atomics), with no
+//! label lookup, hashing or lock. prometheus-client's own `Histogram` takes a mutex per
+//! observation, so [`AtomicHistogram`] replaces it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Upper bounds (seconds) of the latency buckets: 50 µs to 2.5 s.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5,
+];
+
+/// A histogram of durations made of atomics, safe to record from every core at once.
+/// Clones share the same counters.
+#[derive(Debug, Clone)]
+pub struct AtomicHistogram {
+    bounds: &'static [f64],
+    /// One counter per bound, plus one for `+Inf`.
+    counts: Arc<[AtomicU64]>,
+    sum_nanos: Arc<AtomicU64>,
+}
+
+impl AtomicHistogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_nanos: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Records one duration.
+    pub fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let bucket = self.bounds.partition_point(|&b| b < secs);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl EncodeMetric for AtomicHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Status codes counted individually; anything else is counted as `other`.
+const STATUSES: [u16; 12] = [200, 304, 400, 401, 403, 404, 405, 409, 412, 413, 422, 503];
+const STATUS_LABELS: [&str; 13] = [
+    "200", "304", "400", "401", "403", "404", "405", "409", "412", "413", "422", "503", "other",
+];
+
+/// Per-route request counters by status, and a latency histogram per route.
+#[derive(Debug)]
+pub struct HttpMetrics {
+    /// `requests[route][status index]`.
+    requests: Vec<Vec<Counter>>,
+    latency: Vec<AtomicHistogram>,
+}
+
+impl HttpMetrics {
+    /// Records one answered request of route number `route` (an index into the names
+    /// given to [`Metrics::new`]).
+    pub fn record(&self, route: usize, status: u16, elapsed: Duration) {
+        let index = STATUSES
+            .iter()
+            .position(|&s| s == status)
+            .unwrap_or(STATUSES.len());
+        self.requests[route][index].inc();
+        self.latency[route].observe(elapsed);
+    }
+}
+
+/// Every metric of the process.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP requests by route and status, and their latency.
+    pub http: HttpMetrics,
+    /// Product lookups answered by L1.
+    pub l1_hits: Counter,
+    /// Product lookups L1 could not answer.
+    pub l1_misses: Counter,
+    /// L1 hits on a negative (unknown id) entry.
+    pub negative_hits: Counter,
+    /// Misses answered by another request's fill (single-flight).
+    pub coalesced: Counter,
+    /// L2 (Redis) lookups that found a document.
+    pub l2_hits: Counter,
+    /// L2 lookups that found nothing.
+    pub l2_misses: Counter,
+    /// Redis commands that failed (the read went on without L2).
+    pub l2_errors: Counter,
+    /// Product rows read from a replica.
+    pub db_reads_replica: Counter,
+    /// Product rows read from the primary.
+    pub db_reads_primary: Counter,
+    /// Database queries that failed.
+    pub db_errors: Counter,
+    /// 1 when a replica is in the healthy set, else 0, by replica.
+    pub replica_healthy: Family<Vec<(&'static str, String)>, Gauge>,
+    /// Replay lag of each replica behind the primary's WAL position, in bytes.
+    pub replica_lag_bytes: Family<Vec<(&'static str, String)>, Gauge>,
+    l1_entries: Gauge,
+    l1_bytes: Gauge,
+}
+
+impl Metrics {
+    /// Registers every metric; `routes` names the HTTP routes, in index order.
+    pub fn new(routes: &[&'static str]) -> Self {
+        let mut registry = Registry::with_prefix("catalog");
+        let family: Family<Vec<(&'static str, &'static str)>, Counter> = Family::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route and status",
+            family.clone(),
+        );
+        let requests = routes
+            .iter()
+            .map(|&route| {
+                STATUS_LABELS
+                    .iter()
+                    .map(|&status| {
+                        family
+                            .get_or_create(&vec![("route", route), ("status", status)])
+                            .clone()
+                    })
+                    .collect()
+            })
+            .collect();
+        let latency_sub = registry.sub_registry_with_prefix("http_request_duration");
+        let latency = routes
+            .iter()
+            .map(|&route| {
+                let histogram = AtomicHistogram::new(&LATENCY_BUCKETS);
+                latency_sub
+                    .sub_registry_with_label(("route".into(), route.into()))
+                    .register(
+                        "seconds",
+                        "Time from request head to response head",
+                        histogram.clone(),
+                    );
+                histogram
+            })
+            .collect();
+
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let r = &mut registry;
+        let l1_hits = counter(r, "l1_hits", "Product lookups answered by L1");
+        let l1_misses = counter(r, "l1_misses", "Product lookups L1 could not answer");
+        let negative_hits = counter(r, "negative_hits", "L1 hits on a cached unknown id");
+        let coalesced = counter(
+            r,
+            "coalesced_fills",
+            "Misses answered by a concurrent request's fill",
+        );
+        let l2_hits = counter(r, "l2_hits", "Redis lookups that found the product");
+        let l2_misses = counter(r, "l2_misses", "Redis lookups that found nothing");
+        let l2_errors = counter(r, "l2_errors", "Redis commands that failed");
+        let db_reads_replica = counter(r, "db_reads_replica", "Product rows read from a replica");
+        let db_reads_primary = counter(r, "db_reads_primary", "Product rows read from the primary");
+        let db_errors = counter(r, "db_errors", "Database queries that failed");
+        let replica_healthy = Family::default();
+        registry.register(
+            "replica_healthy",
+            "1 when the replica is in the healthy set",
+            replica_healthy.clone(),
+        );
+        let replica_lag_bytes = Family::default();
+        registry.register(
+            "replica_lag_bytes",
+            "Replay lag behind the primary's WAL position",
+            replica_lag_bytes.clone(),
+        );
+        let l1_entries = Gauge::default();
+        registry.register("l1_entries", "Entries in L1", l1_entries.clone());
+        let l1_bytes = Gauge::default();
+        registry.register("l1_bytes", "Weighted bytes held by L1", l1_bytes.clone());
+        Self {
+            registry,
+            http: HttpMetrics { requests, latency },
+            l1_hits,
+            l1_misses,
+            negative_hits,
+            coalesced,
+            l2_hits,
+            l2_misses,
+            l2_errors,
+            db_reads_replica,
+            db_reads_primary,
+            db_errors,
+            replica_healthy,
+            replica_lag_bytes,
+            l1_entries,
+            l1_bytes,
+        }
+    }
+
+    /// The text exposition, with L1's size as of now.
+    pub fn render(&self, l1_usage: (u64, u64)) -> String {
+        self.l1_entries
+            .set(i64::try_from(l1_usage.0).unwrap_or(i64::MAX));
+        self.l1_bytes
+            .set(i64::try_from(l1_usage.1).unwrap_or(i64::MAX));
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_latency_are_exposed_by_route_and_status() {
+        let metrics = Metrics::new(&["product", "batch"]);
+        metrics.http.record(0, 200, Duration::from_micros(70));
+        metrics.http.record(0, 200, Duration::from_millis(3));
+        metrics.http.record(1, 418, Duration::from_secs(9));
+        metrics.l1_hits.inc();
+        let text = metrics.render((3, 4096));
+        assert!(
+            text.contains(r#"catalog_http_requests_total{route="product",status="200"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"catalog_http_requests_total{route="batch",status="other"} 1"#));
+        assert!(
+            text.contains(
+                r#"catalog_http_request_duration_seconds_bucket{route="product",le="0.0001"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"catalog_http_request_duration_seconds_count{route="product"} 2"#));
+        assert!(text.contains(
+            r#"catalog_http_request_duration_seconds_bucket{route="batch",le="+Inf"} 1"#
+        ));
+        assert!(text.contains("catalog_l1_hits_total 1"));
+        assert!(text.contains("catalog_l1_bytes 4096"));
+        assert!(text.contains("catalog_l1_entries 3"));
+    }
+}

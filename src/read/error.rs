@@ -1,0 +1,218 @@
+//! Everything a storefront request can fail with, and the status each one answers.
+
+use hyper::StatusCode;
+
+use crate::http::problem::Problem;
+
+/// A failed storefront request.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum ReadError {
+    /// The path matches no route.
+    #[error("no route")]
+    RouteNotFound,
+    /// A method other than GET or HEAD.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The URI is longer than the server accepts.
+    #[error("URI too long")]
+    UriTooLong,
+    /// A product id that is not a positive 64-bit integer.
+    #[error("invalid product id {0:?}")]
+    InvalidId(Box<str>),
+    /// `ids=` missing, empty or malformed.
+    #[error("invalid ids: {0}")]
+    InvalidIds(Box<str>),
+    /// More distinct ids than a batch may ask for.
+    #[error("too many ids: {0}")]
+    TooManyIds(usize),
+    /// A SKU that is empty, too long or badly escaped.
+    #[error("invalid SKU")]
+    InvalidSku,
+    /// `limit` not an integer in range.
+    #[error("invalid limit {0:?}")]
+    InvalidLimit(Box<str>),
+    /// A cursor this server did not issue for this category.
+    #[error("invalid cursor")]
+    InvalidCursor,
+    /// No visible product with this id (never existed, deleted or inactive).
+    #[error("product {0} not found")]
+    ProductNotFound(i64),
+    /// No live product with this SKU.
+    #[error("no product with this SKU")]
+    SkuNotFound,
+    /// No category with this slug.
+    #[error("category not found")]
+    CategoryNotFound,
+    /// No replica is healthy and the primary may not (or cannot) serve.
+    #[error("no database available")]
+    NoDatabase,
+    /// A query failed on the primary.
+    #[error("database error: {0}")]
+    Database(String),
+    /// A stored row could not be rendered (corrupt JSON in the database).
+    #[error("render error: {0}")]
+    Render(String),
+}
+
+impl From<sqlx::Error> for ReadError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Database(err.to_string())
+    }
+}
+
+impl From<serde_json::Error> for ReadError {
+    fn from(err: serde_json::Error) -> Self {
+        Self::Render(err.to_string())
+    }
+}
+
+/// Most ids one batch request may name.
+pub const MAX_BATCH_IDS: usize = 200;
+
+impl ReadError {
+    /// The problem document this error answers with.
+    pub fn problem(&self) -> Problem {
+        use StatusCode as S;
+        match self {
+            Self::RouteNotFound => Problem::new(
+                S::NOT_FOUND,
+                "not-found",
+                "Not found",
+                "no such resource; see the API in the README",
+            ),
+            Self::MethodNotAllowed => Problem {
+                allow: Some("GET, HEAD"),
+                ..Problem::new(
+                    S::METHOD_NOT_ALLOWED,
+                    "method-not-allowed",
+                    "Method not allowed",
+                    "the storefront API is read-only: use GET or HEAD",
+                )
+            },
+            Self::UriTooLong => Problem::new(
+                S::URI_TOO_LONG,
+                "uri-too-long",
+                "URI too long",
+                format!(
+                    "the URI must be at most {} bytes",
+                    super::route::MAX_URI_BYTES
+                ),
+            ),
+            Self::InvalidId(id) => Problem::new(
+                S::BAD_REQUEST,
+                "invalid-id",
+                "Invalid product id",
+                format!(
+                    "{id:?} is not a product id: expected an integer from 1 to {}",
+                    i64::MAX
+                ),
+            ),
+            Self::InvalidIds(why) => Problem::new(
+                S::BAD_REQUEST,
+                "invalid-ids",
+                "Invalid ids",
+                format!("ids must be a comma-separated list of product ids: {why}"),
+            ),
+            Self::TooManyIds(n) => Problem::new(
+                S::BAD_REQUEST,
+                "too-many-ids",
+                "Too many ids",
+                format!("{n} distinct ids asked; at most {MAX_BATCH_IDS} per request"),
+            ),
+            Self::InvalidSku => Problem::new(
+                S::BAD_REQUEST,
+                "invalid-sku",
+                "Invalid SKU",
+                "a SKU is 1 to 64 characters, percent-encoded in the path",
+            ),
+            Self::InvalidLimit(raw) => Problem::new(
+                S::BAD_REQUEST,
+                "invalid-limit",
+                "Invalid limit",
+                format!(
+                    "limit {raw:?} must be an integer from 1 to {}",
+                    super::listing::MAX_LIMIT
+                ),
+            ),
+            Self::InvalidCursor => Problem::new(
+                S::BAD_REQUEST,
+                "invalid-cursor",
+                "Invalid cursor",
+                "the cursor was not issued for this category; start again without one",
+            ),
+            Self::ProductNotFound(id) => Problem::new(
+                S::NOT_FOUND,
+                "product-not-found",
+                "Product not found",
+                format!("there is no product {id}"),
+            ),
+            Self::SkuNotFound => Problem::new(
+                S::NOT_FOUND,
+                "product-not-found",
+                "Product not found",
+                "there is no live product with this SKU",
+            ),
+            Self::CategoryNotFound => Problem::new(
+                S::NOT_FOUND,
+                "category-not-found",
+                "Category not found",
+                "there is no category with this slug",
+            ),
+            Self::NoDatabase => Problem::new(
+                S::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+                "no database can serve this read right now; retry shortly",
+            ),
+            Self::Database(_) => Problem::new(
+                S::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+                "the database failed to answer; retry shortly",
+            ),
+            Self::Render(_) => Problem::new(
+                S::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "a stored product could not be rendered",
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_its_status_and_type() {
+        let cases: [(ReadError, u16, &str); 16] = [
+            (ReadError::RouteNotFound, 404, "not-found"),
+            (ReadError::MethodNotAllowed, 405, "method-not-allowed"),
+            (ReadError::UriTooLong, 414, "uri-too-long"),
+            (ReadError::InvalidId("x".into()), 400, "invalid-id"),
+            (ReadError::InvalidIds("x".into()), 400, "invalid-ids"),
+            (ReadError::TooManyIds(201), 400, "too-many-ids"),
+            (ReadError::InvalidSku, 400, "invalid-sku"),
+            (ReadError::InvalidLimit("0".into()), 400, "invalid-limit"),
+            (ReadError::InvalidCursor, 400, "invalid-cursor"),
+            (ReadError::ProductNotFound(1), 404, "product-not-found"),
+            (ReadError::SkuNotFound, 404, "product-not-found"),
+            (ReadError::CategoryNotFound, 404, "category-not-found"),
+            (ReadError::NoDatabase, 503, "unavailable"),
+            (ReadError::Database("x".into()), 503, "unavailable"),
+            (ReadError::Render("x".into()), 500, "internal"),
+            (ReadError::InvalidId("\"q\"".into()), 400, "invalid-id"),
+        ];
+        for (error, status, kind) in cases {
+            let problem = error.problem();
+            assert_eq!(problem.status.as_u16(), status, "{error:?}");
+            assert_eq!(problem.kind, kind, "{error:?}");
+            assert!(!problem.detail.is_empty());
+        }
+        assert_eq!(
+            ReadError::MethodNotAllowed.problem().allow,
+            Some("GET, HEAD")
+        );
+    }
+}

@@ -1,0 +1,217 @@
+//! Batch and listing helpers: parsing `ids=`, `limit=` and opaque keyset cursors, and
+//! assembling response bodies by concatenating cached document bodies.
+//!
+//! A cursor is the last product id of the page, scrambled and tagged with a checksum
+//! of the category's slug: clients cannot forge one or carry it to another category,
+//! and the server needs no state to resume. Keyset pagination (`product_id > cursor`)
+//! returns every product of a category exactly once across pages, even while products
+//! are inserted or removed between page requests.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::error::{MAX_BATCH_IDS, ReadError};
+use crate::document::Document;
+
+/// Largest page of a category listing.
+pub const MAX_LIMIT: i64 = 200;
+/// Page size when `limit` is absent.
+pub const DEFAULT_LIMIT: i64 = 50;
+
+/// Makes cursors opaque; not a secret (the tag is what makes them unforgeable enough
+/// to reject garbage, which is all a cursor needs).
+const SCRAMBLE: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// Parses `ids=1,2,3`: distinct ids in request order, 1 to [`MAX_BATCH_IDS`] of them.
+pub fn parse_ids(raw: Option<&str>) -> Result<Vec<i64>, ReadError> {
+    let raw = raw.ok_or_else(|| ReadError::InvalidIds("the ids parameter is missing".into()))?;
+    let raw = super::route::percent_decode(raw)
+        .ok_or_else(|| ReadError::InvalidIds("bad percent-encoding".into()))?;
+    let mut ids: Vec<i64> = Vec::new();
+    for part in raw.split(',') {
+        let id = super::route::parse_id(part.trim())
+            .map_err(|_| ReadError::InvalidIds(format!("{part:?} is not a product id").into()))?;
+        if !ids.contains(&id) {
+            if ids.len() == MAX_BATCH_IDS {
+                let distinct = count_distinct(&raw);
+                return Err(ReadError::TooManyIds(distinct));
+            }
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+fn count_distinct(raw: &str) -> usize {
+    let mut all: Vec<&str> = raw.split(',').map(str::trim).collect();
+    all.sort_unstable();
+    all.dedup();
+    all.len()
+}
+
+/// Parses `limit=`: default [`DEFAULT_LIMIT`], 1 to [`MAX_LIMIT`].
+pub fn parse_limit(raw: Option<&str>) -> Result<i64, ReadError> {
+    let Some(raw) = raw else {
+        return Ok(DEFAULT_LIMIT);
+    };
+    match raw.parse::<i64>() {
+        Ok(limit) if (1..=MAX_LIMIT).contains(&limit) => Ok(limit),
+        _ => Err(ReadError::InvalidLimit(raw.into())),
+    }
+}
+
+fn tag(slug: &str, id: u64) -> u16 {
+    // FNV-1a over the slug and the id.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in slug.bytes().chain(id.to_le_bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash ^ (hash >> 16) ^ (hash >> 32) ^ (hash >> 48)) as u16
+}
+
+/// The cursor resuming `slug`'s listing after product `last_id`.
+pub fn encode_cursor(slug: &str, last_id: i64) -> String {
+    let id = last_id as u64;
+    format!("{:016x}{:04x}", id ^ SCRAMBLE, tag(slug, id))
+}
+
+/// The product id a cursor resumes after; 0 (the start) when there is none.
+pub fn decode_cursor(slug: &str, raw: Option<&str>) -> Result<i64, ReadError> {
+    let Some(raw) = raw else {
+        return Ok(0);
+    };
+    if raw.len() != 20 || !raw.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ReadError::InvalidCursor);
+    }
+    let scrambled = u64::from_str_radix(&raw[..16], 16).map_err(|_| ReadError::InvalidCursor)?;
+    let check = u16::from_str_radix(&raw[16..], 16).map_err(|_| ReadError::InvalidCursor)?;
+    let id = scrambled ^ SCRAMBLE;
+    if tag(slug, id) != check || i64::try_from(id).is_err() {
+        return Err(ReadError::InvalidCursor);
+    }
+    Ok(id as i64)
+}
+
+/// `{"items":[<bodies>],"missing":[<ids>]}`, by concatenation.
+pub fn batch_body(docs: &[&Document], missing: &[i64]) -> Bytes {
+    let size: usize = docs.iter().map(|d| d.body.len() + 1).sum::<usize>() + missing.len() * 20;
+    let mut out = BytesMut::with_capacity(size + 32);
+    out.put_slice(b"{\"items\":[");
+    put_bodies(&mut out, docs);
+    out.put_slice(b"],\"missing\":[");
+    let mut digits = itoa::Buffer::new();
+    for (i, id) in missing.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        out.put_slice(digits.format(*id).as_bytes());
+    }
+    out.put_slice(b"]}");
+    out.freeze()
+}
+
+/// `{"items":[<bodies>],"next_cursor":"..."|null}`, by concatenation.
+pub fn page_body(docs: &[&Document], next_cursor: Option<&str>) -> Bytes {
+    let size: usize = docs.iter().map(|d| d.body.len() + 1).sum();
+    let mut out = BytesMut::with_capacity(size + 64);
+    out.put_slice(b"{\"items\":[");
+    put_bodies(&mut out, docs);
+    out.put_slice(b"],\"next_cursor\":");
+    match next_cursor {
+        Some(cursor) => {
+            out.put_u8(b'"');
+            out.put_slice(cursor.as_bytes());
+            out.put_u8(b'"');
+        }
+        None => out.put_slice(b"null"),
+    }
+    out.put_u8(b'}');
+    out.freeze()
+}
+
+fn put_bodies(out: &mut BytesMut, docs: &[&Document]) {
+    for (i, doc) in docs.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        out.put_slice(&doc.body);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_keep_request_order_without_duplicates() {
+        assert_eq!(parse_ids(Some("3,1,3,2")).unwrap(), vec![3, 1, 2]);
+        assert_eq!(parse_ids(Some("3%2C1")).unwrap(), vec![3, 1]);
+        for bad in ["", "1,,2", "a", "1,-2", "0"] {
+            assert!(
+                matches!(parse_ids(Some(bad)), Err(ReadError::InvalidIds(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(parse_ids(None), Err(ReadError::InvalidIds(_))));
+    }
+
+    #[test]
+    fn two_hundred_distinct_ids_is_the_limit() {
+        let list = |n: i64| (1..=n).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        assert_eq!(parse_ids(Some(&list(200))).unwrap().len(), 200);
+        assert_eq!(parse_ids(Some(&list(201))), Err(ReadError::TooManyIds(201)));
+        // Duplicates do not count against the limit.
+        let doubled = format!("{},{}", list(200), list(200));
+        assert_eq!(parse_ids(Some(&doubled)).unwrap().len(), 200);
+    }
+
+    #[test]
+    fn limits_are_bounded() {
+        assert_eq!(parse_limit(None), Ok(DEFAULT_LIMIT));
+        assert_eq!(parse_limit(Some("1")), Ok(1));
+        assert_eq!(parse_limit(Some("200")), Ok(200));
+        for bad in ["0", "201", "-1", "x", ""] {
+            assert!(parse_limit(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_and_are_bound_to_their_category() {
+        for id in [1, 42, 999_999, i64::MAX] {
+            let cursor = encode_cursor("lamps", id);
+            assert_eq!(cursor.len(), 20);
+            assert!(!cursor.contains(&id.to_string()) || id < 10);
+            assert_eq!(decode_cursor("lamps", Some(&cursor)), Ok(id));
+            assert_eq!(
+                decode_cursor("desks", Some(&cursor)),
+                Err(ReadError::InvalidCursor)
+            );
+        }
+        assert_eq!(decode_cursor("lamps", None), Ok(0));
+        for bad in ["", "xyz", "00000000000000000000", "ffffffffffffffffffff0"] {
+            assert_eq!(
+                decode_cursor("lamps", Some(bad)),
+                Err(ReadError::InvalidCursor),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn bodies_are_concatenated_into_valid_json() {
+        let a = Document::new(1, 1, "A", Bytes::from_static(b"{\"id\":1}"));
+        let b = Document::new(2, 1, "B", Bytes::from_static(b"{\"id\":2}"));
+        let batch = batch_body(&[&a, &b], &[7, 9]);
+        assert_eq!(
+            &batch[..],
+            br#"{"items":[{"id":1},{"id":2}],"missing":[7,9]}"#
+        );
+        assert_eq!(&batch_body(&[], &[])[..], br#"{"items":[],"missing":[]}"#);
+        let page = page_body(&[&a], Some("c"));
+        assert_eq!(&page[..], br#"{"items":[{"id":1}],"next_cursor":"c"}"#);
+        assert_eq!(
+            &page_body(&[], None)[..],
+            br#"{"items":[],"next_cursor":null}"#
+        );
+    }
+}

@@ -1,0 +1,518 @@
+//! The storefront face: route → L1 → L2 → replicas → response bytes.
+//!
+//! A hit on `GET /products/{id}` parses the path, finds the document in L1, compares
+//! `If-None-Match` with its pre-built `ETag`, and answers with a clone of the cached
+//! `Bytes`: no serialization, no lock, no formatting. A miss goes through one fill per
+//! key (concurrent misses wait on it): Redis first, then a healthy replica (or the
+//! primary); the result is cached in L1 and written back to Redis by version. Unknown
+//! ids are cached briefly as negative entries. Batches and category pages are
+//! assembled by concatenating cached bodies.
+
+pub mod error;
+pub mod listing;
+pub mod route;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderMap, HeaderValue, IF_NONE_MATCH};
+use hyper::{Method, Request, Response, StatusCode};
+use sqlx::PgPool;
+
+use crate::cache::{FillOutcome, Key, L1};
+use crate::document::{Document, Lookup, ProductRow};
+use crate::metrics::Metrics;
+use crate::store::catalog;
+use crate::store::redis::L2;
+use crate::store::replicas::{Databases, Target};
+use error::ReadError;
+use route::Route;
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+const PROMETHEUS: HeaderValue = HeaderValue::from_static("text/plain; version=0.0.4");
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+
+/// A boxed query future, so one retry loop can run any query on any pool.
+type Query<'p, T> = Pin<Box<dyn Future<Output = Result<T, sqlx::Error>> + Send + 'p>>;
+
+/// Everything the storefront face needs; shared by all connections.
+#[derive(Debug)]
+pub struct Reader {
+    l1: L1,
+    l2: Option<L2>,
+    db: Arc<Databases>,
+    metrics: Arc<Metrics>,
+    /// `Cache-Control` of documents and listings, built once from the configuration.
+    cache_control: HeaderValue,
+}
+
+impl Reader {
+    /// Assembles the face from its tiers.
+    pub fn new(
+        l1: L1,
+        l2: Option<L2>,
+        db: Arc<Databases>,
+        metrics: Arc<Metrics>,
+        max_age_secs: u32,
+        stale_while_revalidate_secs: u32,
+    ) -> Self {
+        let cache_control = HeaderValue::try_from(format!(
+            "public, max-age={max_age_secs}, stale-while-revalidate={stale_while_revalidate_secs}"
+        ))
+        .expect("digits form a valid header value");
+        Self {
+            l1,
+            l2,
+            db,
+            metrics,
+            cache_control,
+        }
+    }
+
+    /// The hyper service of this face.
+    pub fn service(
+        self: Arc<Self>,
+    ) -> impl hyper::service::Service<
+        Request<hyper::body::Incoming>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
+    > + Clone
+    + Send
+    + 'static {
+        let reader = self;
+        hyper::service::service_fn(move |request| {
+            let reader = Arc::clone(&reader);
+            async move { Ok(reader.handle(&request).await) }
+        })
+    }
+
+    /// Answers one request (the body of a GET is never read).
+    pub async fn handle<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let (route, response) = match self.dispatch(request).await {
+            Ok((route, response)) => (route, response),
+            Err((route, error)) => {
+                if let ReadError::Database(detail) | ReadError::Render(detail) = &error {
+                    tracing::warn!(%detail, "read failed");
+                }
+                (route, error.problem().response())
+            }
+        };
+        self.metrics
+            .http
+            .record(route, response.status().as_u16(), started.elapsed());
+        response
+    }
+
+    async fn dispatch<B>(
+        &self,
+        request: &Request<B>,
+    ) -> Result<(usize, Response<Full<Bytes>>), (usize, ReadError)> {
+        let uri = request.uri();
+        let route = Route::parse(uri.path()).map_err(|e| (route::UNMATCHED, e))?;
+        let index = route.index();
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return Err((index, ReadError::MethodNotAllowed));
+        }
+        if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > route::MAX_URI_BYTES {
+            return Err((index, ReadError::UriTooLong));
+        }
+        let headers = request.headers();
+        let query = uri.query();
+        let response = match route {
+            Route::Product(id) => self.product(id, headers).await,
+            // The other routes are boxed to keep the product route's future small.
+            Route::ProductBySku(sku) => Box::pin(self.product_by_sku(sku, headers)).await,
+            Route::Batch => Box::pin(self.batch(query)).await,
+            Route::Categories => Box::pin(self.categories()).await,
+            Route::CategoryProducts(slug) => Box::pin(self.category_products(slug, query)).await,
+            Route::Healthz => Ok(plain(StatusCode::OK, TEXT, Bytes::from_static(b"ok\n"))),
+            Route::Readyz => self.readyz(),
+            Route::Metrics => Box::pin(self.metrics_text()).await,
+        };
+        response.map(|r| (index, r)).map_err(|e| (index, e))
+    }
+
+    async fn metrics_text(&self) -> Result<Response<Full<Bytes>>, ReadError> {
+        self.l1.sync().await;
+        let text = self.metrics.render(self.l1.usage());
+        Ok(plain(StatusCode::OK, PROMETHEUS, Bytes::from(text)))
+    }
+
+    fn readyz(&self) -> Result<Response<Full<Bytes>>, ReadError> {
+        if self.db.ready() {
+            Ok(plain(StatusCode::OK, TEXT, Bytes::from_static(b"ready\n")))
+        } else {
+            Err(ReadError::NoDatabase)
+        }
+    }
+
+    async fn product(
+        &self,
+        id: i64,
+        headers: &HeaderMap,
+    ) -> Result<Response<Full<Bytes>>, ReadError> {
+        match self.lookup(id).await? {
+            Lookup::Found(doc) => Ok(self.document_response(&doc, headers)),
+            Lookup::Gone { .. } | Lookup::Unknown => Err(ReadError::ProductNotFound(id)),
+        }
+    }
+
+    async fn product_by_sku(
+        &self,
+        raw: &str,
+        headers: &HeaderMap,
+    ) -> Result<Response<Full<Bytes>>, ReadError> {
+        let sku = route::percent_decode(raw).ok_or(ReadError::InvalidSku)?;
+        if sku.is_empty() || sku.chars().count() > 64 || sku.chars().any(char::is_control) {
+            return Err(ReadError::InvalidSku);
+        }
+        let key: Arc<str> = Arc::from(&*sku);
+        // The SKU → id mapping is cached; the document's own SKU confirms it, and a
+        // mismatch (the SKU moved to another product) re-resolves it once.
+        let cached = self.l1.sku(&key).await;
+        let resolved_now = cached.is_none();
+        let id = match cached {
+            Some(id) => id,
+            None => self.resolve_sku(&key).await?,
+        };
+        let Some(id) = id else {
+            return Err(ReadError::SkuNotFound);
+        };
+        match self.lookup(id).await? {
+            Lookup::Found(doc) if *doc.sku == *sku => Ok(self.document_response(&doc, headers)),
+            _ if resolved_now => Err(ReadError::SkuNotFound),
+            _ => match self.resolve_sku(&key).await? {
+                Some(id) => match self.lookup(id).await? {
+                    Lookup::Found(doc) if *doc.sku == *sku => {
+                        Ok(self.document_response(&doc, headers))
+                    }
+                    _ => Err(ReadError::SkuNotFound),
+                },
+                None => Err(ReadError::SkuNotFound),
+            },
+        }
+    }
+
+    async fn resolve_sku(&self, sku: &Arc<str>) -> Result<Option<i64>, ReadError> {
+        let owned = Arc::clone(sku);
+        let id = self
+            .query(move |pool| {
+                let sku = Arc::clone(&owned);
+                Box::pin(async move { catalog::product_id_by_sku(pool, &sku).await })
+            })
+            .await?;
+        self.l1.insert_sku(Arc::clone(sku), id).await;
+        Ok(id)
+    }
+
+    /// The state of one product: L1, else one coalesced fill.
+    pub async fn lookup(&self, id: i64) -> Result<Lookup, ReadError> {
+        if let Some(lookup) = self.l1.product(id).await {
+            self.metrics.l1_hits.inc();
+            if lookup == Lookup::Unknown {
+                self.metrics.negative_hits.inc();
+            }
+            return Ok(lookup);
+        }
+        self.metrics.l1_misses.inc();
+        // Boxed, so the hit path's future stays small: the miss machinery (moka's
+        // single-flight, Redis, sqlx) lives on the heap only when a miss happens.
+        Box::pin(self.fill_once(id)).await
+    }
+
+    async fn fill_once(&self, id: i64) -> Result<Lookup, ReadError> {
+        let (lookup, outcome) = self
+            .l1
+            .product_or_fill(id, Box::pin(self.fill(id)))
+            .await
+            .map_err(Arc::unwrap_or_clone)?;
+        if outcome == FillOutcome::Coalesced {
+            self.metrics.coalesced.inc();
+        }
+        Ok(lookup)
+    }
+
+    /// Loads one product from L2, else the databases, and writes it back to L2.
+    async fn fill(&self, id: i64) -> Result<Lookup, ReadError> {
+        if let Some(l2) = &self.l2 {
+            match l2.get(id).await {
+                Ok(Some(lookup)) => {
+                    self.metrics.l2_hits.inc();
+                    return Ok(lookup);
+                }
+                Ok(None) => {
+                    self.metrics.l2_misses.inc();
+                }
+                Err(err) => self.l2_failed(&err),
+            }
+        }
+        let mut loaded = self.load(vec![id]).await?;
+        let lookup = loaded.pop().map_or(Lookup::Unknown, |(_, lookup)| lookup);
+        self.write_back(id, &lookup).await;
+        Ok(lookup)
+    }
+
+    /// The state of each of `ids`, in order: L1, then L2 and the databases for the rest
+    /// (one `MGET`, one query), caching what was loaded.
+    pub async fn lookup_many(&self, ids: &[i64]) -> Result<Vec<Lookup>, ReadError> {
+        let mut out: Vec<Option<Lookup>> = Vec::with_capacity(ids.len());
+        let mut misses: Vec<usize> = Vec::new();
+        for (i, &id) in ids.iter().enumerate() {
+            let cached = self.l1.product(id).await;
+            if cached.is_none() {
+                misses.push(i);
+            }
+            out.push(cached);
+        }
+        self.metrics
+            .l1_hits
+            .inc_by((ids.len() - misses.len()) as u64);
+        self.metrics.l1_misses.inc_by(misses.len() as u64);
+        if !misses.is_empty() {
+            let mut from_db: Vec<i64> = Vec::new();
+            let l2_answers = match &self.l2 {
+                Some(l2) => {
+                    let miss_ids: Vec<i64> = misses.iter().map(|&i| ids[i]).collect();
+                    l2.get_many(&miss_ids).await.unwrap_or_else(|err| {
+                        self.l2_failed(&err);
+                        vec![None; miss_ids.len()]
+                    })
+                }
+                None => vec![None; misses.len()],
+            };
+            for (&i, answer) in misses.iter().zip(l2_answers) {
+                match answer {
+                    Some(lookup) => {
+                        self.metrics.l2_hits.inc();
+                        self.l1.insert_product(ids[i], lookup.clone()).await;
+                        out[i] = Some(lookup);
+                    }
+                    None => from_db.push(ids[i]),
+                }
+            }
+            if self.l2.is_some() {
+                self.metrics.l2_misses.inc_by(from_db.len() as u64);
+            }
+            if !from_db.is_empty() {
+                let mut loaded = self.load(from_db.clone()).await?;
+                for id in from_db {
+                    let lookup = match loaded.iter().position(|(found, _)| *found == id) {
+                        Some(at) => loaded.swap_remove(at).1,
+                        None => Lookup::Unknown,
+                    };
+                    self.write_back(id, &lookup).await;
+                    self.l1.insert_product(id, lookup.clone()).await;
+                    if let Some(i) = ids.iter().position(|&x| x == id) {
+                        out[i] = Some(lookup);
+                    }
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|l| l.unwrap_or(Lookup::Unknown))
+            .collect())
+    }
+
+    /// Reads and renders the rows of `ids` that exist.
+    async fn load(&self, ids: Vec<i64>) -> Result<Vec<(i64, Lookup)>, ReadError> {
+        let ids = Arc::new(ids);
+        let rows: Vec<ProductRow> = self
+            .query(move |pool| {
+                let ids = Arc::clone(&ids);
+                Box::pin(async move { catalog::products_by_ids(pool, &ids).await })
+            })
+            .await?;
+        rows.into_iter()
+            .map(|row| Ok((row.id, row.into_lookup()?)))
+            .collect()
+    }
+
+    async fn write_back(&self, id: i64, lookup: &Lookup) {
+        if let Some(l2) = &self.l2
+            && let Err(err) = l2.put(id, lookup).await
+        {
+            self.l2_failed(&err);
+        }
+    }
+
+    fn l2_failed(&self, err: &fred::error::Error) {
+        self.metrics.l2_errors.inc();
+        tracing::debug!(error = %err, "Redis command failed; reading on without L2");
+    }
+
+    /// Runs a query on a healthy replica (or the primary); a replica that fails is taken
+    /// out of the healthy set and the query is retried once elsewhere.
+    async fn query<T, F>(&self, run: F) -> Result<T, ReadError>
+    where
+        F: for<'p> Fn(&'p PgPool) -> Query<'p, T>,
+    {
+        let mut last_error = ReadError::NoDatabase;
+        for _ in 0..2 {
+            let target = self.db.pick().ok_or(ReadError::NoDatabase)?;
+            match run(target.pool()).await {
+                Ok(value) => {
+                    match target {
+                        Target::Replica(..) => self.metrics.db_reads_replica.inc(),
+                        Target::Primary(_) => self.metrics.db_reads_primary.inc(),
+                    };
+                    return Ok(value);
+                }
+                Err(err) => {
+                    self.metrics.db_errors.inc();
+                    match target {
+                        Target::Replica(index, _) => {
+                            tracing::warn!(error = %err, replica = index, "replica query failed");
+                            self.db.mark_failed(index, &self.metrics);
+                            last_error = ReadError::from(err);
+                        }
+                        Target::Primary(_) => return Err(err.into()),
+                    }
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn batch(&self, query: Option<&str>) -> Result<Response<Full<Bytes>>, ReadError> {
+        let ids = listing::parse_ids(route::query_param(query, "ids"))?;
+        let lookups = self.lookup_many(&ids).await?;
+        let mut docs: Vec<&Document> = Vec::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for (id, lookup) in ids.iter().zip(&lookups) {
+            match lookup {
+                Lookup::Found(doc) => docs.push(doc),
+                Lookup::Gone { .. } | Lookup::Unknown => missing.push(*id),
+            }
+        }
+        Ok(self.json(listing::batch_body(&docs, &missing)))
+    }
+
+    async fn categories(&self) -> Result<Response<Full<Bytes>>, ReadError> {
+        if let Some(body) = self.l1.body(&Key::Categories).await {
+            return Ok(self.json(body));
+        }
+        let rows = self
+            .query(|pool| Box::pin(catalog::categories(pool)))
+            .await?;
+        #[derive(serde::Serialize)]
+        struct Items<'a> {
+            items: &'a [catalog::CategoryRow],
+        }
+        let body = Bytes::from(serde_json::to_vec(&Items { items: &rows })?);
+        self.l1.insert_body(Key::Categories, body.clone()).await;
+        Ok(self.json(body))
+    }
+
+    async fn category_products(
+        &self,
+        raw_slug: &str,
+        query: Option<&str>,
+    ) -> Result<Response<Full<Bytes>>, ReadError> {
+        let limit = listing::parse_limit(route::query_param(query, "limit"))?;
+        let after = listing::decode_cursor(raw_slug, route::query_param(query, "cursor"))?;
+        let slug: Arc<str> = Arc::from(raw_slug);
+        let page = self
+            .query(move |pool| {
+                let slug = Arc::clone(&slug);
+                Box::pin(async move { catalog::category_page(pool, &slug, after, limit + 1).await })
+            })
+            .await?;
+        let mut ids = page.ok_or(ReadError::CategoryNotFound)?;
+        let more = ids.len() as i64 > limit;
+        ids.truncate(limit as usize);
+        let lookups = self.lookup_many(&ids).await?;
+        let docs: Vec<&Document> = lookups
+            .iter()
+            .filter_map(|lookup| match lookup {
+                Lookup::Found(doc) => Some(&**doc),
+                Lookup::Gone { .. } | Lookup::Unknown => None,
+            })
+            .collect();
+        let cursor = match ids.last() {
+            Some(&last) if more => Some(listing::encode_cursor(raw_slug, last)),
+            _ => None,
+        };
+        Ok(self.json(listing::page_body(&docs, cursor.as_deref())))
+    }
+
+    /// 200 with the document, or 304 when `If-None-Match` names its ETag.
+    fn document_response(&self, doc: &Document, headers: &HeaderMap) -> Response<Full<Bytes>> {
+        let not_modified = headers
+            .get(IF_NONE_MATCH)
+            .is_some_and(|value| etag_matches(value, &doc.etag));
+        let mut response = if not_modified {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            response
+        } else {
+            let mut response = Response::new(Full::new(doc.body.clone()));
+            response.headers_mut().insert(CONTENT_TYPE, JSON);
+            response
+        };
+        let headers = response.headers_mut();
+        headers.insert(ETAG, doc.etag.clone());
+        headers.insert(CACHE_CONTROL, self.cache_control.clone());
+        response
+    }
+
+    fn json(&self, body: Bytes) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(body));
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, JSON);
+        headers.insert(CACHE_CONTROL, self.cache_control.clone());
+        response
+    }
+}
+
+fn plain(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, content_type);
+    headers.insert(CACHE_CONTROL, NO_STORE);
+    response
+}
+
+/// Whether an `If-None-Match` value names `etag` (weak comparison, lists, `*`).
+fn etag_matches(value: &HeaderValue, etag: &HeaderValue) -> bool {
+    let value = value.as_bytes();
+    if value == etag.as_bytes() || value == b"*" {
+        return true;
+    }
+    value.split(|&b| b == b',').any(|candidate| {
+        let candidate = candidate.trim_ascii();
+        let candidate = candidate.strip_prefix(b"W/").unwrap_or(candidate);
+        candidate == etag.as_bytes()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_none_match_understands_lists_weak_tags_and_star() {
+        let etag = HeaderValue::from_static("\"5\"");
+        for matching in ["\"5\"", "*", "\"4\", \"5\"", "W/\"5\"", " \"5\" ,\"6\""] {
+            assert!(
+                etag_matches(&HeaderValue::from_static(matching), &etag),
+                "{matching}"
+            );
+        }
+        for other in ["\"4\"", "5", "\"55\"", ""] {
+            assert!(
+                !etag_matches(&HeaderValue::from_static(other), &etag),
+                "{other}"
+            );
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! L2: versioned product documents in Redis, shared by every reader.
+//!
+//! A key `<prefix>p:<id>` holds `F<version>|<sku length>|<sku><body>` for a live product or
+//! `G<version>` for a tombstone. Writes go through a Lua script that compares versions,
+//! so an older document can never overwrite a newer one, whoever writes last. Every
+//! command has a short timeout: a slow or absent Redis costs a read a few milliseconds
+//! and a counted error, never a failed request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use fred::prelude::*;
+use fred::types::scripts::Script;
+
+use crate::document::{Document, Lookup};
+
+/// Sets the key unless it already holds a version at least as new.
+/// KEYS[1] key; ARGV[1] version, ARGV[2] value, ARGV[3] ttl in seconds. Returns 1 if set.
+const PUT_IF_NEWER: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local v = tonumber(string.match(cur, '^%a(%d+)'))
+  if v and v >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+";
+
+/// How to reach Redis and how long documents live there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L2Config {
+    /// `redis://` URL.
+    pub url: String,
+    /// Prefix of every key, so deployments (and tests) can share one Redis.
+    pub prefix: String,
+    /// Lifetime of a stored document; versions keep it coherent, this bounds memory.
+    pub ttl: Duration,
+    /// Timeout of each command.
+    pub command_timeout: Duration,
+}
+
+/// The Redis tier.
+#[derive(Clone)]
+pub struct L2 {
+    client: Client,
+    prefix: Arc<str>,
+    ttl_secs: u64,
+    put_if_newer: Script,
+}
+
+impl std::fmt::Debug for L2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("L2").field("prefix", &self.prefix).finish()
+    }
+}
+
+impl L2 {
+    /// A client that connects in the background and reconnects forever with backoff:
+    /// the service starts (and serves from L1 and the databases) even while Redis is down.
+    pub fn connect(config: &L2Config) -> Result<Self, fred::error::Error> {
+        let timeout = config.command_timeout;
+        let client = Builder::from_config(Config::from_url(&config.url)?)
+            .with_performance_config(|perf| perf.default_command_timeout = timeout)
+            .with_connection_config(|conn| {
+                conn.connection_timeout = Duration::from_secs(1);
+                conn.max_command_attempts = 1;
+                conn.tcp = TcpConfig {
+                    nodelay: Some(true),
+                    ..TcpConfig::default()
+                };
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+            .build()?;
+        client.connect();
+        Ok(Self {
+            client,
+            prefix: config.prefix.as_str().into(),
+            ttl_secs: config.ttl.as_secs().max(1),
+            put_if_newer: Script::from_lua(PUT_IF_NEWER),
+        })
+    }
+
+    /// Waits (bounded) for the first connection; an error means Redis is not there yet.
+    pub async fn wait_connected(&self, within: Duration) -> Result<(), fred::error::Error> {
+        match tokio::time::timeout(within, self.client.wait_for_connect()).await {
+            Ok(result) => result,
+            Err(_) => Err(fred::error::Error::new(
+                fred::error::ErrorKind::Timeout,
+                "Redis did not answer in time",
+            )),
+        }
+    }
+
+    fn key(&self, id: i64) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + 24);
+        key.push_str(&self.prefix);
+        key.push_str("p:");
+        key.push_str(itoa::Buffer::new().format(id));
+        key
+    }
+
+    /// What L2 holds for `id`: `Ok(None)` when nothing.
+    pub async fn get(&self, id: i64) -> Result<Option<Lookup>, fred::error::Error> {
+        let raw: Option<Bytes> = self.client.get(self.key(id)).await?;
+        Ok(raw.and_then(|raw| decode(id, raw)))
+    }
+
+    /// What L2 holds for each of `ids`, in order.
+    pub async fn get_many(&self, ids: &[i64]) -> Result<Vec<Option<Lookup>>, fred::error::Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|&id| self.key(id)).collect();
+        let raw: Vec<Option<Bytes>> = self.client.mget(keys).await?;
+        Ok(ids
+            .iter()
+            .zip(raw)
+            .map(|(&id, raw)| raw.and_then(|raw| decode(id, raw)))
+            .collect())
+    }
+
+    /// Stores `lookup` for `id` unless L2 already holds that version or a newer one.
+    /// Returns whether it was stored. `Unknown` is never stored.
+    pub async fn put(&self, id: i64, lookup: &Lookup) -> Result<bool, fred::error::Error> {
+        let Some(value) = encode(lookup) else {
+            return Ok(false);
+        };
+        let args: Vec<Value> = vec![
+            lookup.version().into(),
+            value.into(),
+            i64::try_from(self.ttl_secs).unwrap_or(i64::MAX).into(),
+        ];
+        let stored: i64 = self
+            .put_if_newer
+            .evalsha_with_reload(&self.client, vec![self.key(id)], args)
+            .await?;
+        Ok(stored == 1)
+    }
+}
+
+/// The stored form of a lookup; `None` for `Unknown`.
+pub fn encode(lookup: &Lookup) -> Option<Bytes> {
+    let mut digits = itoa::Buffer::new();
+    match lookup {
+        Lookup::Found(doc) => {
+            let version = digits.format(doc.version);
+            let mut sku_len = itoa::Buffer::new();
+            let sku_len = sku_len.format(doc.sku.len());
+            let mut out = BytesMut::with_capacity(
+                version.len() + sku_len.len() + doc.sku.len() + doc.body.len() + 3,
+            );
+            out.put_u8(b'F');
+            out.put_slice(version.as_bytes());
+            out.put_u8(b'|');
+            out.put_slice(sku_len.as_bytes());
+            out.put_u8(b'|');
+            out.put_slice(doc.sku.as_bytes());
+            out.put_slice(&doc.body);
+            Some(out.freeze())
+        }
+        Lookup::Gone { version } => {
+            let mut out = Vec::with_capacity(21);
+            out.push(b'G');
+            out.extend_from_slice(digits.format(*version).as_bytes());
+            Some(Bytes::from(out))
+        }
+        Lookup::Unknown => None,
+    }
+}
+
+/// Parses a stored value; the body is a zero-copy slice of `raw`. `None` if malformed.
+pub fn decode(id: i64, raw: Bytes) -> Option<Lookup> {
+    let (&kind, rest) = raw.split_first()?;
+    let (version, rest) = leading_number(rest)?;
+    match kind {
+        b'G' if rest.is_empty() => Some(Lookup::Gone { version }),
+        b'F' => {
+            let (sku_len, rest) = leading_number(rest.strip_prefix(b"|")?)?;
+            let rest = rest.strip_prefix(b"|")?;
+            let sku_len = usize::try_from(sku_len).ok()?;
+            let sku = std::str::from_utf8(rest.get(..sku_len)?).ok()?;
+            let body_start = raw.len() - rest.len() + sku_len;
+            Some(Lookup::Found(Arc::new(Document::new(
+                id,
+                version,
+                sku,
+                raw.slice(body_start..),
+            ))))
+        }
+        _ => None,
+    }
+}
+
+/// Splits a leading decimal number off `bytes`.
+fn leading_number(bytes: &[u8]) -> Option<(i64, &[u8])> {
+    let end = bytes
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(bytes.len());
+    let number = std::str::from_utf8(&bytes[..end]).ok()?.parse().ok()?;
+    Some((number, &bytes[end..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip() {
+        for sku in ["ACM-1", "odd|sku", ""] {
+            let doc = Lookup::Found(Arc::new(Document::new(
+                5,
+                12,
+                sku,
+                Bytes::from_static(b"{\"a\":\"x|y\"}"),
+            )));
+            assert_eq!(decode(5, encode(&doc).unwrap()), Some(doc));
+        }
+        let gone = Lookup::Gone { version: 3 };
+        assert_eq!(decode(5, encode(&gone).unwrap()), Some(gone));
+        assert_eq!(encode(&Lookup::Unknown), None);
+    }
+
+    #[test]
+    fn malformed_values_are_ignored() {
+        for raw in [
+            &b""[..],
+            b"X1",
+            b"F",
+            b"Fx|1|a",
+            b"F1",
+            b"F1|9|short",
+            b"F1|x|",
+            b"G1|x",
+            b"G",
+        ] {
+            assert_eq!(decode(1, Bytes::from_static(raw)), None, "{raw:?}");
+        }
+    }
+}

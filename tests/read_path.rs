@@ -1,0 +1,514 @@
+//! The storefront face against the real stack: every route, every error, caching tiers,
+//! single-flight fills, Redis going away, and keyset paging under concurrent inserts.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use catalog::seed::{self, SeedSpec};
+use common::{TestApp, TestDb, poll, replica_has_products};
+use serde_json::Value;
+
+/// A migrated database with a seeded catalog, visible on the replica.
+async fn seeded(products: u64, categories: u32) -> TestDb {
+    let db = TestDb::migrated().await;
+    let spec = SeedSpec {
+        products,
+        categories,
+        seed: 9,
+        replace: false,
+    };
+    seed::seed(&db.primary, spec).await.unwrap();
+    replica_has_products(&db, products as i64).await;
+    db
+}
+
+async fn visible_product(db: &TestDb) -> (i64, String) {
+    sqlx::query_as("select id, sku from products where active order by id limit 1")
+        .fetch_one(&db.primary)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_product_is_served_with_etag_cache_control_and_304() {
+    let db = seeded(50, 5).await;
+    let app = TestApp::spawn(&TestApp::config(&db)).await;
+    let (id, sku) = visible_product(&db).await;
+
+    let reply = app.get(&format!("/products/{id}")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(reply.header("etag"), Some("\"1\""));
+    assert_eq!(
+        reply.header("cache-control"),
+        Some("public, max-age=5, stale-while-revalidate=30")
+    );
+    let doc = reply.json();
+    let text = reply.text();
+    let positions: Vec<usize> = [
+        "id",
+        "sku",
+        "name",
+        "description",
+        "brand",
+        "price",
+        "stock",
+        "attributes",
+        "images",
+        "categories",
+        "version",
+        "updated_at",
+    ]
+    .iter()
+    .map(|key| {
+        text.find(&format!("\"{key}\":"))
+            .unwrap_or_else(|| panic!("{key} missing"))
+    })
+    .collect();
+    assert!(positions.is_sorted(), "fields out of order: {text}");
+    assert_eq!(doc.as_object().unwrap().len(), 12);
+    assert_eq!(doc["id"], id);
+    assert_eq!(doc["sku"], sku.as_str());
+    assert_eq!(doc["version"], 1);
+    assert!(doc["price"]["amount"].as_i64().unwrap() > 0);
+    assert_eq!(doc["price"]["currency"].as_str().unwrap().len(), 3);
+    assert!(!doc["categories"].as_array().unwrap().is_empty());
+
+    let cached = app
+        .request(
+            "GET",
+            &format!("/products/{id}"),
+            &[("if-none-match", "\"1\"")],
+        )
+        .await;
+    assert_eq!(cached.status, 304);
+    assert!(cached.body.is_empty());
+    assert_eq!(cached.header("etag"), Some("\"1\""));
+    let changed = app
+        .request(
+            "GET",
+            &format!("/products/{id}"),
+            &[("if-none-match", "\"0\"")],
+        )
+        .await;
+    assert_eq!(changed.status, 200);
+
+    let head = app.request("HEAD", &format!("/products/{id}"), &[]).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert_eq!(head.header("etag"), Some("\"1\""));
+    assert_eq!(
+        head.header("content-length"),
+        Some(reply.body.len().to_string().as_str())
+    );
+
+    let by_sku = app.get(&format!("/products/by-sku/{sku}")).await;
+    assert_eq!(by_sku.status, 200);
+    assert_eq!(by_sku.body, reply.body);
+    app.get("/products/by-sku/NO-SUCH-SKU")
+        .await
+        .assert_problem(404, "product-not-found");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_read_is_an_l1_hit() {
+    let db = seeded(20, 3).await;
+    let app = TestApp::spawn(&TestApp::config(&db)).await;
+    let (id, _) = visible_product(&db).await;
+    assert_eq!(app.get(&format!("/products/{id}")).await.status, 200);
+    let hits = app.metric("catalog_l1_hits_total").await;
+    let reads = app.metric("catalog_db_reads_replica_total").await;
+    assert_eq!(app.get(&format!("/products/{id}")).await.status, 200);
+    assert_eq!(app.metric("catalog_l1_hits_total").await, hits + 1.0);
+    assert_eq!(app.metric("catalog_db_reads_replica_total").await, reads);
+    assert!(app.metric("catalog_l1_entries").await >= 1.0);
+    let metrics = app.get("/metrics").await.text();
+    assert!(metrics.contains(r#"catalog_http_requests_total{route="product",status="200"} 2"#));
+    assert!(metrics.contains("catalog_http_request_duration_seconds_bucket{route=\"product\""));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_requests_for_one_cold_key_read_the_database_once() {
+    let db = seeded(20, 3).await;
+    let app = TestApp::spawn(&TestApp::config(&db)).await;
+    let (id, _) = visible_product(&db).await;
+    let before = app.metric("catalog_db_reads_replica_total").await
+        + app.metric("catalog_db_reads_primary_total").await;
+    let path = format!("/products/{id}");
+    let replies = futures_util::future::join_all((0..100).map(|_| app.get(&path))).await;
+    assert!(replies.iter().all(|r| r.status == 200));
+    let after = app.metric("catalog_db_reads_replica_total").await
+        + app.metric("catalog_db_reads_primary_total").await;
+    assert_eq!(after - before, 1.0, "database reads for one cold key");
+    assert_eq!(app.metric("catalog_l2_misses_total").await, 1.0);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_ids_are_404_and_cached_as_negative_entries() {
+    let db = seeded(10, 2).await;
+    let app = TestApp::spawn(&TestApp::config(&db)).await;
+    app.get("/products/999999")
+        .await
+        .assert_problem(404, "product-not-found");
+    let reads = app.metric("catalog_db_reads_replica_total").await;
+    app.get("/products/999999")
+        .await
+        .assert_problem(404, "product-not-found");
+    assert_eq!(app.metric("catalog_db_reads_replica_total").await, reads);
+    assert_eq!(app.metric("catalog_negative_hits_total").await, 1.0);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_reader_is_served_from_redis() {
+    let db = seeded(10, 2).await;
+    let config = TestApp::config(&db);
+    let (id, _) = visible_product(&db).await;
+    let first = TestApp::spawn(&config).await;
+    let body = first.get(&format!("/products/{id}")).await.body;
+    first.shutdown().await;
+    let second = TestApp::spawn(&config).await;
+    let reply = second.get(&format!("/products/{id}")).await;
+    assert_eq!(reply.body, body);
+    assert_eq!(second.metric("catalog_l2_hits_total").await, 1.0);
+    assert_eq!(second.metric("catalog_db_reads_replica_total").await, 0.0);
+    second.shutdown().await;
+}
+
+#[tokio::test]
+async fn batches_keep_request_order_collapse_duplicates_and_list_missing_ids() {
+    let db = seeded(300, 4).await;
+    let app = TestApp::spawn(&TestApp::config(&db)).await;
+    let hidden: Vec<i64> = sqlx::query_scalar("select id from products where not active")
+        .fetch_all(&db.primary)
+        .await
+        .unwrap();
+    // Warm one id, so the batch mixes L1 hits and misses.
+    app.get("/products/5").await;
+    let reply = app.get("/products?ids=7,5,999999,7,3").await;
+    assert_eq!(reply.status, 200);
+    let json = reply.json();
+    let ids: Vec<i64> = json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_i64().unwrap())
+        .collect();
+    let mut expected: Vec<i64> = vec![7, 5, 3];
+    expected.retain(|id| !hidden.contains(id));
+    assert_eq!(ids, expected);
+    assert!(
+        json["missing"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(999_999))
+    );
+
+    let all: Vec<String> = (1..=200).map(|i| i.to_string()).collect();
+    let reply = app.get(&format!("/products?ids={}", all.join(","))).await;
+    assert_eq!(reply.status, 200);
+    let json = reply.json();
+    let items = json["items"].as_array().unwrap();
+    assert_eq!(items.len() + json["missing"].as_array().unwrap().len(), 200);
+    let single = app.get("/products/10").await;
+    if single.status == 200 {
+        let ten = items.iter().find(|d| d["id"] == 10).unwrap();
+        assert_eq!(ten, &single.json());
+    }
+
+    let too_many: Vec<String> = (1..=201).map(|i| i.to_string()).collect();
+    app.get(&format!("/products?ids={}", too_many.join(",")))
+        .await
+        .assert_problem(400, "too-many-ids");
+    app.get("/products")
+        .await
+        .assert_problem(400, "invalid-ids");
+    app.get("/products?ids=1,x")
+        .await
+        .assert_problem(400, "invalid-ids");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn categories_are_listed_and_paged_with_opaque_cursors() {
+    let db = seeded(400, 6).await;
+    let app = TestApp::spawn(&TestApp::config(&db)).await;
+    let reply = app.get("/categories").await;
+    assert_eq!(reply.status, 200);
+    let categories = reply.json()["items"].as_array().unwrap().clone();
+    assert_eq!(categories.len(), 6);
+    let slug = categories[0]["slug"].as_str().unwrap().to_owned();
+    assert!(categories[0].get("name").is_some() && categories[0].get("parent").is_some());
+
+    let expected: Vec<i64> = sqlx::query_scalar(
+        "select pc.product_id from product_categories pc join categories c on c.id = pc.category_id \
+         join products p on p.id = pc.product_id \
+         where c.slug = $1 and p.active and p.deleted_at is null order by 1",
+    )
+    .bind(&slug)
+    .fetch_all(&db.primary)
+    .await
+    .unwrap();
+    let walked = walk(&app, &slug, 7).await;
+    assert_eq!(walked, expected);
+
+    let first = app
+        .get(&format!("/categories/{slug}/products"))
+        .await
+        .json();
+    assert_eq!(
+        first["items"].as_array().unwrap().len(),
+        expected.len().min(50)
+    );
+
+    app.get(&format!("/categories/{slug}/products?limit=0"))
+        .await
+        .assert_problem(400, "invalid-limit");
+    app.get(&format!("/categories/{slug}/products?limit=201"))
+        .await
+        .assert_problem(400, "invalid-limit");
+    app.get(&format!("/categories/{slug}/products?cursor=bogus"))
+        .await
+        .assert_problem(400, "invalid-cursor");
+    let other = categories[1]["slug"].as_str().unwrap();
+    let page = app
+        .get(&format!("/categories/{slug}/products?limit=1"))
+        .await
+        .json();
+    let cursor = page["next_cursor"].as_str().unwrap();
+    app.get(&format!("/categories/{other}/products?cursor={cursor}"))
+        .await
+        .assert_problem(400, "invalid-cursor");
+    app.get("/categories/no-such-category/products")
+        .await
+        .assert_problem(404, "category-not-found");
+    app.shutdown().await;
+}
+
+/// Every product id of a category, page by page.
+async fn walk(app: &TestApp, slug: &str, limit: usize) -> Vec<i64> {
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10_000 {
+        let path = match &cursor {
+            Some(c) => format!("/categories/{slug}/products?limit={limit}&cursor={c}"),
+            None => format!("/categories/{slug}/products?limit={limit}"),
+        };
+        let reply = app.get(&path).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let page = reply.json();
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= limit);
+        ids.extend(items.iter().map(|d| d["id"].as_i64().unwrap()));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return ids,
+        }
+    }
+    panic!("paging never ended");
+}
+
+#[tokio::test]
+async fn paging_during_concurrent_inserts_misses_nothing_and_repeats_nothing() {
+    let db = seeded(300, 3).await;
+    let app = TestApp::spawn(&TestApp::config(&db)).await;
+    let (category_id, slug): (i64, String) = sqlx::query_as(
+        "select c.id, c.slug from categories c join product_categories pc on pc.category_id = c.id \
+         group by c.id order by count(*) desc limit 1",
+    )
+    .fetch_one(&db.primary)
+    .await
+    .unwrap();
+    let before: Vec<i64> = sqlx::query_scalar(
+        "select pc.product_id from product_categories pc join products p on p.id = pc.product_id \
+         where pc.category_id = $1 and p.active order by 1",
+    )
+    .bind(category_id)
+    .fetch_all(&db.primary)
+    .await
+    .unwrap();
+
+    // New products land in the category, with ids both below and above the walk's position.
+    let writer = {
+        let pool = db.primary.clone();
+        tokio::spawn(async move {
+            for n in 0..60_i64 {
+                let id = if n % 2 == 0 {
+                    10_000 + n
+                } else {
+                    1_000_000 - n
+                };
+                sqlx::query(
+                    "insert into products (id, sku, name, price_amount, currency) \
+                     values ($1, 'NEW-' || $1, 'New', 100, 'USD')",
+                )
+                .bind(id)
+                .execute(&pool)
+                .await
+                .unwrap();
+                sqlx::query("insert into product_categories values ($1, $2)")
+                    .bind(category_id)
+                    .bind(id)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let walked = walk(&app, &slug, 5).await;
+    writer.await.unwrap();
+
+    let mut sorted = walked.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), walked.len(), "a product was repeated");
+    assert_eq!(sorted, walked, "pages are in id order");
+    for id in &before {
+        assert!(walked.contains(id), "product {id} was missed");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_problem_documents() {
+    let db = seeded(5, 1).await;
+    let app = TestApp::spawn(&TestApp::config(&db)).await;
+    for bad in [
+        "/products/abc",
+        "/products/0",
+        "/products/-3",
+        "/products/99999999999999999999",
+    ] {
+        app.get(bad).await.assert_problem(400, "invalid-id");
+    }
+    app.get("/nope").await.assert_problem(404, "not-found");
+    app.get("/products/1/extra")
+        .await
+        .assert_problem(404, "not-found");
+    let post = app.request("POST", "/products/1", &[]).await;
+    post.assert_problem(405, "method-not-allowed");
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    app.request("DELETE", "/categories", &[])
+        .await
+        .assert_problem(405, "method-not-allowed");
+    let long = format!("/products?ids={}", "1,".repeat(3000));
+    app.get(&long).await.assert_problem(414, "uri-too-long");
+    app.get("/products/by-sku/%ZZ")
+        .await
+        .assert_problem(400, "invalid-sku");
+    app.get(&format!("/products/by-sku/{}", "A".repeat(65)))
+        .await
+        .assert_problem(400, "invalid-sku");
+
+    let big = "x".repeat(20_000);
+    let reply = app.request("GET", "/products/1", &[("x-big", &big)]).await;
+    assert_eq!(reply.status, 431);
+    let many: Vec<(String, String)> = (0..100).map(|i| (format!("x-h{i}"), "v".into())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(app.request("GET", "/products/1", &many).await.status, 431);
+
+    // The server is still up and serving.
+    assert_eq!(app.get("/healthz").await.status, 200);
+    assert_eq!(app.get("/readyz").await.status, 200);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_client_is_disconnected_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let db = TestDb::migrated().await;
+    let mut config = TestApp::config(&db);
+    config.read.header_read_timeout = Duration::from_millis(300);
+    let app = TestApp::spawn(&config).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server kept a slow client's socket open");
+    app.shutdown().await;
+}
+
+/// A Redis server of this test's own, so stopping it disturbs no other test.
+struct OwnRedis {
+    child: Child,
+    port: u16,
+}
+
+impl OwnRedis {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by ops/dev.sh)");
+        poll(|| async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+        })
+        .await;
+        Self { child, port }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test]
+async fn reads_keep_answering_when_redis_stops() {
+    let db = seeded(30, 2).await;
+    let mut redis = OwnRedis::start().await;
+    let mut config = TestApp::config(&db);
+    config.redis_url = Some(format!("redis://127.0.0.1:{}", redis.port));
+    config.redis_timeout = Duration::from_millis(100);
+    let app = TestApp::spawn(&config).await;
+    let ids: Vec<i64> = sqlx::query_scalar("select id from products where active order by id")
+        .fetch_all(&db.primary)
+        .await
+        .unwrap();
+    assert_eq!(app.get(&format!("/products/{}", ids[0])).await.status, 200);
+    assert_eq!(app.metric("catalog_l2_errors_total").await, 0.0);
+
+    redis.stop();
+    // A cached product (L1) and an uncached one (replica) both still answer 200.
+    for id in &ids[..5] {
+        let reply = app.get(&format!("/products/{id}")).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let batch = app
+        .get(&format!("/products?ids={},{}", ids[6], ids[7]))
+        .await;
+    assert_eq!(batch.status, 200);
+    assert!(app.metric("catalog_l2_errors_total").await >= 1.0);
+    app.shutdown().await;
+}
