@@ -512,3 +512,38 @@ async fn reads_keep_answering_when_redis_stops() {
     assert!(app.metric("catalog_l2_errors_total").await >= 1.0);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let db = TestDb::migrated().await;
+    let mut config = TestApp::config(&db);
+    config.read.max_connections = 1;
+    let app = TestApp::spawn(&config).await;
+    let mut first = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 12];
+    first.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+
+    // The only slot is taken by the idle keep-alive connection: a second client waits.
+    let addr = app.addr;
+    let mut second =
+        tokio::spawn(async move { common::http_request(addr, "GET", "/healthz", &[]).await });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut second)
+            .await
+            .is_err(),
+        "a connection beyond the limit was served"
+    );
+    drop(first);
+    let reply = tokio::time::timeout(common::DEADLINE, second)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    app.shutdown().await;
+}

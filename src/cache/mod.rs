@@ -46,9 +46,9 @@ impl Cached {
     }
 }
 
-/// Bytes charged per entry beyond its body and key: moka's node, the `Arc`ed document
-/// header and the `ETag`. Measured with `catalogd` and 1,000,000 cached documents (see
-/// the README's memory figures).
+/// Bytes charged per entry beyond its body and key: an estimate of moka's node and
+/// deque entries, the `Arc`ed document header and the `ETag` (resident memory per
+/// entry is to be measured with 1,000,000 documents in the performance work).
 const ENTRY_OVERHEAD: u32 = 160;
 
 /// Tuning of L1.

@@ -198,6 +198,25 @@ mod tests {
     }
 
     #[test]
+    fn no_path_or_query_makes_the_parsers_panic() {
+        use rand::{RngExt as _, SeedableRng as _};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let alphabet = b"/productsbyskucategoriesidslimitcursor0123456789-%,&=?.xZ\x7f ";
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..40);
+            let text: String = (0..len)
+                .map(|_| char::from(alphabet[rng.random_range(0..alphabet.len())]))
+                .collect();
+            let _ = Route::parse(&text);
+            let _ = percent_decode(&text);
+            let _ = super::super::listing::parse_ids(Some(&text));
+            let _ = super::super::listing::parse_limit(Some(&text));
+            let _ = super::super::listing::decode_cursor("slug", Some(&text));
+            let _ = query_param(Some(&text), "ids");
+        }
+    }
+
+    #[test]
     fn query_parameters_are_found_by_name() {
         let q = Some("limit=5&cursor=abc&flag");
         assert_eq!(query_param(q, "limit"), Some("5"));
