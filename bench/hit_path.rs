@@ -59,7 +59,11 @@ fn setup(runtime: &tokio::runtime::Runtime) -> (Reader, Vec<Arc<Document>>) {
             .expect("a lazy pool");
         let databases = Arc::new(Databases::new(pool, Vec::new(), true, 0));
         let metrics = Arc::new(Metrics::new(&ROUTE_NAMES));
-        (Reader::new(l1, None, databases, metrics, 5, 30), docs)
+        let floors = catalog::coherence::floors::Floors::new(1024, Duration::from_secs(60));
+        (
+            Reader::new(l1, None, floors, databases, metrics, 5, 30),
+            docs,
+        )
     })
 }
 

@@ -20,10 +20,11 @@ pub enum Command {
     Migrate,
     /// Fill the database with a deterministic synthetic catalog.
     Seed(SeedArgs),
-    /// Serve the storefront (read) API on CATALOG_READER_ADDR.
+    /// Serve the storefront (read) API on CATALOG_READER_ADDR, with the invalidation consumer.
     Reader,
-    /// Run every role in one process, for a single machine (today: the reader; the
-    /// writer joins it when the admin API lands).
+    /// Serve the admin (write) API on CATALOG_WRITER_ADDR, with the outbox relay.
+    Writer,
+    /// Run the reader and the writer in one process, for a single machine.
     All,
 }
 

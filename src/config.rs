@@ -100,6 +100,11 @@ pub struct Config {
     /// `CATALOG_L2_TTL_SECS`: lifetime of a document in Redis (bounds its memory; versions
     /// keep it coherent).
     pub l2_ttl: Duration,
+    /// `CATALOG_STREAM_MAXLEN`: entries the invalidation stream keeps (`XADD MAXLEN ~`);
+    /// a reader further behind than this sees a gap and flushes L1.
+    pub stream_max_len: u64,
+    /// `CATALOG_MAX_BODY_BYTES`: largest admin request body; larger is answered 413.
+    pub max_body_bytes: usize,
     /// `CATALOG_READER_ADDR`: where the storefront (read) face listens.
     pub reader_addr: SocketAddr,
     /// `CATALOG_WRITER_ADDR`: where the admin (write) face listens.
@@ -171,6 +176,8 @@ impl Config {
             redis_prefix: "catalog:".to_owned(),
             redis_timeout: Duration::from_millis(250),
             l2_ttl: Duration::from_secs(3600),
+            stream_max_len: 100_000,
+            max_body_bytes: 1024 * 1024,
             reader_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             writer_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             admin_tokens: Vec::new(),
@@ -208,6 +215,12 @@ impl Config {
         })?;
         config.l2_ttl = var.or("CATALOG_L2_TTL_SECS", config.l2_ttl, |raw| {
             parse_in_range(raw, 1..=2_592_000).map(Duration::from_secs)
+        })?;
+        config.stream_max_len = var.or("CATALOG_STREAM_MAXLEN", config.stream_max_len, |raw| {
+            parse_in_range(raw, 100..=100_000_000)
+        })?;
+        config.max_body_bytes = var.or("CATALOG_MAX_BODY_BYTES", config.max_body_bytes, |raw| {
+            parse_in_range(raw, 1024..=1024 * 1024 * 1024)
         })?;
         config.reader_addr = var.or("CATALOG_READER_ADDR", config.reader_addr, parse_from_str)?;
         config.writer_addr = var.or("CATALOG_WRITER_ADDR", config.writer_addr, parse_from_str)?;
@@ -412,6 +425,8 @@ mod tests {
             ("CATALOG_REDIS_PREFIX", "has space"),
             ("CATALOG_REDIS_TIMEOUT_MS", "0"),
             ("CATALOG_L2_TTL_SECS", "forever"),
+            ("CATALOG_STREAM_MAXLEN", "10"),
+            ("CATALOG_MAX_BODY_BYTES", "big"),
             ("CATALOG_READER_ADDR", "not-an-address"),
             ("CATALOG_WRITER_ADDR", "127.0.0.1:99999"),
             ("CATALOG_ADMIN_TOKENS", "short"),

@@ -9,6 +9,8 @@
 //!   `CATALOG_*` configuration, structured logs.
 //! - [`startup`]: builds listeners, pools and tasks; runs until shutdown.
 //! - [`read`]: the storefront face: route → L1 → L2 → replicas → response bytes.
+//! - [`write`]: the admin face: auth, validation, one transaction with an outbox row.
+//! - [`coherence`]: outbox relay → Redis stream → consumer → floors and L1 evictions.
 //! - [`http`]: server plumbing shared by the faces (limits, drain, problem documents).
 //! - [`cache`]: L1, the byte-budgeted in-process cache with single-flight fills.
 //! - [`document`]: the pre-serialized product document every tier holds.
@@ -19,6 +21,7 @@
 
 pub mod cache;
 pub mod cli;
+pub mod coherence;
 pub mod config;
 pub mod document;
 pub mod http;
@@ -28,3 +31,4 @@ pub mod seed;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod write;

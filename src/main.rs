@@ -8,7 +8,7 @@ use clap::Parser as _;
 use catalog::cli::{Cli, Command};
 use catalog::config::Config;
 use catalog::seed::{self, SeedSpec};
-use catalog::startup::Application;
+use catalog::startup::{Application, Role};
 use catalog::store::postgres;
 use tokio_util::sync::CancellationToken;
 
@@ -42,8 +42,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
-    if let Command::Reader | Command::All = command {
-        return serve(&config).await;
+    match command {
+        Command::Reader => return serve(&config, Role::Reader).await,
+        Command::Writer => return serve(&config, Role::Writer).await,
+        Command::All => return serve(&config, Role::All).await,
+        Command::Migrate | Command::Seed(_) => {}
     }
     let pool = postgres::connect(&config.database_url, 2)
         .await
@@ -69,14 +72,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 "catalog seeded"
             );
         }
-        Command::Reader | Command::All => unreachable!("handled above"),
+        Command::Reader | Command::Writer | Command::All => unreachable!("served above"),
     }
     Ok(())
 }
 
 /// Runs the service until SIGINT or SIGTERM.
-async fn serve(config: &Config) -> anyhow::Result<()> {
-    let app = Application::build(config).await?;
+async fn serve(config: &Config, role: Role) -> anyhow::Result<()> {
+    let app = Application::build(config, role).await?;
     let stop = CancellationToken::new();
     tokio::spawn({
         let stop = stop.clone();

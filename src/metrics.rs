@@ -122,6 +122,26 @@ pub struct Metrics {
     pub db_reads_primary: Counter,
     /// Database queries that failed.
     pub db_errors: Counter,
+    /// Fills refused because Redis or a replica was older than the product's floor.
+    pub stale_fills: Counter,
+    /// Invalidations applied by the consumer.
+    pub invalidations: Counter,
+    /// Breaks in the stream's sequence (entries trimmed before this reader saw them).
+    pub stream_gaps: Counter,
+    /// Resets of the stream (a new epoch: Redis lost or replaced the stream).
+    pub stream_resets: Counter,
+    /// Whole-L1 flushes (after a gap or a reset).
+    pub l1_flushes: Counter,
+    /// Stream reads that failed (the consumer reconnects with backoff).
+    pub consumer_errors: Counter,
+    /// Commit on the primary to invalidation applied here, in seconds.
+    pub propagation: AtomicHistogram,
+    /// Outbox rows published by the relay.
+    pub relay_published: Counter,
+    /// Relay rounds that failed (retried).
+    pub relay_errors: Counter,
+    /// Outbox rows not yet published.
+    pub outbox_backlog: Gauge,
     /// 1 when a replica is in the healthy set, else 0, by replica.
     pub replica_healthy: Family<Vec<(&'static str, String)>, Gauge>,
     /// Replay lag of each replica behind the primary's WAL position, in bytes.
@@ -189,6 +209,30 @@ impl Metrics {
         let db_reads_replica = counter(r, "db_reads_replica", "Product rows read from a replica");
         let db_reads_primary = counter(r, "db_reads_primary", "Product rows read from the primary");
         let db_errors = counter(r, "db_errors", "Database queries that failed");
+        let stale_fills = counter(
+            r,
+            "stale_fills",
+            "Fills refused for being older than the product's freshness floor",
+        );
+        let invalidations = counter(r, "invalidations", "Invalidations applied");
+        let stream_gaps = counter(r, "stream_gaps", "Breaks in the invalidation sequence");
+        let stream_resets = counter(r, "stream_resets", "Resets of the invalidation stream");
+        let l1_flushes = counter(r, "l1_flushes", "Whole-L1 flushes after a gap or reset");
+        let consumer_errors = counter(r, "consumer_errors", "Failed invalidation stream reads");
+        let relay_published = counter(r, "relay_published", "Outbox rows published");
+        let relay_errors = counter(r, "relay_errors", "Failed relay rounds");
+        let propagation = AtomicHistogram::new(&LATENCY_BUCKETS);
+        registry.register(
+            "propagation_seconds",
+            "Commit on the primary to invalidation applied at this reader",
+            propagation.clone(),
+        );
+        let outbox_backlog = Gauge::default();
+        registry.register(
+            "outbox_backlog",
+            "Outbox rows not yet published",
+            outbox_backlog.clone(),
+        );
         let replica_healthy = Family::default();
         registry.register(
             "replica_healthy",
@@ -218,6 +262,16 @@ impl Metrics {
             db_reads_replica,
             db_reads_primary,
             db_errors,
+            stale_fills,
+            invalidations,
+            stream_gaps,
+            stream_resets,
+            l1_flushes,
+            consumer_errors,
+            propagation,
+            relay_published,
+            relay_errors,
+            outbox_backlog,
             replica_healthy,
             replica_lag_bytes,
             l1_entries,

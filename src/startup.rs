@@ -1,10 +1,11 @@
 //! Builds the process from its configuration: pools, caches, background tasks and
 //! listeners; then runs until a shutdown token fires.
 //!
-//! [`Application::build`] binds the listeners (port 0 works, for tests) and exposes the
-//! bound addresses; [`Application::run_until_stopped`] serves until the token is
-//! cancelled, then drains connections for a bounded time. Every background task gets a
-//! child token; a task that exits early is logged and stops the process.
+//! [`Application::build`] binds the listeners of the chosen [`Role`] (port 0 works, for
+//! tests) and exposes the bound addresses; [`Application::run_until_stopped`] serves
+//! until the token is cancelled, then drains connections for a bounded time. Every
+//! background task gets a child token; a task that exits early is logged and stops the
+//! process.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,13 +18,17 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{L1, L1Config};
+use crate::coherence::consumer::Consumer;
+use crate::coherence::floors::Floors;
+use crate::coherence::relay::Relay;
 use crate::config::Config;
 use crate::http::{self, Limits};
 use crate::metrics::Metrics;
-use crate::read::{Reader, route::ROUTE_NAMES};
+use crate::read::{self, Reader};
 use crate::store::postgres;
 use crate::store::redis::{L2, L2Config};
 use crate::store::replicas::{self, Databases, Replica};
+use crate::write::{self, Writer};
 
 /// How long in-flight requests get to finish after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -31,23 +36,105 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// How long start-up waits for Redis before going on without it (it keeps reconnecting).
 const REDIS_STARTUP_WAIT: Duration = Duration::from_secs(2);
 
-/// The running service, built but not yet serving.
+/// Most freshness floors kept; each is a few dozen bytes.
+const FLOORS_CAPACITY: u64 = 1_000_000;
+
+/// Which faces this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The storefront API and the invalidation consumer.
+    Reader,
+    /// The admin API and the outbox relay.
+    Writer,
+    /// Both, in one process.
+    All,
+}
+
+/// The reader's parts.
 #[derive(Debug)]
-pub struct Application {
+struct ReadSide {
     reader: Arc<Reader>,
-    reader_listener: TcpListener,
+    listener: TcpListener,
     databases: Arc<Databases>,
-    metrics: Arc<Metrics>,
-    limits: Limits,
+    consumer: Option<Consumer>,
     check_interval: Duration,
 }
 
+/// The writer's parts.
+#[derive(Debug)]
+struct WriteSide {
+    writer: Arc<Writer>,
+    listener: TcpListener,
+    relay: Option<Relay>,
+}
+
+/// The running service, built but not yet serving.
+#[derive(Debug)]
+pub struct Application {
+    read: Option<ReadSide>,
+    write: Option<WriteSide>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+}
+
 impl Application {
-    /// Connects to the stores and binds the reader's listener.
-    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+    /// Connects to the stores and binds the listeners of `role`.
+    pub async fn build(config: &Config, role: Role) -> anyhow::Result<Self> {
         let primary = postgres::connect(&config.database_url, config.db_pool_size)
             .await
             .context("cannot connect to the primary (CATALOG_DATABASE_URL)")?;
+        let routes: Vec<&'static str> = read::route::ROUTE_NAMES
+            .iter()
+            .chain(write::ROUTE_NAMES.iter())
+            .copied()
+            .collect();
+        let metrics = Arc::new(Metrics::new(&routes));
+        let l2 = match &config.redis_url {
+            Some(url) => {
+                let l2 = L2::connect(&L2Config {
+                    url: url.clone(),
+                    prefix: config.redis_prefix.clone(),
+                    ttl: config.l2_ttl,
+                    command_timeout: config.redis_timeout,
+                })
+                .context("CATALOG_REDIS_URL")?;
+                if let Err(err) = l2.wait_connected(REDIS_STARTUP_WAIT).await {
+                    tracing::warn!(error = %err, "Redis is not reachable yet; serving without it until it is");
+                }
+                Some(l2)
+            }
+            None => None,
+        };
+        let read = match role {
+            Role::Reader | Role::All => {
+                Some(Self::read_side(config, primary.clone(), l2.clone(), &metrics).await?)
+            }
+            Role::Writer => None,
+        };
+        let write = match role {
+            Role::Writer | Role::All => {
+                Some(Self::write_side(config, primary, l2, &metrics).await?)
+            }
+            Role::Reader => None,
+        };
+        Ok(Self {
+            read,
+            write,
+            metrics,
+            limits: Limits {
+                max_connections: config.read.max_connections,
+                header_read_timeout: config.read.header_read_timeout,
+                drain: DRAIN,
+            },
+        })
+    }
+
+    async fn read_side(
+        config: &Config,
+        primary: sqlx::PgPool,
+        l2: Option<L2>,
+        metrics: &Arc<Metrics>,
+    ) -> anyhow::Result<ReadSide> {
         let replicas = config
             .replica_urls
             .iter()
@@ -62,45 +149,42 @@ impl Application {
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let metrics = Arc::new(Metrics::new(&ROUTE_NAMES));
         let databases = Arc::new(Databases::new(
             primary,
             replicas,
             config.read.primary_fallback,
             config.read.replica_max_lag_bytes,
         ));
-        databases.check(&metrics).await;
-
-        let l2 = match &config.redis_url {
-            Some(url) => {
-                let l2 = L2::connect(&L2Config {
-                    url: url.clone(),
-                    prefix: config.redis_prefix.clone(),
-                    ttl: config.l2_ttl,
-                    command_timeout: config.redis_timeout,
-                })
-                .context("CATALOG_REDIS_URL")?;
-                if let Err(err) = l2.wait_connected(REDIS_STARTUP_WAIT).await {
-                    tracing::warn!(error = %err, "Redis is not reachable yet; serving without L2 until it is");
-                }
-                Some(l2)
-            }
-            None => None,
-        };
+        databases.check(metrics).await;
         let l1 = L1::new(L1Config {
             budget_bytes: config.read.l1_budget_bytes,
             max_ttl: config.read.l1_max_ttl,
             negative_ttl: config.read.negative_ttl,
         });
+        let floors = Floors::new(FLOORS_CAPACITY, config.read.l1_max_ttl);
+        let consumer = match &config.redis_url {
+            Some(url) => Some(
+                Consumer::new(
+                    url,
+                    &config.redis_prefix,
+                    l1.clone(),
+                    floors.clone(),
+                    Arc::clone(metrics),
+                )
+                .context("CATALOG_REDIS_URL")?,
+            ),
+            None => None,
+        };
         let reader = Arc::new(Reader::new(
             l1,
             l2,
+            floors,
             Arc::clone(&databases),
-            Arc::clone(&metrics),
+            Arc::clone(metrics),
             config.read.http_max_age_secs,
             config.read.http_stale_while_revalidate_secs,
         ));
-        let reader_listener = TcpListener::bind(config.reader_addr)
+        let listener = TcpListener::bind(config.reader_addr)
             .await
             .with_context(|| {
                 format!(
@@ -108,56 +192,126 @@ impl Application {
                     config.reader_addr
                 )
             })?;
-        Ok(Self {
+        Ok(ReadSide {
             reader,
-            reader_listener,
+            listener,
             databases,
-            metrics,
-            limits: Limits {
-                max_connections: config.read.max_connections,
-                header_read_timeout: config.read.header_read_timeout,
-                drain: DRAIN,
-            },
+            consumer,
             check_interval: config.read.replica_check_interval,
         })
     }
 
-    /// The address the reader listens on.
-    pub fn reader_addr(&self) -> SocketAddr {
-        self.reader_listener
-            .local_addr()
-            .expect("a bound listener has an address")
+    async fn write_side(
+        config: &Config,
+        primary: sqlx::PgPool,
+        l2: Option<L2>,
+        metrics: &Arc<Metrics>,
+    ) -> anyhow::Result<WriteSide> {
+        if config.admin_tokens.is_empty() {
+            tracing::warn!("CATALOG_ADMIN_TOKENS is empty: every admin request will be refused");
+        }
+        let relay = match l2 {
+            Some(l2) => Some(Relay::new(
+                primary.clone(),
+                l2,
+                &config.redis_prefix,
+                config.stream_max_len,
+                Arc::clone(metrics),
+            )),
+            None => {
+                tracing::warn!(
+                    "no CATALOG_REDIS_URL: writes are not broadcast; readers see them when L1 entries expire"
+                );
+                None
+            }
+        };
+        let writer = Arc::new(Writer::new(
+            primary,
+            config.admin_tokens.clone(),
+            Arc::clone(metrics),
+            read::route::ROUTE_NAMES.len(),
+            config.max_body_bytes,
+        ));
+        let listener = TcpListener::bind(config.writer_addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (CATALOG_WRITER_ADDR)",
+                    config.writer_addr
+                )
+            })?;
+        Ok(WriteSide {
+            writer,
+            listener,
+            relay,
+        })
+    }
+
+    /// The address the reader listens on, if this process runs one.
+    pub fn reader_addr(&self) -> Option<SocketAddr> {
+        self.read
+            .as_ref()
+            .and_then(|r| r.listener.local_addr().ok())
+    }
+
+    /// The address the writer listens on, if this process runs one.
+    pub fn writer_addr(&self) -> Option<SocketAddr> {
+        self.write
+            .as_ref()
+            .and_then(|w| w.listener.local_addr().ok())
     }
 
     /// Serves until `stop` is cancelled (or a task fails), then drains.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(reader = %self.reader_addr(), "serving");
-        let mut tasks = JoinSet::new();
-        tasks.spawn({
-            let stop = stop.child_token();
-            let checks = Arc::clone(&self.databases).run_checks(
+        tracing::info!(reader = ?self.reader_addr(), writer = ?self.writer_addr(), "serving");
+        let mut tasks: JoinSet<&'static str> = JoinSet::new();
+        if let Some(read) = self.read {
+            let checks = Arc::clone(&read.databases).run_checks(
                 Arc::clone(&self.metrics),
-                self.check_interval,
-                stop,
+                read.check_interval,
+                stop.child_token(),
             );
-            async move {
+            tasks.spawn(async move {
                 checks.await;
                 "replica checks"
+            });
+            if let Some(consumer) = read.consumer {
+                let run = consumer.run(stop.child_token());
+                tasks.spawn(async move {
+                    run.await;
+                    "invalidation consumer"
+                });
             }
-        });
-        tasks.spawn({
-            let service = Arc::clone(&self.reader).service();
             let serve = http::serve(
-                self.reader_listener,
-                service,
+                read.listener,
+                Arc::clone(&read.reader).service(),
                 self.limits,
                 stop.child_token(),
             );
-            async move {
+            tasks.spawn(async move {
                 serve.await;
                 "reader listener"
+            });
+        }
+        if let Some(write) = self.write {
+            if let Some(relay) = write.relay {
+                let run = relay.run(stop.child_token());
+                tasks.spawn(async move {
+                    run.await;
+                    "outbox relay"
+                });
             }
-        });
+            let serve = http::serve(
+                write.listener,
+                Arc::clone(&write.writer).service(),
+                self.limits,
+                stop.child_token(),
+            );
+            tasks.spawn(async move {
+                serve.await;
+                "writer listener"
+            });
+        }
         let mut failure = None;
         while let Some(finished) = tasks.join_next().await {
             let name = finished.context("a task panicked")?;

@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use catalog::seed::{self, SeedSpec};
-use common::{TestApp, TestDb, poll, replica_has_products};
+use common::{OwnRedis, TestApp, TestDb, replica_has_products};
 use serde_json::Value;
 
 /// A migrated database with a seeded catalog, visible on the replica.
@@ -435,53 +434,6 @@ async fn a_slow_client_is_disconnected_after_the_header_timeout() {
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the server kept a slow client's socket open");
     app.shutdown().await;
-}
-
-/// A Redis server of this test's own, so stopping it disturbs no other test.
-struct OwnRedis {
-    child: Child,
-    port: u16,
-}
-
-impl OwnRedis {
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (installed by ops/dev.sh)");
-        poll(|| async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-        })
-        .await;
-        Self { child, port }
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 #[tokio::test]

@@ -4,11 +4,14 @@
 //! fixed overhead, against `CATALOG_L1_BYTES`. Every entry also has a maximum age
 //! (`CATALOG_L1_TTL_SECS`), the backstop that bounds staleness under any fault nobody
 //! detected; unknown ids are remembered for a much shorter time
-//! (`CATALOG_NEGATIVE_TTL_MS`). Concurrent misses for one key share one fill
-//! ([`L1::product_or_fill`]): moka runs the first caller's future and hands its result
-//! to the others.
+//! (`CATALOG_NEGATIVE_TTL_MS`).
+//!
+//! Writes are atomic per key and version-aware: [`L1::insert_fresh`] stores a fill only
+//! if it is not older than what L1 holds nor than the product's freshness floor, and
+//! [`L1::evict_older`] removes an entry older than an invalidation. Both run under
+//! moka's per-key compute lock, so a fill racing an invalidation can never leave the
+//! older document behind.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -113,15 +116,6 @@ fn weigh(key: &Key, value: &Cached) -> u32 {
         .saturating_add(ENTRY_OVERHEAD)
 }
 
-/// How a lookup that went through [`L1::product_or_fill`] was answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FillOutcome {
-    /// This caller ran the fill.
-    Filled,
-    /// Another caller's fill answered this one too.
-    Coalesced,
-}
-
 impl L1 {
     /// An empty cache.
     pub fn new(config: L1Config) -> Self {
@@ -141,32 +135,61 @@ impl L1 {
         }
     }
 
-    /// The product's state from L1, or from `fill` run once for all concurrent callers.
-    pub async fn product_or_fill<E, F>(
-        &self,
-        id: i64,
-        fill: F,
-    ) -> Result<(Lookup, FillOutcome), Arc<E>>
-    where
-        E: Send + Sync + 'static,
-        F: Future<Output = Result<Lookup, E>>,
-    {
-        let mut outcome = FillOutcome::Coalesced;
-        let cached = self
+    /// Stores a product's state unless L1 already holds a newer version or the
+    /// product's floor (read under the key's lock) is newer. Returns whether it stored.
+    pub async fn insert_fresh(&self, id: i64, lookup: Lookup, floor: impl FnOnce() -> i64) -> bool {
+        let result = self
             .cache
-            .try_get_with(Key::Product(id), async {
-                outcome = FillOutcome::Filled;
-                fill.await.map(Cached::Product)
+            .entry(Key::Product(id))
+            .and_compute_with(|current| {
+                let newer_cached = matches!(
+                    current.as_ref().map(|e| e.value()),
+                    Some(Cached::Product(cached)) if cached.version() > lookup.version()
+                );
+                let op = if newer_cached || lookup.version() < floor() {
+                    moka::ops::compute::Op::Nop
+                } else {
+                    moka::ops::compute::Op::Put(Cached::Product(lookup))
+                };
+                std::future::ready(op)
             })
-            .await?;
-        match cached {
-            Cached::Product(lookup) => Ok((lookup, outcome)),
-            // Only `Product` values are stored under `Key::Product`.
-            Cached::Sku(_) | Cached::Body(_) => Ok((Lookup::Unknown, outcome)),
-        }
+            .await;
+        matches!(
+            result,
+            moka::ops::compute::CompResult::Inserted(_)
+                | moka::ops::compute::CompResult::ReplacedWith(_)
+        )
     }
 
-    /// Stores a product's state (after a batch fill).
+    /// Removes `id`'s entry if it is older than `version`. Returns whether it did.
+    pub async fn evict_older(&self, id: i64, version: i64) -> bool {
+        let result = self
+            .cache
+            .entry(Key::Product(id))
+            .and_compute_with(|current| {
+                let op = match current.as_ref().map(|e| e.value()) {
+                    Some(Cached::Product(cached)) if cached.version() < version => {
+                        moka::ops::compute::Op::Remove
+                    }
+                    _ => moka::ops::compute::Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+        matches!(result, moka::ops::compute::CompResult::Removed(_))
+    }
+
+    /// Drops a cached response body.
+    pub async fn invalidate(&self, key: &Key) {
+        self.cache.invalidate(key).await;
+    }
+
+    /// Drops everything (after a gap or a reset of the invalidation stream).
+    pub fn flush(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// Stores a product's state unconditionally (tests and benchmarks warm L1 with it).
     pub async fn insert_product(&self, id: i64, lookup: Lookup) {
         self.cache
             .insert(Key::Product(id), Cached::Product(lookup))
@@ -214,7 +237,6 @@ impl L1 {
 mod tests {
     use super::*;
     use crate::document::Document;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn config() -> L1Config {
         L1Config {
@@ -233,25 +255,49 @@ mod tests {
         )))
     }
 
+    fn version(id: i64, version: i64) -> Lookup {
+        Lookup::Found(Arc::new(Document::new(
+            id,
+            version,
+            "SKU",
+            Bytes::from_static(b"{}"),
+        )))
+    }
+
     #[tokio::test]
-    async fn concurrent_misses_run_one_fill() {
+    async fn fills_never_replace_newer_versions_or_pass_the_floor() {
         let l1 = L1::new(config());
-        let fills = AtomicUsize::new(0);
-        let lookups = (0..50).map(|_| {
-            l1.product_or_fill(9, async {
-                fills.fetch_add(1, Ordering::SeqCst);
-                tokio::task::yield_now().await;
-                Ok::<_, ()>(found(9, 10))
-            })
-        });
-        let results = futures_util::future::join_all(lookups).await;
-        assert_eq!(fills.load(Ordering::SeqCst), 1);
-        let filled = results
-            .iter()
-            .filter(|r| r.as_ref().unwrap().1 == FillOutcome::Filled)
-            .count();
-        assert_eq!(filled, 1);
-        assert!(results.iter().all(|r| r.as_ref().unwrap().0.version() == 1));
+        assert!(l1.insert_fresh(1, version(1, 3), || 0).await);
+        assert!(
+            !l1.insert_fresh(1, version(1, 2), || 0).await,
+            "older than cached"
+        );
+        assert_eq!(l1.product(1).await.unwrap().version(), 3);
+        assert!(
+            !l1.insert_fresh(2, version(2, 4), || 5).await,
+            "older than the floor"
+        );
+        assert_eq!(l1.product(2).await, None);
+        assert!(!l1.insert_fresh(2, Lookup::Unknown, || 1).await);
+        assert!(l1.insert_fresh(2, version(2, 5), || 5).await);
+    }
+
+    #[tokio::test]
+    async fn invalidations_evict_only_older_entries() {
+        let l1 = L1::new(config());
+        l1.insert_product(1, version(1, 3)).await;
+        assert!(!l1.evict_older(1, 3).await);
+        assert!(l1.product(1).await.is_some());
+        assert!(l1.evict_older(1, 4).await);
+        assert_eq!(l1.product(1).await, None);
+        l1.insert_product(2, Lookup::Unknown).await;
+        assert!(
+            l1.evict_older(2, 1).await,
+            "a negative entry is older than any write"
+        );
+        l1.insert_product(3, version(3, 1)).await;
+        l1.flush();
+        assert_eq!(l1.product(3).await, None);
     }
 
     #[tokio::test]

@@ -7,10 +7,15 @@
 //! primary); the result is cached in L1 and written back to Redis by version. Unknown
 //! ids are cached briefly as negative entries. Batches and category pages are
 //! assembled by concatenating cached bodies.
+//!
+//! Every fill respects the product's freshness floor (raised by the invalidation
+//! consumer): a Redis value or replica row older than the floor is not used, the row is
+//! read from the primary instead, and L1 stores a fill only if the floor still allows it.
 
 pub mod error;
 pub mod listing;
 pub mod route;
+pub mod singleflight;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -24,7 +29,8 @@ use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderMap, HeaderValue, I
 use hyper::{Method, Request, Response, StatusCode};
 use sqlx::PgPool;
 
-use crate::cache::{FillOutcome, Key, L1};
+use crate::cache::{Key, L1};
+use crate::coherence::floors::Floors;
 use crate::document::{Document, Lookup, ProductRow};
 use crate::metrics::Metrics;
 use crate::store::catalog;
@@ -32,6 +38,7 @@ use crate::store::redis::L2;
 use crate::store::replicas::{Databases, Target};
 use error::ReadError;
 use route::Route;
+use singleflight::SingleFlight;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
@@ -46,6 +53,8 @@ type Query<'p, T> = Pin<Box<dyn Future<Output = Result<T, sqlx::Error>> + Send +
 pub struct Reader {
     l1: L1,
     l2: Option<L2>,
+    floors: Floors,
+    flight: SingleFlight<Result<Lookup, ReadError>>,
     db: Arc<Databases>,
     metrics: Arc<Metrics>,
     /// `Cache-Control` of documents and listings, built once from the configuration.
@@ -57,6 +66,7 @@ impl Reader {
     pub fn new(
         l1: L1,
         l2: Option<L2>,
+        floors: Floors,
         db: Arc<Databases>,
         metrics: Arc<Metrics>,
         max_age_secs: u32,
@@ -69,6 +79,8 @@ impl Reader {
         Self {
             l1,
             l2,
+            floors,
+            flight: SingleFlight::default(),
             db,
             metrics,
             cache_control,
@@ -229,35 +241,67 @@ impl Reader {
     }
 
     async fn fill_once(&self, id: i64) -> Result<Lookup, ReadError> {
-        let (lookup, outcome) = self
-            .l1
-            .product_or_fill(id, Box::pin(self.fill(id)))
-            .await
-            .map_err(Arc::unwrap_or_clone)?;
-        if outcome == FillOutcome::Coalesced {
+        let (lookup, ran) = self.flight.run(id, Box::pin(self.fill(id))).await;
+        if !ran {
             self.metrics.coalesced.inc();
         }
-        Ok(lookup)
+        lookup
     }
 
-    /// Loads one product from L2, else the databases, and writes it back to L2.
+    /// Loads one product from L2, else the databases, never older than its floor;
+    /// caches it in L1 and writes it back to L2.
     async fn fill(&self, id: i64) -> Result<Lookup, ReadError> {
+        let floor = self.floors.get(id);
         if let Some(l2) = &self.l2 {
             match l2.get(id).await {
-                Ok(Some(lookup)) => {
+                Ok(Some(lookup)) if lookup.version() >= floor => {
                     self.metrics.l2_hits.inc();
-                    return Ok(lookup);
+                    return self.cache_fill(id, lookup).await;
                 }
-                Ok(None) => {
+                Ok(_) => {
                     self.metrics.l2_misses.inc();
                 }
                 Err(err) => self.l2_failed(&err),
             }
         }
         let mut loaded = self.load(vec![id]).await?;
-        let lookup = loaded.pop().map_or(Lookup::Unknown, |(_, lookup)| lookup);
+        let mut lookup = loaded.pop().map_or(Lookup::Unknown, |(_, lookup)| lookup);
+        if lookup.version() < floor {
+            lookup = self.load_from_primary(id).await?;
+        }
         self.write_back(id, &lookup).await;
-        Ok(lookup)
+        self.cache_fill(id, lookup).await
+    }
+
+    /// Stores a fill in L1 if its floor allows; if the floor rose while it was being
+    /// read (an invalidation arrived), the primary's row is used instead.
+    async fn cache_fill(&self, id: i64, lookup: Lookup) -> Result<Lookup, ReadError> {
+        if self
+            .l1
+            .insert_fresh(id, lookup.clone(), || self.floors.get(id))
+            .await
+            || lookup.version() >= self.floors.get(id)
+        {
+            return Ok(lookup);
+        }
+        let fresh = self.load_from_primary(id).await?;
+        self.write_back(id, &fresh).await;
+        self.l1
+            .insert_fresh(id, fresh.clone(), || self.floors.get(id))
+            .await;
+        Ok(fresh)
+    }
+
+    /// Reads one product from the primary, after a replica or Redis was older than the
+    /// product's floor.
+    async fn load_from_primary(&self, id: i64) -> Result<Lookup, ReadError> {
+        self.metrics.stale_fills.inc();
+        let rows = catalog::products_by_ids(self.db.primary(), &[id]).await?;
+        self.metrics.db_reads_primary.inc();
+        match rows.into_iter().next() {
+            Some(row) => Ok(row.into_lookup()?),
+            None => Ok(Lookup::Unknown),
+        }
     }
 
     /// The state of each of `ids`, in order: L1, then L2 and the databases for the rest
@@ -290,12 +334,11 @@ impl Reader {
             };
             for (&i, answer) in misses.iter().zip(l2_answers) {
                 match answer {
-                    Some(lookup) => {
+                    Some(lookup) if lookup.version() >= self.floors.get(ids[i]) => {
                         self.metrics.l2_hits.inc();
-                        self.l1.insert_product(ids[i], lookup.clone()).await;
-                        out[i] = Some(lookup);
+                        out[i] = Some(self.cache_fill(ids[i], lookup).await?);
                     }
-                    None => from_db.push(ids[i]),
+                    _ => from_db.push(ids[i]),
                 }
             }
             if self.l2.is_some() {
@@ -304,12 +347,15 @@ impl Reader {
             if !from_db.is_empty() {
                 let mut loaded = self.load(from_db.clone()).await?;
                 for id in from_db {
-                    let lookup = match loaded.iter().position(|(found, _)| *found == id) {
+                    let mut lookup = match loaded.iter().position(|(found, _)| *found == id) {
                         Some(at) => loaded.swap_remove(at).1,
                         None => Lookup::Unknown,
                     };
+                    if lookup.version() < self.floors.get(id) {
+                        lookup = self.load_from_primary(id).await?;
+                    }
                     self.write_back(id, &lookup).await;
-                    self.l1.insert_product(id, lookup.clone()).await;
+                    let lookup = self.cache_fill(id, lookup).await?;
                     if let Some(i) = ids.iter().position(|&x| x == id) {
                         out[i] = Some(lookup);
                     }

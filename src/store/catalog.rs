@@ -4,7 +4,7 @@
 //! [`ProductRow`](crate::document::ProductRow), so the document a replica fill renders
 //! and the one the writer renders after a commit are byte-for-byte the same.
 
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 
 use crate::document::ProductRow;
 
@@ -28,10 +28,13 @@ macro_rules! select_products {
 }
 
 /// The rows of `ids` that exist (tombstones included), in no particular order.
-pub async fn products_by_ids(pool: &PgPool, ids: &[i64]) -> Result<Vec<ProductRow>, sqlx::Error> {
+pub async fn products_by_ids(
+    db: impl PgExecutor<'_>,
+    ids: &[i64],
+) -> Result<Vec<ProductRow>, sqlx::Error> {
     sqlx::query_as(select_products!("where p.id = any($1)"))
         .bind(ids)
-        .fetch_all(pool)
+        .fetch_all(db)
         .await
 }
 

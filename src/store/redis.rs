@@ -92,6 +92,11 @@ impl L2 {
         }
     }
 
+    /// The underlying client, for the relay's stream commands.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     fn key(&self, id: i64) -> String {
         let mut key = String::with_capacity(self.prefix.len() + 24);
         key.push_str(&self.prefix);

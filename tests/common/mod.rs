@@ -163,10 +163,16 @@ pub async fn catalog_checksum(pool: &PgPool) -> String {
     .expect("checksum")
 }
 
+/// The admin token of test apps.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 /// A reader built in-process on port 0 against a test database, its replica and Redis.
 #[derive(Debug)]
 pub struct TestApp {
+    /// The reader's address (the writer's, for a writer-only app).
     pub addr: std::net::SocketAddr,
+    /// The writer's address, when it runs one.
+    pub writer: Option<std::net::SocketAddr>,
     pub stop: tokio_util::sync::CancellationToken,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -181,19 +187,31 @@ impl TestApp {
         config.redis_url = Some(stack.redis_url);
         config.redis_prefix = format!("{}:", db.name);
         config.reader_addr = "127.0.0.1:0".parse().unwrap();
+        config.writer_addr = "127.0.0.1:0".parse().unwrap();
+        config.admin_tokens = vec![catalog::config::Secret::new(ADMIN_TOKEN)];
         config.db_pool_size = 8;
         config.read.replica_check_interval = Duration::from_millis(100);
         config
     }
 
     pub async fn spawn(config: &catalog::config::Config) -> Self {
-        let app = catalog::startup::Application::build(config)
+        Self::spawn_as(config, catalog::startup::Role::Reader).await
+    }
+
+    pub async fn spawn_as(config: &catalog::config::Config, role: catalog::startup::Role) -> Self {
+        let app = catalog::startup::Application::build(config, role)
             .await
             .expect("build the app");
-        let addr = app.reader_addr();
+        let addr = app.reader_addr().or(app.writer_addr()).expect("a listener");
+        let writer = app.writer_addr();
         let stop = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(app.run_until_stopped(stop.clone()));
-        Self { addr, stop, task }
+        Self {
+            addr,
+            writer,
+            stop,
+            task,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Reply {
@@ -202,6 +220,33 @@ impl TestApp {
 
     pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
         http_request(self.addr, method, path, headers).await
+    }
+
+    /// An admin request to the writer, with the test token unless `headers` has one.
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
+        let bearer = format!("Bearer {ADMIN_TOKEN}");
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            all.push(("authorization", &bearer));
+        }
+        all.push(("content-type", "application/json"));
+        http_request_with_body(
+            self.writer.expect("a writer"),
+            method,
+            path,
+            &all,
+            body.to_owned().into(),
+        )
+        .await
     }
 
     /// The value of a metric line (`name{labels}` exactly as exposed), 0 if absent.
@@ -258,12 +303,23 @@ impl Reply {
     }
 }
 
-/// One request on a fresh HTTP/1.1 connection.
+/// One bodiless request on a fresh HTTP/1.1 connection.
 pub async fn http_request(
     addr: std::net::SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
+) -> Reply {
+    http_request_with_body(addr, method, path, headers, bytes::Bytes::new()).await
+}
+
+/// One request on a fresh HTTP/1.1 connection.
+pub async fn http_request_with_body(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: bytes::Bytes,
 ) -> Reply {
     use http_body_util::BodyExt as _;
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -279,9 +335,7 @@ pub async fn http_request(
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let request = request
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
+    let request = request.body(http_body_util::Full::new(body)).unwrap();
     let response = sender.send_request(request).await.expect("send");
     let status = response.status().as_u16();
     let headers = response.headers().clone();
@@ -309,4 +363,51 @@ pub async fn replica_has_products(db: &TestDb, n: i64) {
         (count == n).then_some(())
     })
     .await;
+}
+
+/// A Redis server of this test's own, so stopping it disturbs no other test.
+pub struct OwnRedis {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl OwnRedis {
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by ops/dev.sh)");
+        poll(|| async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+        })
+        .await;
+        Self { child, port }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -1,0 +1,263 @@
+//! The reader's invalidation consumer: stream → floors → L1 evictions.
+//!
+//! It reads `<prefix>invalidations` with a blocking `XREAD` on a Redis client of its own
+//! (a blocking read holds its connection). On start it replays the whole retained
+//! stream: L1 is empty then, but the floors it rebuilds keep a lagging replica from
+//! serving a version older than a write acknowledged before this reader started.
+//!
+//! Each entry carries a dense sequence number and the stream's epoch. The consumer
+//! cannot trust stream ids to reveal what it missed (`XREAD` from a trimmed id silently
+//! returns the survivors), so a break in the sequence is a gap, and a new epoch (or the
+//! epoch key vanishing: Redis restarted or was flushed) is a reset; either way it
+//! flushes L1, counts it and logs it. Connection errors are retried with backoff and
+//! the read resumes from the last id seen.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fred::prelude::*;
+use tokio_util::sync::CancellationToken;
+
+use super::floors::Floors;
+use super::stream::Invalidation;
+use crate::cache::{Key, L1};
+use crate::metrics::Metrics;
+
+/// How long one `XREAD` blocks; after an empty read the epoch key is checked.
+const BLOCK_MS: u64 = 1_000;
+/// Most entries taken per read.
+const BATCH: u64 = 512;
+/// Longest pause between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Where the consumer is in the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Position {
+    /// Last stream id read (`0` before the first).
+    pub last_id: String,
+    /// Sequence number of the last entry applied.
+    pub last_seq: Option<i64>,
+    /// Epoch of the stream the sequence belongs to.
+    pub epoch: Option<String>,
+}
+
+/// What an entry means for the position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The next entry in sequence (or the first one seen).
+    InOrder,
+    /// Already applied (the relay publishes at least once).
+    Duplicate,
+    /// Entries between the last one applied and this one were lost.
+    Gap,
+    /// The stream was replaced (new epoch).
+    Reset,
+}
+
+impl Position {
+    /// Classifies `entry` and advances past it.
+    pub fn advance(&mut self, entry: &Invalidation) -> Step {
+        let step = match (&self.epoch, self.last_seq) {
+            (Some(epoch), _) if *epoch != entry.epoch => Step::Reset,
+            (Some(_), Some(last)) if entry.seq <= last => Step::Duplicate,
+            (Some(_), Some(last)) if entry.seq != last + 1 => Step::Gap,
+            _ => Step::InOrder,
+        };
+        if step != Step::Duplicate {
+            self.last_seq = Some(entry.seq);
+        }
+        self.epoch = Some(entry.epoch.clone());
+        step
+    }
+}
+
+/// The consumer task.
+#[derive(Debug)]
+pub struct Consumer {
+    client: Client,
+    stream_key: String,
+    epoch_key: String,
+    l1: L1,
+    floors: Floors,
+    metrics: Arc<Metrics>,
+    position: Position,
+}
+
+impl Consumer {
+    /// A consumer on its own connection to `url`.
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        l1: L1,
+        floors: Floors,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, fred::error::Error> {
+        let client = Builder::from_config(fred::prelude::Config::from_url(url)?)
+            .with_connection_config(|conn| conn.connection_timeout = Duration::from_secs(2))
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+            .build()?;
+        client.connect();
+        Ok(Self {
+            client,
+            stream_key: super::relay::stream_key(prefix),
+            epoch_key: super::relay::epoch_key(prefix),
+            l1,
+            floors,
+            metrics,
+            position: Position {
+                last_id: "0".to_owned(),
+                ..Position::default()
+            },
+        })
+    }
+
+    /// Reads and applies invalidations until `stop` fires.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let read = self.client.xread::<fred::types::Value, _, _>(
+                Some(BATCH),
+                Some(BLOCK_MS),
+                self.stream_key.as_str(),
+                self.position.last_id.as_str(),
+            );
+            let result = tokio::select! {
+                () = stop.cancelled() => return,
+                result = read => result,
+            };
+            // A read that timed out answers nil.
+            let result = result.and_then(|value| {
+                if value.is_null() {
+                    Ok(HashMap::new())
+                } else {
+                    value.into_xread_response::<String, String, String, String>()
+                }
+            });
+            match result {
+                Ok(mut streams) => {
+                    backoff = Duration::from_millis(50);
+                    match streams.remove(&self.stream_key) {
+                        Some(entries) if !entries.is_empty() => self.apply_all(entries).await,
+                        _ => self.check_epoch().await,
+                    }
+                }
+                Err(err) => {
+                    self.metrics.consumer_errors.inc();
+                    tracing::warn!(error = %err, retry_in = ?backoff, "invalidation stream read failed");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    async fn apply_all(&mut self, entries: Vec<(String, HashMap<String, String>)>) {
+        for (id, fields) in entries {
+            self.position.last_id = id;
+            match Invalidation::parse(&fields) {
+                Some(entry) => self.apply(&entry).await,
+                None => {
+                    tracing::warn!(id = %self.position.last_id, "malformed invalidation skipped")
+                }
+            }
+        }
+    }
+
+    /// Applies one invalidation.
+    pub async fn apply(&mut self, entry: &Invalidation) {
+        match self.position.advance(entry) {
+            Step::InOrder | Step::Duplicate => {}
+            Step::Gap => {
+                self.metrics.stream_gaps.inc();
+                self.flush("gap in the invalidation sequence");
+            }
+            Step::Reset => {
+                self.metrics.stream_resets.inc();
+                self.flush("the invalidation stream was reset");
+            }
+        }
+        self.floors.raise(entry.product_id, entry.version);
+        self.l1.evict_older(entry.product_id, entry.version).await;
+        if !entry.categories.is_empty() {
+            self.l1.invalidate(&Key::Categories).await;
+        }
+        self.metrics.invalidations.inc();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        let micros = u64::try_from(now.saturating_sub(entry.committed_at_micros)).unwrap_or(0);
+        self.metrics
+            .propagation
+            .observe(Duration::from_micros(micros));
+    }
+
+    /// After an idle read: if the epoch key changed or vanished, the stream was reset.
+    async fn check_epoch(&mut self) {
+        let current: Option<String> = match self.client.get(self.epoch_key.as_str()).await {
+            Ok(value) => value,
+            Err(err) => {
+                self.metrics.consumer_errors.inc();
+                tracing::debug!(error = %err, "epoch check failed");
+                return;
+            }
+        };
+        if let Some(known) = &self.position.epoch
+            && current.as_ref() != Some(known)
+        {
+            self.metrics.stream_resets.inc();
+            self.flush("the invalidation stream's epoch changed");
+            self.position = Position {
+                last_id: "0".to_owned(),
+                last_seq: None,
+                epoch: current,
+            };
+        }
+    }
+
+    fn flush(&self, why: &str) {
+        self.metrics.l1_flushes.inc();
+        self.l1.flush();
+        tracing::warn!(
+            reason = why,
+            "L1 flushed: this reader cannot know what it missed"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: i64, epoch: &str) -> Invalidation {
+        Invalidation {
+            product_id: 1,
+            version: 1,
+            categories: Vec::new(),
+            committed_at_micros: 0,
+            seq,
+            epoch: epoch.to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_sequence_reveals_gaps_duplicates_and_resets() {
+        let mut position = Position::default();
+        assert_eq!(
+            position.advance(&entry(5, "a")),
+            Step::InOrder,
+            "first entry"
+        );
+        assert_eq!(position.advance(&entry(6, "a")), Step::InOrder);
+        assert_eq!(position.advance(&entry(6, "a")), Step::Duplicate);
+        assert_eq!(position.advance(&entry(4, "a")), Step::Duplicate);
+        assert_eq!(position.last_seq, Some(6));
+        assert_eq!(position.advance(&entry(9, "a")), Step::Gap);
+        assert_eq!(position.advance(&entry(10, "a")), Step::InOrder);
+        assert_eq!(position.advance(&entry(1, "b")), Step::Reset);
+        assert_eq!(position.advance(&entry(2, "b")), Step::InOrder);
+    }
+}

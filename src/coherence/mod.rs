@@ -1,0 +1,15 @@
+//! The coherence protocol: how an acknowledged write reaches every reader.
+//!
+//! - [`relay`] (writer side): publishes committed outbox rows to the Redis stream
+//!   `<prefix>invalidations` with a dense sequence number and the stream's epoch, and
+//!   writes the new document (or tombstone) to L2 by version.
+//! - [`consumer`] (reader side): reads the stream from its last-seen id, raises
+//!   per-product freshness [`floors`], evicts older L1 entries, and flushes L1 when it
+//!   sees a gap in the sequence or a new epoch (the stream was trimmed past it, or Redis
+//!   lost it).
+//! - [`stream`]: the entry format both sides share.
+
+pub mod consumer;
+pub mod floors;
+pub mod relay;
+pub mod stream;

@@ -1,0 +1,225 @@
+//! The outbox relay (in the writer): committed outbox rows → the invalidation stream,
+//! and the new documents → L2.
+//!
+//! Every write's transaction inserts an outbox row and `NOTIFY catalog_outbox`; the
+//! relay `LISTEN`s, so it runs within milliseconds of a commit (and every second anyway,
+//! in case a notification was lost while its connection was down). One round, in one
+//! transaction on the primary: lock `relay_state` (one relay at a time, so the sequence
+//! stays dense), take the oldest unpublished rows, `XADD` each to
+//! `<prefix>invalidations` (`MAXLEN ~`) with the next sequence number and the stream's
+//! epoch, write each product's current document (or tombstone) to L2 by version, then
+//! mark the rows published and advance the sequence. If anything fails the transaction
+//! rolls back and the rows are published again later: delivery is at least once, and
+//! applying an invalidation twice is harmless. Rows left by a writer that stopped
+//! between commit and publish are published by the next relay round, on restart.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fred::prelude::*;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
+
+use super::stream::Invalidation;
+use crate::document::Lookup;
+use crate::metrics::Metrics;
+use crate::store::catalog;
+use crate::store::redis::L2;
+
+/// The channel writes notify on commit.
+pub const CHANNEL: &str = "catalog_outbox";
+/// Most outbox rows published per round.
+const BATCH: i64 = 256;
+/// Relay rounds run at least this often, notification or not.
+const POLL: Duration = Duration::from_secs(1);
+
+/// The stream's key.
+pub fn stream_key(prefix: &str) -> String {
+    format!("{prefix}invalidations")
+}
+
+/// The key holding the stream's epoch.
+pub fn epoch_key(prefix: &str) -> String {
+    format!("{prefix}invalidations:epoch")
+}
+
+/// The relay task.
+#[derive(Debug)]
+pub struct Relay {
+    primary: PgPool,
+    l2: L2,
+    stream_key: String,
+    epoch_key: String,
+    max_len: u64,
+    metrics: Arc<Metrics>,
+}
+
+/// One outbox row.
+#[derive(Debug, sqlx::FromRow)]
+struct OutboxRow {
+    id: i64,
+    product_id: i64,
+    version: i64,
+    categories: Vec<String>,
+    created_micros: i64,
+}
+
+impl Relay {
+    /// A relay publishing through `l2`'s Redis, keeping about `max_len` stream entries.
+    pub fn new(primary: PgPool, l2: L2, prefix: &str, max_len: u64, metrics: Arc<Metrics>) -> Self {
+        Self {
+            primary,
+            l2,
+            stream_key: stream_key(prefix),
+            epoch_key: epoch_key(prefix),
+            max_len,
+            metrics,
+        }
+    }
+
+    /// Publishes until `stop` fires.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut listener = None;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if listener.is_none() {
+                listener = self.listen().await;
+            }
+            match self.round().await {
+                Ok(published) => {
+                    backoff = Duration::from_millis(50);
+                    if published == BATCH as usize {
+                        continue;
+                    }
+                }
+                Err(err) => {
+                    self.metrics.relay_errors.inc();
+                    tracing::warn!(error = %err, retry_in = ?backoff, "relay round failed");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            }
+            let notified = async {
+                match listener.as_mut() {
+                    Some(l) => l.recv().await.map(drop),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                result = notified => if result.is_err() { listener = None },
+                () = tokio::time::sleep(POLL) => {}
+            }
+        }
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut listener = PgListener::connect_with(&self.primary).await.ok()?;
+        listener.listen(CHANNEL).await.ok()?;
+        Some(listener)
+    }
+
+    /// One round: publishes up to [`BATCH`] rows; returns how many.
+    pub async fn round(&self) -> anyhow::Result<usize> {
+        let mut tx = self.primary.begin().await?;
+        let next_seq: i64 =
+            sqlx::query_scalar("select next_seq from relay_state where id = 1 for update")
+                .fetch_one(&mut *tx)
+                .await?;
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "select id, product_id, version, categories, \
+             (extract(epoch from created_at) * 1000000)::bigint as created_micros \
+             from outbox where published_at is null order by id limit $1",
+        )
+        .bind(BATCH)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            self.metrics.outbox_backlog.set(0);
+            return Ok(0);
+        }
+        let epoch = self.epoch().await?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.product_id).collect();
+        let documents = catalog::products_by_ids(&mut *tx, &ids).await?;
+        for (i, row) in rows.iter().enumerate() {
+            let entry = Invalidation {
+                product_id: row.product_id,
+                version: row.version,
+                categories: row.categories.clone(),
+                committed_at_micros: row.created_micros,
+                seq: next_seq + i as i64,
+                epoch: epoch.clone(),
+            };
+            let _: String = self
+                .l2
+                .client()
+                .xadd(
+                    self.stream_key.as_str(),
+                    false,
+                    ("MAXLEN", "~", self.max_len as i64, None),
+                    "*",
+                    entry.fields(),
+                )
+                .await?;
+        }
+        for document in documents {
+            let id = document.id;
+            let lookup: Lookup = document.into_lookup()?;
+            self.l2.put(id, &lookup).await?;
+        }
+        let outbox_ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let seqs: Vec<i64> = (0..rows.len() as i64).map(|i| next_seq + i).collect();
+        sqlx::query(
+            "update outbox set published_at = now(), seq = data.seq \
+             from unnest($1::bigint[], $2::bigint[]) as data(id, seq) where outbox.id = data.id",
+        )
+        .bind(&outbox_ids)
+        .bind(&seqs)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("update relay_state set next_seq = $1 where id = 1")
+            .bind(next_seq + rows.len() as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.metrics.relay_published.inc_by(rows.len() as u64);
+        let backlog: i64 =
+            sqlx::query_scalar("select count(*) from outbox where published_at is null")
+                .fetch_one(&self.primary)
+                .await?;
+        self.metrics.outbox_backlog.set(backlog);
+        Ok(rows.len())
+    }
+
+    /// The stream's epoch, created if Redis has none (first start, or Redis lost it).
+    async fn epoch(&self) -> Result<String, fred::error::Error> {
+        let client = self.l2.client();
+        if let Some(epoch) = client
+            .get::<Option<String>, _>(self.epoch_key.as_str())
+            .await?
+        {
+            return Ok(epoch);
+        }
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let fresh = format!("{nanos:x}-{:x}", std::process::id());
+        let _: Option<String> = client
+            .set(
+                self.epoch_key.as_str(),
+                fresh.as_str(),
+                None,
+                Some(SetOptions::NX),
+                false,
+            )
+            .await?;
+        let epoch: Option<String> = client.get(self.epoch_key.as_str()).await?;
+        Ok(epoch.unwrap_or(fresh))
+    }
+}

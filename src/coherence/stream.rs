@@ -1,0 +1,89 @@
+//! One invalidation as carried by the stream: field names, encoding and decoding.
+
+use std::collections::HashMap;
+
+/// Field names of a stream entry.
+const PRODUCT: &str = "p";
+const VERSION: &str = "v";
+const CATEGORIES: &str = "c";
+const COMMITTED: &str = "t";
+const SEQ: &str = "s";
+const EPOCH: &str = "e";
+
+/// One published invalidation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalidation {
+    /// The product written.
+    pub product_id: i64,
+    /// Its version after the write.
+    pub version: i64,
+    /// Slugs of the categories the write touched (before and after).
+    pub categories: Vec<String>,
+    /// Commit time, microseconds since the Unix epoch (for propagation latency).
+    pub committed_at_micros: i64,
+    /// Dense sequence number assigned by the relay; a break means entries were missed.
+    pub seq: i64,
+    /// The stream's epoch; a new one means the stream was reset.
+    pub epoch: String,
+}
+
+impl Invalidation {
+    /// The entry's fields, for `XADD`.
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (PRODUCT, self.product_id.to_string()),
+            (VERSION, self.version.to_string()),
+            (CATEGORIES, self.categories.join(",")),
+            (COMMITTED, self.committed_at_micros.to_string()),
+            (SEQ, self.seq.to_string()),
+            (EPOCH, self.epoch.clone()),
+        ]
+    }
+
+    /// Parses an entry's fields; `None` if any is missing or malformed.
+    pub fn parse(fields: &HashMap<String, String>) -> Option<Self> {
+        let number = |name: &str| fields.get(name)?.parse::<i64>().ok();
+        let categories = fields.get(CATEGORIES)?;
+        Some(Self {
+            product_id: number(PRODUCT)?,
+            version: number(VERSION)?,
+            categories: categories
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            committed_at_micros: number(COMMITTED)?,
+            seq: number(SEQ)?,
+            epoch: fields.get(EPOCH)?.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip() {
+        let entry = Invalidation {
+            product_id: 7,
+            version: 3,
+            categories: vec!["lamps".into(), "desks".into()],
+            committed_at_micros: 1_700_000_000_000_000,
+            seq: 42,
+            epoch: "e1".into(),
+        };
+        let fields: HashMap<String, String> = entry
+            .fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(Invalidation::parse(&fields), Some(entry.clone()));
+        let mut no_cats = fields.clone();
+        no_cats.insert("c".into(), String::new());
+        assert!(Invalidation::parse(&no_cats).unwrap().categories.is_empty());
+        let mut broken = fields;
+        broken.insert("s".into(), "x".into());
+        assert_eq!(Invalidation::parse(&broken), None);
+    }
+}

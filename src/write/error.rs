@@ -1,0 +1,211 @@
+//! Everything an admin request can fail with, and the status each one answers.
+//! A failed request changes nothing: every write is one transaction.
+
+use hyper::StatusCode;
+
+use crate::http::problem::Problem;
+
+/// A failed admin request.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// No bearer token.
+    #[error("missing bearer token")]
+    Unauthenticated,
+    /// A bearer token that is not one of `CATALOG_ADMIN_TOKENS`.
+    #[error("unknown bearer token")]
+    Forbidden,
+    /// No such admin route.
+    #[error("no route")]
+    RouteNotFound,
+    /// A method the route does not serve.
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
+    /// A path id that is not a positive integer.
+    #[error("invalid product id {0:?}")]
+    InvalidId(Box<str>),
+    /// The body is not JSON; the message names the position.
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// A field is missing, unknown or out of bounds.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The field at fault.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The body is larger than `CATALOG_MAX_BODY_BYTES`.
+    #[error("body too large")]
+    TooLarge(usize),
+    /// Categories named by the product that do not exist.
+    #[error("unknown categories: {0:?}")]
+    UnknownCategories(Vec<String>),
+    /// Another live product has this SKU.
+    #[error("SKU taken")]
+    SkuTaken,
+    /// No (live) product with this id.
+    #[error("product {0} not found")]
+    ProductNotFound(i64),
+    /// `If-Match` names another version.
+    #[error("version mismatch")]
+    PreconditionFailed {
+        /// The product's current version (0: it does not exist).
+        current: i64,
+    },
+    /// The primary failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl WriteError {
+    /// The problem document this error answers with.
+    pub fn problem(&self) -> Problem {
+        use StatusCode as S;
+        match self {
+            Self::Unauthenticated => Problem::new(
+                S::UNAUTHORIZED,
+                "unauthenticated",
+                "Authentication required",
+                "send Authorization: Bearer <admin token>",
+            ),
+            Self::Forbidden => Problem::new(
+                S::FORBIDDEN,
+                "forbidden",
+                "Forbidden",
+                "this token is not an admin token",
+            ),
+            Self::RouteNotFound => Problem::new(
+                S::NOT_FOUND,
+                "not-found",
+                "Not found",
+                "no such admin resource; see the API in the README",
+            ),
+            Self::MethodNotAllowed(allow) => Problem {
+                allow: Some(allow),
+                ..Problem::new(
+                    S::METHOD_NOT_ALLOWED,
+                    "method-not-allowed",
+                    "Method not allowed",
+                    format!("this resource accepts {allow}"),
+                )
+            },
+            Self::InvalidId(id) => Problem::new(
+                S::BAD_REQUEST,
+                "invalid-id",
+                "Invalid product id",
+                format!(
+                    "{id:?} is not a product id: expected an integer from 1 to {}",
+                    i64::MAX
+                ),
+            ),
+            Self::MalformedJson(detail) => Problem::new(
+                S::BAD_REQUEST,
+                "malformed-json",
+                "Malformed JSON",
+                detail.clone(),
+            ),
+            Self::Invalid { field, reason } => Problem::new(
+                S::BAD_REQUEST,
+                "invalid-product",
+                "Invalid product",
+                format!("{field}: {reason}"),
+            ),
+            Self::TooLarge(limit) => Problem::new(
+                S::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+                format!("the body must be at most {limit} bytes"),
+            ),
+            Self::UnknownCategories(slugs) => Problem::new(
+                S::UNPROCESSABLE_ENTITY,
+                "unknown-categories",
+                "Unknown categories",
+                format!("no such categories: {}", slugs.join(", ")),
+            ),
+            Self::SkuTaken => Problem::new(
+                S::CONFLICT,
+                "sku-taken",
+                "SKU taken",
+                "another live product has this SKU",
+            ),
+            Self::ProductNotFound(id) => Problem::new(
+                S::NOT_FOUND,
+                "product-not-found",
+                "Product not found",
+                format!("there is no product {id}"),
+            ),
+            Self::PreconditionFailed { current } => Problem::new(
+                S::PRECONDITION_FAILED,
+                "version-mismatch",
+                "Precondition failed",
+                format!("If-Match does not name the current version ({current})"),
+            ),
+            Self::Database(_) => Problem::new(
+                S::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+                "the primary failed to answer; the write was not applied, retry shortly",
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_its_status_and_type() {
+        let cases: Vec<(WriteError, u16, &str)> = vec![
+            (WriteError::Unauthenticated, 401, "unauthenticated"),
+            (WriteError::Forbidden, 403, "forbidden"),
+            (WriteError::RouteNotFound, 404, "not-found"),
+            (
+                WriteError::MethodNotAllowed("PUT"),
+                405,
+                "method-not-allowed",
+            ),
+            (WriteError::InvalidId("x".into()), 400, "invalid-id"),
+            (
+                WriteError::MalformedJson("at 3".into()),
+                400,
+                "malformed-json",
+            ),
+            (
+                WriteError::Invalid {
+                    field: "sku",
+                    reason: "x".into(),
+                },
+                400,
+                "invalid-product",
+            ),
+            (WriteError::TooLarge(10), 413, "payload-too-large"),
+            (
+                WriteError::UnknownCategories(vec!["x".into()]),
+                422,
+                "unknown-categories",
+            ),
+            (WriteError::SkuTaken, 409, "sku-taken"),
+            (WriteError::ProductNotFound(1), 404, "product-not-found"),
+            (
+                WriteError::PreconditionFailed { current: 2 },
+                412,
+                "version-mismatch",
+            ),
+            (
+                WriteError::Database(sqlx::Error::PoolTimedOut),
+                503,
+                "unavailable",
+            ),
+        ];
+        for (error, status, kind) in cases {
+            let problem = error.problem();
+            assert_eq!(problem.status.as_u16(), status, "{error:?}");
+            assert_eq!(problem.kind, kind, "{error:?}");
+        }
+        assert_eq!(
+            WriteError::MethodNotAllowed("PUT, PATCH").problem().allow,
+            Some("PUT, PATCH")
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! The admin face: authenticate, bound and parse the body, run one transaction on the
+//! primary (row + version bump + outbox row), answer the new version.
+//!
+//! Routes: `PUT`, `PATCH` (JSON merge patch) and `DELETE` on `/admin/products/{id}`.
+//! `If-Match: "<version>"` makes a write conditional (412 on another version). Every
+//! success answers `{"id":..,"version":..}` with the new `ETag` and a `Catalog-Token`
+//! header, the commit's LSN. Bad input gets a problem document and changes nothing.
+
+pub mod auth;
+pub mod error;
+pub mod payload;
+pub mod tx;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Body;
+use hyper::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, ETAG, HeaderName, HeaderValue, IF_MATCH, LOCATION,
+};
+use hyper::{Method, Request, Response, StatusCode};
+use sqlx::PgPool;
+
+use crate::config::Secret;
+use crate::document::etag;
+use crate::metrics::Metrics;
+use error::WriteError;
+use payload::ProductInput;
+use tx::Committed;
+
+/// The read-your-writes token header: the commit's LSN.
+pub const CATALOG_TOKEN: HeaderName = HeaderName::from_static("catalog-token");
+
+/// Metric labels of the admin routes.
+pub const ROUTE_NAMES: [&str; 2] = ["admin_product", "admin_unmatched"];
+
+/// Everything the admin face needs.
+#[derive(Debug)]
+pub struct Writer {
+    primary: PgPool,
+    tokens: Vec<Secret>,
+    metrics: Arc<Metrics>,
+    /// Index of this face's first route in the metrics' route list.
+    route_base: usize,
+    max_body: usize,
+}
+
+impl Writer {
+    /// Assembles the face; its routes are recorded from `route_base` on.
+    pub fn new(
+        primary: PgPool,
+        tokens: Vec<Secret>,
+        metrics: Arc<Metrics>,
+        route_base: usize,
+        max_body: usize,
+    ) -> Self {
+        Self {
+            primary,
+            tokens,
+            metrics,
+            route_base,
+            max_body,
+        }
+    }
+
+    /// The hyper service of this face.
+    pub fn service(
+        self: Arc<Self>,
+    ) -> impl hyper::service::Service<
+        Request<hyper::body::Incoming>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
+    > + Clone
+    + Send
+    + 'static {
+        let writer = self;
+        hyper::service::service_fn(move |request| {
+            let writer = Arc::clone(&writer);
+            async move { Ok(Box::pin(writer.handle(request)).await) }
+        })
+    }
+
+    /// Answers one admin request.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let started = Instant::now();
+        let (route, result) = self.dispatch(request).await;
+        let response = result.unwrap_or_else(|error| {
+            if let WriteError::Database(err) = &error {
+                tracing::warn!(error = %err, "write failed");
+            }
+            error.problem().response()
+        });
+        self.metrics.http.record(
+            self.route_base + route,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
+        response
+    }
+
+    async fn dispatch<B>(
+        &self,
+        request: Request<B>,
+    ) -> (usize, Result<Response<Full<Bytes>>, WriteError>)
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let Some(raw_id) = request
+            .uri()
+            .path()
+            .strip_prefix("/admin/products/")
+            .map(str::to_owned)
+        else {
+            return (1, Err(WriteError::RouteNotFound));
+        };
+        let raw_id = raw_id.as_str();
+        let result = async {
+            auth::authorize(request.headers(), &self.tokens)?;
+            let id = crate::read::route::parse_id(raw_id)
+                .map_err(|_| WriteError::InvalidId(raw_id.into()))?;
+            let if_match = if_match(request.headers())?;
+            let method = request.method().clone();
+            let committed = match method {
+                Method::PUT => {
+                    let body = self.body(request).await?;
+                    let input = ProductInput::parse(&body)?;
+                    tx::put_product(&self.primary, id, &input, if_match).await?
+                }
+                Method::PATCH => {
+                    let body = self.body(request).await?;
+                    tx::patch_product(&self.primary, id, &body, if_match).await?
+                }
+                Method::DELETE => tx::delete_product(&self.primary, id, if_match).await?,
+                _ => return Err(WriteError::MethodNotAllowed("PUT, PATCH, DELETE")),
+            };
+            Ok(committed_response(id, &committed))
+        }
+        .await;
+        (0, result)
+    }
+
+    /// The whole body, refused with 413 past the configured limit.
+    async fn body<B>(&self, request: Request<B>) -> Result<Bytes, WriteError>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let declared = request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > self.max_body) {
+            return Err(WriteError::TooLarge(self.max_body));
+        }
+        match Limited::new(request.into_body(), self.max_body)
+            .collect()
+            .await
+        {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+                Err(WriteError::TooLarge(self.max_body))
+            }
+            Err(err) => Err(WriteError::MalformedJson(format!(
+                "the body could not be read: {err}"
+            ))),
+        }
+    }
+}
+
+/// `If-Match: "<version>"`; `*` or absent means unconditional.
+fn if_match(headers: &hyper::HeaderMap) -> Result<Option<i64>, WriteError> {
+    let Some(value) = headers.get(IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("").trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    let version = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .and_then(|t| t.parse::<i64>().ok());
+    match version {
+        Some(version) => Ok(Some(version)),
+        // An ETag we never issued cannot match any version.
+        None => Err(WriteError::PreconditionFailed { current: 0 }),
+    }
+}
+
+fn committed_response(id: i64, committed: &Committed) -> Response<Full<Bytes>> {
+    let body = format!("{{\"id\":{id},\"version\":{}}}", committed.version);
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    if committed.created {
+        *response.status_mut() = StatusCode::CREATED;
+    }
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(ETAG, etag(committed.version));
+    if let Ok(token) = HeaderValue::try_from(committed.token.as_str()) {
+        headers.insert(CATALOG_TOKEN, token);
+    }
+    if committed.created
+        && let Ok(location) = HeaderValue::try_from(format!("/products/{id}"))
+    {
+        headers.insert(LOCATION, location);
+    }
+    response
+}

@@ -1,0 +1,324 @@
+//! Admin payloads: parsed with simd-json into typed values, unknown fields rejected,
+//! every field bounded; JSON merge patches (RFC 7396) applied to the current product.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::error::WriteError;
+
+/// Longest text accepted for each field, in characters.
+const MAX_NAME: usize = 300;
+const MAX_DESCRIPTION: usize = 10_000;
+const MAX_BRAND: usize = 200;
+const MAX_SKU: usize = 64;
+/// Largest `attributes` object, serialized.
+const MAX_ATTRIBUTES_BYTES: usize = 16 * 1024;
+const MAX_IMAGES: usize = 20;
+const MAX_URL: usize = 2048;
+const MAX_CATEGORIES: usize = 20;
+/// Largest price in minor units (ten billion in major units).
+const MAX_AMOUNT: i64 = 1_000_000_000_000;
+const MAX_STOCK: i32 = 1_000_000_000;
+
+/// A product as an admin sends it (`PUT`), and as a merge patch is applied to.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductInput {
+    /// Stock-keeping unit: letters, digits, `.`, `_`, `-`.
+    pub sku: String,
+    /// Display name.
+    pub name: String,
+    /// Long description.
+    #[serde(default)]
+    pub description: String,
+    /// Brand.
+    #[serde(default)]
+    pub brand: String,
+    /// Price.
+    pub price: PriceInput,
+    /// Units in stock.
+    #[serde(default)]
+    pub stock: i32,
+    /// Free-form attributes (a JSON object).
+    #[serde(default = "empty_object")]
+    pub attributes: Value,
+    /// Image URLs.
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// Whether storefronts may show it.
+    #[serde(default = "yes")]
+    pub active: bool,
+    /// Category slugs.
+    #[serde(default)]
+    pub categories: Vec<String>,
+}
+
+/// A price in minor units of an ISO-4217 currency.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceInput {
+    /// Minor units (cents).
+    pub amount: i64,
+    /// Three capital letters.
+    pub currency: String,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Map::new())
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn invalid(field: &'static str, why: impl Into<String>) -> WriteError {
+    WriteError::Invalid {
+        field,
+        reason: why.into(),
+    }
+}
+
+fn bounded_text(
+    field: &'static str,
+    value: &str,
+    min: usize,
+    max: usize,
+) -> Result<(), WriteError> {
+    let len = value.chars().count();
+    if len < min || len > max {
+        return Err(invalid(field, format!("must be {min} to {max} characters")));
+    }
+    if value.chars().any(char::is_control) && field != "description" {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+impl ProductInput {
+    /// Parses a `PUT` body.
+    pub fn parse(body: &[u8]) -> Result<Self, WriteError> {
+        let mut bytes = body.to_vec();
+        let input: Self = simd_json::serde::from_slice(&mut bytes).map_err(json_error)?;
+        input.validate()?;
+        Ok(input)
+    }
+
+    /// Checks every bound; the database's constraints repeat the essential ones.
+    pub fn validate(&self) -> Result<(), WriteError> {
+        bounded_text("sku", &self.sku, 1, MAX_SKU)?;
+        if !self
+            .sku
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(invalid("sku", "only letters, digits, '.', '_' and '-'"));
+        }
+        bounded_text("name", &self.name, 1, MAX_NAME)?;
+        bounded_text("description", &self.description, 0, MAX_DESCRIPTION)?;
+        bounded_text("brand", &self.brand, 0, MAX_BRAND)?;
+        if !(0..=MAX_AMOUNT).contains(&self.price.amount) {
+            return Err(invalid(
+                "price.amount",
+                format!("must be 0 to {MAX_AMOUNT}"),
+            ));
+        }
+        if self.price.currency.len() != 3
+            || !self.price.currency.bytes().all(|b| b.is_ascii_uppercase())
+        {
+            return Err(invalid(
+                "price.currency",
+                "must be an ISO-4217 code such as EUR",
+            ));
+        }
+        if !(0..=MAX_STOCK).contains(&self.stock) {
+            return Err(invalid("stock", format!("must be 0 to {MAX_STOCK}")));
+        }
+        if !self.attributes.is_object() {
+            return Err(invalid("attributes", "must be a JSON object"));
+        }
+        if self.attributes.to_string().len() > MAX_ATTRIBUTES_BYTES {
+            return Err(invalid(
+                "attributes",
+                format!("must be at most {MAX_ATTRIBUTES_BYTES} bytes"),
+            ));
+        }
+        if self.images.len() > MAX_IMAGES {
+            return Err(invalid("images", format!("at most {MAX_IMAGES}")));
+        }
+        for url in &self.images {
+            if url.len() > MAX_URL || !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(invalid(
+                    "images",
+                    "each must be an http(s) URL of at most 2048 bytes",
+                ));
+            }
+        }
+        if self.categories.len() > MAX_CATEGORIES {
+            return Err(invalid("categories", format!("at most {MAX_CATEGORIES}")));
+        }
+        for slug in &self.categories {
+            if !valid_slug(slug) {
+                return Err(invalid(
+                    "categories",
+                    format!("{slug:?} is not a category slug"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a JSON merge patch (RFC 7396) to this product and validates the result.
+    pub fn patched(&self, patch_body: &[u8]) -> Result<Self, WriteError> {
+        let mut bytes = patch_body.to_vec();
+        let patch: Value = simd_json::serde::from_slice(&mut bytes).map_err(json_error)?;
+        if !patch.is_object() {
+            return Err(invalid("body", "a merge patch must be a JSON object"));
+        }
+        let mut current = serde_json::to_value(self).map_err(|e| invalid("body", e.to_string()))?;
+        merge(&mut current, &patch);
+        let patched: Self = serde_json::from_value(current).map_err(|e| WriteError::Invalid {
+            field: "body",
+            reason: e.to_string(),
+        })?;
+        patched.validate()?;
+        Ok(patched)
+    }
+}
+
+/// RFC 7396: objects merge key by key, `null` removes, anything else replaces.
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(target) = target {
+        for (key, value) in patch {
+            if value.is_null() {
+                target.remove(key);
+            } else {
+                merge(target.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
+/// Whether `slug` is a well-formed category slug.
+pub fn valid_slug(slug: &str) -> bool {
+    !slug.is_empty()
+        && slug.len() <= 64
+        && slug.split('-').all(|w| {
+            !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+}
+
+/// Syntax errors name their position; errors of shape (unknown or missing fields,
+/// wrong types) are invalid products.
+fn json_error(err: simd_json::Error) -> WriteError {
+    match err.error() {
+        simd_json::ErrorType::Serde(reason) => WriteError::Invalid {
+            field: "body",
+            reason: reason.clone(),
+        },
+        _ => WriteError::MalformedJson(err.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAMP: &str = r#"{"sku":"ACM-1","name":"Lamp","price":{"amount":2999,"currency":"EUR"},
+        "attributes":{"color":"red"},"images":["https://img/1.jpg"],"categories":["lamps"]}"#;
+
+    #[test]
+    fn a_product_parses_with_defaults() {
+        let input = ProductInput::parse(LAMP.as_bytes()).unwrap();
+        assert_eq!(input.sku, "ACM-1");
+        assert_eq!(input.stock, 0);
+        assert!(input.active);
+        assert_eq!(input.description, "");
+        assert_eq!(input.categories, ["lamps"]);
+    }
+
+    #[test]
+    fn bad_payloads_name_their_problem() {
+        let cases = [
+            (
+                r#"{"sku":"A","name":"x","price":{"amount":1,"currency":"EUR"},"colour":1}"#,
+                "colour",
+            ),
+            (
+                r#"{"sku":"A","name":"x","price":{"amount":-1,"currency":"EUR"}}"#,
+                "price.amount",
+            ),
+            (
+                r#"{"sku":"A","name":"x","price":{"amount":1,"currency":"eur"}}"#,
+                "price.currency",
+            ),
+            (
+                r#"{"sku":"A B","name":"x","price":{"amount":1,"currency":"EUR"}}"#,
+                "sku",
+            ),
+            (
+                r#"{"sku":"A","name":"","price":{"amount":1,"currency":"EUR"}}"#,
+                "name",
+            ),
+            (
+                r#"{"sku":"A","name":"x","price":{"amount":1,"currency":"EUR"},"stock":-2}"#,
+                "stock",
+            ),
+            (
+                r#"{"sku":"A","name":"x","price":{"amount":1,"currency":"EUR"},"attributes":[]}"#,
+                "attributes",
+            ),
+            (
+                r#"{"sku":"A","name":"x","price":{"amount":1,"currency":"EUR"},"images":["ftp://x"]}"#,
+                "images",
+            ),
+            (
+                r#"{"sku":"A","name":"x","price":{"amount":1,"currency":"EUR"},"categories":["Bad Slug"]}"#,
+                "categories",
+            ),
+            (r#"{"sku":"A","name":"x"}"#, "price"),
+        ];
+        for (body, needle) in cases {
+            let err = ProductInput::parse(body.as_bytes()).unwrap_err();
+            assert!(err.to_string().contains(needle), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn malformed_json_is_reported_with_its_position() {
+        let err = ProductInput::parse(br#"{"sku": "A",, }"#).unwrap_err();
+        assert!(matches!(err, WriteError::MalformedJson(_)), "{err}");
+        assert!(err.to_string().chars().any(|c| c.is_ascii_digit()), "{err}");
+    }
+
+    #[test]
+    fn merge_patches_follow_rfc_7396() {
+        let lamp = ProductInput::parse(LAMP.as_bytes()).unwrap();
+        let patched = lamp
+            .patched(
+                br#"{"price":{"amount":1999},"attributes":{"color":null,"size":"L"},"stock":4}"#,
+            )
+            .unwrap();
+        assert_eq!(patched.price.amount, 1999);
+        assert_eq!(patched.price.currency, "EUR");
+        assert_eq!(patched.attributes, serde_json::json!({"size": "L"}));
+        assert_eq!(patched.stock, 4);
+        assert_eq!(patched.name, lamp.name);
+        assert!(
+            lamp.patched(br#"{"name":null}"#).is_err(),
+            "a required field removed"
+        );
+        assert!(lamp.patched(br#"[1]"#).is_err());
+        assert!(lamp.patched(br#"{"unknown":1}"#).is_err());
+        let cleared = lamp.patched(br#"{"images":null}"#).unwrap();
+        assert!(cleared.images.is_empty());
+    }
+}

@@ -1,0 +1,546 @@
+//! The writer and the coherence protocol against the real stack: admin writes, their
+//! propagation to readers, refusals that change nothing, relay healing, gaps, resets,
+//! and a consistency checker under concurrent reads and writes.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use catalog::seed::{self, SeedSpec};
+use catalog::startup::Role;
+use common::{OwnRedis, Stack, TestApp, TestDb, poll, replica_has_products};
+use fred::prelude::*;
+use serde_json::Value;
+
+async fn seeded(products: u64) -> TestDb {
+    let db = TestDb::migrated().await;
+    let spec = SeedSpec {
+        products,
+        categories: 4,
+        seed: 21,
+        replace: false,
+    };
+    seed::seed(&db.primary, spec).await.unwrap();
+    replica_has_products(&db, products as i64).await;
+    db
+}
+
+/// An active product of the seed and one of its category slugs.
+async fn product_in_category(db: &TestDb) -> (i64, String) {
+    sqlx::query_as(
+        "select p.id, c.slug from products p join product_categories pc on pc.product_id = p.id \
+         join categories c on c.id = pc.category_id where p.active order by p.id limit 1",
+    )
+    .fetch_one(&db.primary)
+    .await
+    .unwrap()
+}
+
+fn lamp(name: &str, categories: &[String]) -> String {
+    serde_json::json!({
+        "sku": format!("LAMP-{}", name.len()),
+        "name": name,
+        "price": {"amount": 2999, "currency": "EUR"},
+        "stock": 3,
+        "attributes": {"color": "red"},
+        "images": ["https://img.example.com/lamp.jpg"],
+        "categories": categories,
+    })
+    .to_string()
+}
+
+/// Polls the reader until product `id` has at least `version`.
+async fn wait_for_version(app: &TestApp, id: i64, version: i64) -> Value {
+    poll(|| async {
+        let reply = app.get(&format!("/products/{id}")).await;
+        let doc = reply.json();
+        (doc["version"].as_i64().unwrap_or(0) >= version).then_some(doc)
+    })
+    .await
+}
+
+/// The primary's row and the outbox size: what a refused request must leave alone.
+async fn primary_state(db: &TestDb, id: i64) -> (Option<String>, i64) {
+    let row: Option<String> = sqlx::query_scalar(
+        "select concat_ws('|', version, sku, name, price_amount, currency, stock, attributes::text, \
+         deleted_at) from products where id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&db.primary)
+    .await
+    .unwrap();
+    let outbox: i64 = sqlx::query_scalar("select count(*) from outbox")
+        .fetch_one(&db.primary)
+        .await
+        .unwrap();
+    (row, outbox)
+}
+
+#[tokio::test]
+async fn a_write_reaches_single_gets_batches_and_category_pages() {
+    let db = seeded(40).await;
+    let app = TestApp::spawn_as(&TestApp::config(&db), Role::All).await;
+    let (id, slug) = product_in_category(&db).await;
+    let before = app.get(&format!("/products/{id}")).await.json();
+    assert_eq!(before["version"], 1);
+    let page = app
+        .get(&format!("/categories/{slug}/products?limit=200"))
+        .await
+        .json();
+    assert!(
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["id"] == id)
+    );
+
+    let reply = app
+        .admin(
+            "PUT",
+            &format!("/admin/products/{id}"),
+            &[],
+            &lamp("Brighter lamp", std::slice::from_ref(&slug)),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["version"], 2);
+    assert_eq!(reply.header("etag"), Some("\"2\""));
+    assert!(
+        reply
+            .header("catalog-token")
+            .is_some_and(|t| t.contains('/'))
+    );
+
+    let doc = wait_for_version(&app, id, 2).await;
+    assert_eq!(doc["name"], "Brighter lamp");
+    let batch = app.get(&format!("/products?ids={id}")).await.json();
+    assert_eq!(batch["items"][0]["version"], 2);
+    let page = app
+        .get(&format!("/categories/{slug}/products?limit=200"))
+        .await
+        .json();
+    let listed = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == id)
+        .unwrap();
+    assert_eq!(listed["version"], 2);
+    assert!(app.metric("catalog_invalidations_total").await >= 1.0);
+    assert!(app.metric("catalog_relay_published_total").await >= 1.0);
+
+    // A patch, then a delete: both propagate.
+    let patched = app
+        .admin(
+            "PATCH",
+            &format!("/admin/products/{id}"),
+            &[],
+            r#"{"stock": 11}"#,
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    assert_eq!(wait_for_version(&app, id, 3).await["stock"], 11);
+    let deleted = app
+        .admin("DELETE", &format!("/admin/products/{id}"), &[], "")
+        .await;
+    assert_eq!(deleted.json()["version"], 4);
+    poll(|| async { (app.get(&format!("/products/{id}")).await.status == 404).then_some(()) })
+        .await;
+
+    // A new product is created with 201 and becomes readable.
+    let created = app
+        .admin("PUT", "/admin/products/900001", &[], &lamp("New lamp", &[]))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(created.header("location"), Some("/products/900001"));
+    assert_eq!(wait_for_version(&app, 900_001, 1).await["name"], "New lamp");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn refused_admin_requests_change_nothing() {
+    let db = seeded(10).await;
+    let mut config = TestApp::config(&db);
+    config.max_body_bytes = 4096;
+    let app = TestApp::spawn_as(&config, Role::Writer).await;
+    let (id, _) = product_in_category(&db).await;
+    let other_sku: String = sqlx::query_scalar("select sku from products where id <> $1 limit 1")
+        .bind(id)
+        .fetch_one(&db.primary)
+        .await
+        .unwrap();
+    let path = format!("/admin/products/{id}");
+    let before = primary_state(&db, id).await;
+    let valid = lamp("Lamp", &[]);
+
+    let none = app
+        .admin("PUT", &path, &[("authorization", "")], &valid)
+        .await;
+    none.assert_problem(401, "unauthenticated");
+    let wrong = app
+        .admin(
+            "PUT",
+            &path,
+            &[("authorization", "Bearer not-the-token")],
+            &valid,
+        )
+        .await;
+    wrong.assert_problem(403, "forbidden");
+    let malformed = app.admin("PUT", &path, &[], r#"{"sku": "A",, }"#).await;
+    malformed.assert_problem(400, "malformed-json");
+    assert!(
+        malformed.json()["detail"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .any(|c| c.is_ascii_digit())
+    );
+    app.admin(
+        "PUT",
+        &path,
+        &[],
+        r#"{"sku":"A","name":"x","price":{"amount":1,"currency":"EUR"},"extra":1}"#,
+    )
+    .await
+    .assert_problem(400, "invalid-product");
+    app.admin(
+        "PUT",
+        &path,
+        &[],
+        r#"{"sku":"A","name":"x","price":{"amount":-5,"currency":"EUR"}}"#,
+    )
+    .await
+    .assert_problem(400, "invalid-product");
+    let huge = lamp(&"x".repeat(5000), &[]);
+    app.admin("PUT", &path, &[], &huge)
+        .await
+        .assert_problem(413, "payload-too-large");
+    app.admin("PUT", &path, &[("if-match", "\"7\"")], &valid)
+        .await
+        .assert_problem(412, "version-mismatch");
+    app.admin(
+        "PUT",
+        &path,
+        &[],
+        &lamp("Lamp", &["no-such-category".into()]),
+    )
+    .await
+    .assert_problem(422, "unknown-categories");
+    let taken = valid.replace("LAMP-4", &other_sku);
+    app.admin("PUT", &path, &[], &taken)
+        .await
+        .assert_problem(409, "sku-taken");
+    app.admin("PATCH", &path, &[], r#"{"price": {"currency": "euro"}}"#)
+        .await
+        .assert_problem(400, "invalid-product");
+    app.admin("PATCH", "/admin/products/999999", &[], r#"{"stock": 1}"#)
+        .await
+        .assert_problem(404, "product-not-found");
+    app.admin("PUT", "/admin/products/abc", &[], &valid)
+        .await
+        .assert_problem(400, "invalid-id");
+    app.admin("POST", &path, &[], &valid)
+        .await
+        .assert_problem(405, "method-not-allowed");
+    assert_eq!(
+        primary_state(&db, id).await,
+        before,
+        "a refused request changed the primary"
+    );
+
+    // The matching If-Match succeeds.
+    let ok = app
+        .admin("PUT", &path, &[("if-match", "\"1\"")], &valid)
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_ne!(primary_state(&db, id).await, before);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_writer_stopped_between_commit_and_publish_is_healed_by_the_relay() {
+    let db = seeded(10).await;
+    let config = TestApp::config(&db);
+    let reader = TestApp::spawn_as(&config, Role::Reader).await;
+    let (id, _) = product_in_category(&db).await;
+    assert_eq!(
+        reader.get(&format!("/products/{id}")).await.json()["version"],
+        1
+    );
+
+    // What a writer leaves when it dies right after commit: the row and an unpublished
+    // outbox row, no stream entry.
+    let mut tx = db.primary.begin().await.unwrap();
+    sqlx::query("update products set name = 'Healed', version = version + 1 where id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("insert into outbox (product_id, version) values ($1, 2)")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        reader.get(&format!("/products/{id}")).await.json()["version"],
+        1
+    );
+
+    // A writer starts: its relay publishes what was left.
+    let writer = TestApp::spawn_as(&config, Role::Writer).await;
+    let doc = wait_for_version(&reader, id, 2).await;
+    assert_eq!(doc["name"], "Healed");
+    let unpublished: i64 =
+        sqlx::query_scalar("select count(*) from outbox where published_at is null")
+            .fetch_one(&db.primary)
+            .await
+            .unwrap();
+    assert_eq!(unpublished, 0);
+    writer.shutdown().await;
+    reader.shutdown().await;
+}
+
+/// Adds entries and trims the stream in one atomic script, so a blocked reader wakes to
+/// find the early ones already gone: a real gap.
+const ADD_AND_TRIM: &str = r"
+for i = 1, tonumber(ARGV[1]) do
+  redis.call('XADD', KEYS[1], '*', 'p', ARGV[2], 'v', '1', 'c', '', 't', '0',
+             's', tostring(tonumber(ARGV[3]) + i), 'e', ARGV[4])
+end
+redis.call('XTRIM', KEYS[1], 'MAXLEN', '2')
+return 1
+";
+
+#[tokio::test]
+async fn a_stream_trimmed_past_the_reader_flushes_l1() {
+    let db = seeded(10).await;
+    let app = TestApp::spawn_as(&TestApp::config(&db), Role::All).await;
+    let (id, _) = product_in_category(&db).await;
+    // One real write, so the reader knows the epoch and the sequence.
+    let put = app
+        .admin(
+            "PATCH",
+            &format!("/admin/products/{id}"),
+            &[],
+            r#"{"stock": 5}"#,
+        )
+        .await;
+    assert_eq!(put.status, 200);
+    wait_for_version(&app, id, 2).await;
+    let warm = app.get("/products/2").await;
+    assert_eq!(warm.status, 200);
+
+    let stack = Stack::from_env();
+    let redis = Builder::from_config(Config::from_url(&stack.redis_url).unwrap())
+        .build()
+        .unwrap();
+    redis.init().await.unwrap();
+    let prefix = format!("{}:", db.name);
+    let epoch: String = redis
+        .get(format!("{prefix}invalidations:epoch"))
+        .await
+        .unwrap();
+    let next_seq: i64 = sqlx::query_scalar("select next_seq from relay_state")
+        .fetch_one(&db.primary)
+        .await
+        .unwrap();
+    let flushes = app.metric("catalog_l1_flushes_total").await;
+    let _: i64 = redis
+        .eval(
+            ADD_AND_TRIM,
+            vec![format!("{prefix}invalidations")],
+            vec![
+                "10".to_owned(),
+                "1".to_owned(),
+                (next_seq - 1).to_string(),
+                epoch,
+            ],
+        )
+        .await
+        .unwrap();
+    poll(|| async { (app.metric("catalog_stream_gaps_total").await >= 1.0).then_some(()) }).await;
+    assert!(app.metric("catalog_l1_flushes_total").await > flushes);
+    // The warm product is read again from below L1.
+    let misses = app.metric("catalog_l1_misses_total").await;
+    assert_eq!(app.get("/products/2").await.status, 200);
+    assert_eq!(app.metric("catalog_l1_misses_total").await, misses + 1.0);
+    redis.quit().await.unwrap();
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_flushed_redis_flushes_l1() {
+    let db = seeded(10).await;
+    let redis_server = OwnRedis::start().await;
+    let mut config = TestApp::config(&db);
+    config.redis_url = Some(format!("redis://127.0.0.1:{}", redis_server.port));
+    let app = TestApp::spawn_as(&config, Role::All).await;
+    let (id, _) = product_in_category(&db).await;
+    let put = app
+        .admin(
+            "PATCH",
+            &format!("/admin/products/{id}"),
+            &[],
+            r#"{"stock": 6}"#,
+        )
+        .await;
+    assert_eq!(put.status, 200);
+    wait_for_version(&app, id, 2).await;
+
+    let redis = Builder::from_config(
+        Config::from_url(&format!("redis://127.0.0.1:{}", redis_server.port)).unwrap(),
+    )
+    .build()
+    .unwrap();
+    redis.init().await.unwrap();
+    let _: () = redis.flushall(false).await.unwrap();
+    poll(|| async { (app.metric("catalog_stream_resets_total").await >= 1.0).then_some(()) }).await;
+    assert!(app.metric("catalog_l1_flushes_total").await >= 1.0);
+    // Writes after the reset propagate again, under a new epoch.
+    let put = app
+        .admin(
+            "PATCH",
+            &format!("/admin/products/{id}"),
+            &[],
+            r#"{"stock": 7}"#,
+        )
+        .await;
+    assert_eq!(put.status, 200);
+    assert_eq!(wait_for_version(&app, id, 3).await["stock"], 7);
+    redis.quit().await.unwrap();
+    app.shutdown().await;
+}
+
+/// One acknowledged write, or one read, as the checker records them.
+#[derive(Debug, Clone, Copy)]
+struct Event {
+    id: i64,
+    version: i64,
+    at: Instant,
+}
+
+#[tokio::test]
+async fn consistency_checker_finds_no_stale_reads() {
+    const HOT: i64 = 10;
+    const READERS: usize = 8;
+    const READS_PER_READER: usize = 1_500;
+    /// A read that starts this long after an acknowledgement must see that write.
+    const WINDOW: Duration = Duration::from_millis(250);
+
+    let db = seeded(HOT as u64).await;
+    // Every product of the hot set is visible.
+    sqlx::query("update products set active = true")
+        .execute(&db.primary)
+        .await
+        .unwrap();
+    let replica = db.replica().await;
+    poll(|| async {
+        let hidden: i64 = sqlx::query_scalar("select count(*) from products where not active")
+            .fetch_one(&replica)
+            .await
+            .ok()?;
+        (hidden == 0).then_some(())
+    })
+    .await;
+    let app = Arc::new(TestApp::spawn_as(&TestApp::config(&db), Role::All).await);
+    for id in 1..=HOT {
+        app.get(&format!("/products/{id}")).await;
+    }
+    let started = Instant::now();
+    let writer = {
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            let mut acks = Vec::new();
+            let mut n = 0;
+            while started.elapsed() < Duration::from_secs(4) {
+                n += 1;
+                let id = n % HOT + 1;
+                let reply = app
+                    .admin(
+                        "PATCH",
+                        &format!("/admin/products/{id}"),
+                        &[],
+                        &format!(r#"{{"stock": {n}}}"#),
+                    )
+                    .await;
+                assert_eq!(reply.status, 200, "{}", reply.text());
+                let at = Instant::now();
+                acks.push(Event {
+                    id,
+                    version: reply.json()["version"].as_i64().unwrap(),
+                    at,
+                });
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            acks
+        })
+    };
+    let readers: Vec<_> = (0..READERS)
+        .map(|r| {
+            let app = Arc::clone(&app);
+            tokio::spawn(async move {
+                let mut reads = Vec::with_capacity(READS_PER_READER);
+                for i in 0..READS_PER_READER {
+                    let id = ((i + r) as i64) % HOT + 1;
+                    let at = Instant::now();
+                    let reply = app.get(&format!("/products/{id}")).await;
+                    assert_eq!(reply.status, 200);
+                    reads.push(Event {
+                        id,
+                        version: reply.json()["version"].as_i64().unwrap(),
+                        at,
+                    });
+                }
+                reads
+            })
+        })
+        .collect();
+    let acks = writer.await.unwrap();
+    let mut reads = Vec::new();
+    for reader in readers {
+        reads.extend(reader.await.unwrap());
+    }
+    assert!(reads.len() >= 10_000, "{} reads", reads.len());
+    assert!(acks.len() >= 20, "{} writes", acks.len());
+
+    let stale = reads
+        .iter()
+        .filter(|read| {
+            acks.iter().any(|ack| {
+                ack.id == read.id && read.at > ack.at + WINDOW && read.version < ack.version
+            })
+        })
+        .count();
+    // Propagation as a storefront sees it: acknowledgement → first read of that version.
+    let mut propagation: Vec<Duration> = acks
+        .iter()
+        .filter_map(|ack| {
+            reads
+                .iter()
+                .filter(|r| r.id == ack.id && r.version >= ack.version && r.at >= ack.at)
+                .map(|r| r.at - ack.at)
+                .min()
+        })
+        .collect();
+    propagation.sort_unstable();
+    let quantile = |q: f64| propagation[((propagation.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "consistency checker: {} reads, {} writes, {stale} stale; propagation \
+         (ack → first read of the new version) p50 {:?} p99 {:?} max {:?}; \
+         reader-side commit → applied: {} invalidations",
+        reads.len(),
+        acks.len(),
+        quantile(0.5),
+        quantile(0.99),
+        propagation.last().unwrap(),
+        app.metric("catalog_invalidations_total").await,
+    );
+    assert_eq!(
+        stale, 0,
+        "reads older than an acknowledged write after {WINDOW:?}"
+    );
+    Arc::try_unwrap(app).unwrap().shutdown().await;
+}
