@@ -1,5 +1,6 @@
-//! Replica health: with replay paused on the replica (real lag, measured by LSN), reads
-//! stop using it, and use it again once replay resumes.
+//! Replay paused on the replica (real lag, measured by LSN): reads stop using a lagging
+//! replica and use it again once it catches up; and a reader that has an invalidation
+//! never serves the older version, even when the only replica still has it.
 //!
 //! Pausing replay affects every database on the shared replica, so this file holds the
 //! tests that pause it and cargo runs it as a binary of its own, not beside the others.
@@ -7,7 +8,12 @@
 mod common;
 
 use catalog::seed::{self, SeedSpec};
+use catalog::startup::Role;
 use common::{TestApp, TestDb, poll, replica_has_products};
+use fred::prelude::*;
+
+/// Tests that pause replay hold this, so one never resumes what another paused.
+static REPLAY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Resumes replay even when the test fails half-way. It connects afresh on a runtime
 /// of its own: the test's pools belong to the test's runtime, which is shutting down.
@@ -38,6 +44,7 @@ impl Drop for ResumeOnDrop {
 
 #[tokio::test]
 async fn a_lagging_replica_is_skipped_until_it_catches_up() {
+    let _replay = REPLAY.lock().await;
     let db = TestDb::migrated().await;
     seed::seed(
         &db.primary,
@@ -115,5 +122,108 @@ async fn without_any_healthy_replica_and_no_fallback_reads_answer_503() {
     app.get("/products/1")
         .await
         .assert_problem(503, "unavailable");
+    app.shutdown().await;
+}
+
+/// A reader whose replica lags (replay paused, lag bound generous so it stays in use)
+/// and that got the invalidation of a write serves the new version: its floor refuses
+/// the replica's older row and the primary answers.
+#[tokio::test]
+async fn a_reader_with_the_invalidation_never_serves_the_replicas_older_version() {
+    let _replay = REPLAY.lock().await;
+    let db = TestDb::migrated().await;
+    seed::seed(
+        &db.primary,
+        SeedSpec {
+            products: 20,
+            categories: 2,
+            seed: 8,
+            replace: false,
+        },
+    )
+    .await
+    .unwrap();
+    sqlx::query("update products set active = true")
+        .execute(&db.primary)
+        .await
+        .unwrap();
+    replica_has_products(&db, 20).await;
+    let replica = db.replica().await;
+    poll(|| async {
+        let hidden: i64 = sqlx::query_scalar("select count(*) from products where not active")
+            .fetch_one(&replica)
+            .await
+            .ok()?;
+        (hidden == 0).then_some(())
+    })
+    .await;
+    let config = TestApp::config(&db);
+    let app = TestApp::spawn_as(&config, Role::All).await;
+    assert_eq!(app.get("/products/1").await.json()["version"], 1);
+
+    let _resume = ResumeOnDrop(db.replica_url.clone());
+    sqlx::query("select pg_wal_replay_pause()")
+        .execute(&replica)
+        .await
+        .unwrap();
+    for id in [1, 2, 3] {
+        let reply = app
+            .admin(
+                "PATCH",
+                &format!("/admin/products/{id}"),
+                &[],
+                r#"{"stock": 4242}"#,
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    poll(|| async { (app.metric("catalog_invalidations_total").await >= 3.0).then_some(()) }).await;
+    // The replica still has version 1 of all three.
+    let on_replica: i64 = sqlx::query_scalar("select max(version) from products where id <= 3")
+        .fetch_one(&replica)
+        .await
+        .unwrap();
+    assert_eq!(on_replica, 1);
+    for _ in 0..20 {
+        for id in [1, 2, 3] {
+            let doc = app.get(&format!("/products/{id}")).await.json();
+            assert_eq!(doc["version"], 2, "product {id} served at an older version");
+        }
+        let batch = app.get("/products?ids=1,2,3").await.json();
+        assert!(
+            batch["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d["version"] == 2)
+        );
+    }
+
+    // A reader started now, while the replica still lags, rebuilds its floors from the
+    // stream and refuses the replica's old rows too.
+    let late = TestApp::spawn_as(&config, Role::Reader).await;
+    poll(|| async { (late.metric("catalog_invalidations_total").await >= 3.0).then_some(()) })
+        .await;
+    // Without the L2 copies the relay wrote, only the floors stand between the reader
+    // and the replica's old rows.
+    let redis = Builder::from_config(
+        fred::prelude::Config::from_url(config.redis_url.as_deref().unwrap()).unwrap(),
+    )
+    .build()
+    .unwrap();
+    redis.init().await.unwrap();
+    let keys: Vec<String> = (1..=3)
+        .map(|id| format!("{}p:{id}", config.redis_prefix))
+        .collect();
+    let _: i64 = redis.del(keys).await.unwrap();
+    redis.quit().await.unwrap();
+    for id in [1, 2, 3] {
+        assert_eq!(
+            late.get(&format!("/products/{id}")).await.json()["version"],
+            2
+        );
+    }
+    assert_eq!(late.metric("catalog_stale_fills_total").await, 3.0);
+    late.shutdown().await;
     app.shutdown().await;
 }
