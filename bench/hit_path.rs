@@ -18,9 +18,9 @@ use bytes::Bytes;
 use catalog::cache::{L1, L1Config};
 use catalog::document::{Document, Lookup};
 use catalog::metrics::Metrics;
-use catalog::read::Reader;
 use catalog::read::listing::batch_body;
 use catalog::read::route::ROUTE_NAMES;
+use catalog::read::{Freshness, Reader};
 use catalog::store::replicas::Databases;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::BodyExt as _;
@@ -60,8 +60,17 @@ fn setup(runtime: &tokio::runtime::Runtime) -> (Reader, Vec<Arc<Document>>) {
         let databases = Arc::new(Databases::new(pool, Vec::new(), true, 0));
         let metrics = Arc::new(Metrics::new(&ROUTE_NAMES));
         let floors = catalog::coherence::floors::Floors::new(1024, Duration::from_secs(60));
+        let (_, applied) = tokio::sync::watch::channel(0);
         (
-            Reader::new(l1, None, floors, databases, metrics, 5, 30),
+            Reader::new(
+                l1,
+                None,
+                Freshness { floors, applied },
+                databases,
+                metrics,
+                5,
+                30,
+            ),
             docs,
         )
     })

@@ -136,6 +136,9 @@ pub struct Metrics {
     pub consumer_errors: Counter,
     /// Commit on the primary to invalidation applied here, in seconds.
     pub propagation: AtomicHistogram,
+    /// Reads with a `Min-Catalog-Token` the caches could not prove fresh enough, served
+    /// from a replica that replayed the token's commit or from the primary.
+    pub token_bypasses: Counter,
     /// Outbox rows published by the relay.
     pub relay_published: Counter,
     /// Relay rounds that failed (retried).
@@ -220,6 +223,11 @@ impl Metrics {
         let l1_flushes = counter(r, "l1_flushes", "Whole-L1 flushes after a gap or reset");
         let consumer_errors = counter(r, "consumer_errors", "Failed invalidation stream reads");
         let relay_published = counter(r, "relay_published", "Outbox rows published");
+        let token_bypasses = counter(
+            r,
+            "token_bypasses",
+            "Token reads served around the caches (watermark behind the token)",
+        );
         let relay_errors = counter(r, "relay_errors", "Failed relay rounds");
         let propagation = AtomicHistogram::new(&LATENCY_BUCKETS);
         registry.register(
@@ -269,6 +277,7 @@ impl Metrics {
             l1_flushes,
             consumer_errors,
             propagation,
+            token_bypasses,
             relay_published,
             relay_errors,
             outbox_backlog,

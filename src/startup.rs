@@ -24,7 +24,7 @@ use crate::coherence::relay::Relay;
 use crate::config::Config;
 use crate::http::{self, Limits};
 use crate::metrics::Metrics;
-use crate::read::{self, Reader};
+use crate::read::{self, Freshness, Reader};
 use crate::store::postgres;
 use crate::store::redis::{L2, L2Config};
 use crate::store::replicas::{self, Databases, Replica};
@@ -140,13 +140,13 @@ impl Application {
             .iter()
             .map(|url| {
                 let options = url.parse().context("CATALOG_REPLICA_URLS")?;
-                Ok(Replica {
-                    name: replicas::display_name(url),
-                    pool: PgPoolOptions::new()
+                Ok(Replica::new(
+                    replicas::display_name(url),
+                    PgPoolOptions::new()
                         .max_connections(config.db_pool_size)
                         .acquire_timeout(Duration::from_secs(2))
                         .connect_lazy_with(options),
-                })
+                ))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let databases = Arc::new(Databases::new(
@@ -162,6 +162,7 @@ impl Application {
             negative_ttl: config.read.negative_ttl,
         });
         let floors = Floors::new(FLOORS_CAPACITY, config.read.l1_max_ttl);
+        let (watermark, applied) = tokio::sync::watch::channel(0);
         let consumer = match &config.redis_url {
             Some(url) => Some(
                 Consumer::new(
@@ -170,6 +171,7 @@ impl Application {
                     l1.clone(),
                     floors.clone(),
                     Arc::clone(metrics),
+                    watermark,
                 )
                 .context("CATALOG_REDIS_URL")?,
             ),
@@ -178,7 +180,7 @@ impl Application {
         let reader = Arc::new(Reader::new(
             l1,
             l2,
-            floors,
+            Freshness { floors, applied },
             Arc::clone(&databases),
             Arc::clone(metrics),
             config.read.http_max_age_secs,

@@ -544,3 +544,46 @@ async fn consistency_checker_finds_no_stale_reads() {
     );
     Arc::try_unwrap(app).unwrap().shutdown().await;
 }
+
+#[tokio::test]
+async fn a_read_with_a_writes_token_sees_that_write_at_once() {
+    let db = seeded(10).await;
+    let app = TestApp::spawn_as(&TestApp::config(&db), Role::All).await;
+    let (id, _) = product_in_category(&db).await;
+    assert_eq!(
+        app.get(&format!("/products/{id}")).await.json()["version"],
+        1
+    );
+    for n in 2..=6 {
+        let reply = app
+            .admin(
+                "PATCH",
+                &format!("/admin/products/{id}"),
+                &[],
+                &format!(r#"{{"stock": {n}}}"#),
+            )
+            .await;
+        let token = reply.header("catalog-token").unwrap().to_owned();
+        // No polling: the very next read carrying the token sees the write.
+        let read = app
+            .request(
+                "GET",
+                &format!("/products/{id}"),
+                &[("min-catalog-token", &token)],
+            )
+            .await;
+        assert_eq!(read.json()["version"], n, "token {token}");
+        let batch = app
+            .request(
+                "GET",
+                &format!("/products?ids={id}"),
+                &[("min-catalog-token", &token)],
+            )
+            .await;
+        assert_eq!(batch.json()["items"][0]["version"], n);
+    }
+    app.request("GET", "/products/1", &[("min-catalog-token", "yesterday")])
+        .await
+        .assert_problem(400, "invalid-token");
+    app.shutdown().await;
+}

@@ -227,3 +227,64 @@ async fn a_reader_with_the_invalidation_never_serves_the_replicas_older_version(
     late.shutdown().await;
     app.shutdown().await;
 }
+
+/// A reader that gets no invalidations at all (no Redis) still honours a token: its
+/// watermark never passes it, so the read goes around its caches to a replica that has
+/// replayed the write (none: replay is paused) or the primary.
+#[tokio::test]
+async fn a_token_read_never_returns_the_older_version_with_replay_paused() {
+    let _replay = REPLAY.lock().await;
+    let db = TestDb::migrated().await;
+    seed::seed(
+        &db.primary,
+        SeedSpec {
+            products: 5,
+            categories: 1,
+            seed: 2,
+            replace: false,
+        },
+    )
+    .await
+    .unwrap();
+    sqlx::query("update products set active = true")
+        .execute(&db.primary)
+        .await
+        .unwrap();
+    let replica = db.replica().await;
+    poll(|| async {
+        let n: i64 = sqlx::query_scalar("select count(*) from products where active")
+            .fetch_one(&replica)
+            .await
+            .ok()?;
+        (n == 5).then_some(())
+    })
+    .await;
+    let mut config = TestApp::config(&db);
+    config.redis_url = None;
+    let reader = TestApp::spawn_as(&config, Role::Reader).await;
+    let writer = TestApp::spawn_as(&config, Role::Writer).await;
+    assert_eq!(reader.get("/products/1").await.json()["version"], 1);
+
+    let _resume = ResumeOnDrop(db.replica_url.clone());
+    sqlx::query("select pg_wal_replay_pause()")
+        .execute(&replica)
+        .await
+        .unwrap();
+    let reply = writer
+        .admin("PATCH", "/admin/products/1", &[], r#"{"stock": 77}"#)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let token = reply.header("catalog-token").unwrap().to_owned();
+    for _ in 0..5 {
+        let doc = reader
+            .request("GET", "/products/1", &[("min-catalog-token", &token)])
+            .await
+            .json();
+        assert_eq!(doc["version"], 2);
+        assert_eq!(doc["stock"], 77);
+    }
+    assert!(reader.metric("catalog_token_bypasses_total").await >= 1.0);
+    assert!(reader.metric("catalog_db_reads_primary_total").await >= 1.0);
+    writer.shutdown().await;
+    reader.shutdown().await;
+}

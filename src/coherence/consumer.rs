@@ -9,7 +9,9 @@
 //! cannot trust stream ids to reveal what it missed (`XREAD` from a trimmed id silently
 //! returns the survivors), so a break in the sequence is a gap, and a new epoch (or the
 //! epoch key vanishing: Redis restarted or was flushed) is a reset; either way it
-//! flushes L1, counts it and logs it. Connection errors are retried with backoff and
+//! flushes L1, counts it and logs it. Entries that end a relay round carry a WAL
+//! position: once applied, every write with a lower token has been applied here, and the
+//! consumer publishes it as the reader's watermark. Connection errors are retried with backoff and
 //! the read resumes from the last id seen.
 
 use std::collections::HashMap;
@@ -82,6 +84,7 @@ pub struct Consumer {
     floors: Floors,
     metrics: Arc<Metrics>,
     position: Position,
+    watermark: tokio::sync::watch::Sender<u64>,
 }
 
 impl Consumer {
@@ -92,6 +95,7 @@ impl Consumer {
         l1: L1,
         floors: Floors,
         metrics: Arc<Metrics>,
+        watermark: tokio::sync::watch::Sender<u64>,
     ) -> Result<Self, fred::error::Error> {
         let client = Builder::from_config(fred::prelude::Config::from_url(url)?)
             .with_connection_config(|conn| conn.connection_timeout = Duration::from_secs(2))
@@ -109,6 +113,7 @@ impl Consumer {
                 last_id: "0".to_owned(),
                 ..Position::default()
             },
+            watermark,
         })
     }
 
@@ -186,6 +191,13 @@ impl Consumer {
             self.l1.invalidate(&Key::Categories).await;
         }
         self.metrics.invalidations.inc();
+        if let Some(watermark) = entry.watermark {
+            self.watermark.send_if_modified(|current| {
+                let raised = watermark > *current;
+                *current = (*current).max(watermark);
+                raised
+            });
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
@@ -240,6 +252,7 @@ mod tests {
             committed_at_micros: 0,
             seq,
             epoch: epoch.to_owned(),
+            watermark: None,
         }
     }
 

@@ -8,7 +8,9 @@
 //! stays dense), take the oldest unpublished rows, `XADD` each to
 //! `<prefix>invalidations` (`MAXLEN ~`) with the next sequence number and the stream's
 //! epoch, write each product's current document (or tombstone) to L2 by version, then
-//! mark the rows published and advance the sequence. If anything fails the transaction
+//! mark the rows published and advance the sequence. The round's last entry carries the
+//! WAL position read before the rows were taken: the readers' watermark for
+//! read-your-writes tokens. If anything fails the transaction
 //! rolls back and the rows are published again later: delivery is at least once, and
 //! applying an invalidation twice is harmless. Rows left by a writer that stopped
 //! between commit and publish are published by the next relay round, on restart.
@@ -131,6 +133,10 @@ impl Relay {
             sqlx::query_scalar("select next_seq from relay_state where id = 1 for update")
                 .fetch_one(&mut *tx)
                 .await?;
+        let watermark: String = sqlx::query_scalar("select pg_current_wal_lsn()::text")
+            .fetch_one(&mut *tx)
+            .await?;
+        let watermark = crate::store::replicas::parse_lsn(&watermark);
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "select id, product_id, version, categories, \
              (extract(epoch from created_at) * 1000000)::bigint as created_micros \
@@ -155,6 +161,7 @@ impl Relay {
                 committed_at_micros: row.created_micros,
                 seq: next_seq + i as i64,
                 epoch: epoch.clone(),
+                watermark: watermark.filter(|_| i + 1 == rows.len()),
             };
             let _: String = self
                 .l2

@@ -9,6 +9,7 @@ const CATEGORIES: &str = "c";
 const COMMITTED: &str = "t";
 const SEQ: &str = "s";
 const EPOCH: &str = "e";
+const WATERMARK: &str = "w";
 
 /// One published invalidation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +26,10 @@ pub struct Invalidation {
     pub seq: i64,
     /// The stream's epoch; a new one means the stream was reset.
     pub epoch: String,
+    /// On the last entry of a relay round: the primary's WAL position read before the
+    /// round took its rows. Every write whose token is below it is published in this
+    /// round or an earlier one.
+    pub watermark: Option<u64>,
 }
 
 impl Invalidation {
@@ -38,6 +43,9 @@ impl Invalidation {
             (SEQ, self.seq.to_string()),
             (EPOCH, self.epoch.clone()),
         ]
+        .into_iter()
+        .chain(self.watermark.map(|w| (WATERMARK, w.to_string())))
+        .collect()
     }
 
     /// Parses an entry's fields; `None` if any is missing or malformed.
@@ -55,6 +63,10 @@ impl Invalidation {
             committed_at_micros: number(COMMITTED)?,
             seq: number(SEQ)?,
             epoch: fields.get(EPOCH)?.clone(),
+            watermark: match fields.get(WATERMARK) {
+                Some(w) => Some(w.parse().ok()?),
+                None => None,
+            },
         })
     }
 }
@@ -72,6 +84,7 @@ mod tests {
             committed_at_micros: 1_700_000_000_000_000,
             seq: 42,
             epoch: "e1".into(),
+            watermark: Some(99),
         };
         let fields: HashMap<String, String> = entry
             .fields()
@@ -82,6 +95,9 @@ mod tests {
         let mut no_cats = fields.clone();
         no_cats.insert("c".into(), String::new());
         assert!(Invalidation::parse(&no_cats).unwrap().categories.is_empty());
+        let mut unmarked = fields.clone();
+        unmarked.remove("w");
+        assert_eq!(Invalidation::parse(&unmarked).unwrap().watermark, None);
         let mut broken = fields;
         broken.insert("s".into(), "x".into());
         assert_eq!(Invalidation::parse(&broken), None);

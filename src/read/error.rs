@@ -31,6 +31,9 @@ pub enum ReadError {
     /// `limit` not an integer in range.
     #[error("invalid limit {0:?}")]
     InvalidLimit(Box<str>),
+    /// A `Min-Catalog-Token` that is not a token this service issued.
+    #[error("invalid token")]
+    InvalidToken,
     /// A cursor this server did not issue for this category.
     #[error("invalid cursor")]
     InvalidCursor,
@@ -134,6 +137,12 @@ impl ReadError {
                     super::listing::MAX_LIMIT
                 ),
             ),
+            Self::InvalidToken => Problem::new(
+                S::BAD_REQUEST,
+                "invalid-token",
+                "Invalid token",
+                "Min-Catalog-Token must be a Catalog-Token returned by a write, such as 0/16B3F28",
+            ),
             Self::InvalidCursor => Problem::new(
                 S::BAD_REQUEST,
                 "invalid-cursor",
@@ -186,7 +195,8 @@ mod tests {
 
     #[test]
     fn every_error_maps_to_its_status_and_type() {
-        let cases: [(ReadError, u16, &str); 16] = [
+        let cases: [(ReadError, u16, &str); 17] = [
+            (ReadError::InvalidToken, 400, "invalid-token"),
             (ReadError::RouteNotFound, 404, "not-found"),
             (ReadError::MethodNotAllowed, 405, "method-not-allowed"),
             (ReadError::UriTooLong, 414, "uri-too-long"),

@@ -11,6 +11,11 @@
 //! Every fill respects the product's freshness floor (raised by the invalidation
 //! consumer): a Redis value or replica row older than the floor is not used, the row is
 //! read from the primary instead, and L1 stores a fill only if the floor still allows it.
+//!
+//! A read carrying `Min-Catalog-Token: T` (the `Catalog-Token` of a write) is served
+//! only from state that includes that commit: from the caches when this reader's
+//! watermark (published by the invalidation consumer) has passed T, after waiting up
+//! to [`TOKEN_WAIT`] for it; otherwise from a replica that has replayed T, or the primary.
 
 pub mod error;
 pub mod listing;
@@ -21,11 +26,13 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderMap, HeaderValue, IF_NONE_MATCH};
+use hyper::header::{
+    CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderMap, HeaderName, HeaderValue, IF_NONE_MATCH,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use sqlx::PgPool;
 
@@ -45,8 +52,23 @@ const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 const PROMETHEUS: HeaderValue = HeaderValue::from_static("text/plain; version=0.0.4");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
+/// The read-your-writes header: a `Catalog-Token` a write answered.
+pub const MIN_CATALOG_TOKEN: HeaderName = HeaderName::from_static("min-catalog-token");
+
+/// How long a token read waits for the watermark before going around the caches.
+pub const TOKEN_WAIT: Duration = Duration::from_millis(50);
+
 /// A boxed query future, so one retry loop can run any query on any pool.
 type Query<'p, T> = Pin<Box<dyn Future<Output = Result<T, sqlx::Error>> + Send + 'p>>;
+
+/// What the invalidation consumer shares with the read path.
+#[derive(Debug, Clone)]
+pub struct Freshness {
+    /// Per-product freshness floors.
+    pub floors: Floors,
+    /// WAL position up to which every write's invalidation has been applied here.
+    pub applied: tokio::sync::watch::Receiver<u64>,
+}
 
 /// Everything the storefront face needs; shared by all connections.
 #[derive(Debug)]
@@ -54,6 +76,8 @@ pub struct Reader {
     l1: L1,
     l2: Option<L2>,
     floors: Floors,
+    /// WAL position up to which every write's invalidation has been applied here.
+    applied: tokio::sync::watch::Receiver<u64>,
     flight: SingleFlight<Result<Lookup, ReadError>>,
     db: Arc<Databases>,
     metrics: Arc<Metrics>,
@@ -66,7 +90,7 @@ impl Reader {
     pub fn new(
         l1: L1,
         l2: Option<L2>,
-        floors: Floors,
+        freshness: Freshness,
         db: Arc<Databases>,
         metrics: Arc<Metrics>,
         max_age_secs: u32,
@@ -79,7 +103,8 @@ impl Reader {
         Self {
             l1,
             l2,
-            floors,
+            floors: freshness.floors,
+            applied: freshness.applied,
             flight: SingleFlight::default(),
             db,
             metrics,
@@ -138,13 +163,21 @@ impl Reader {
         }
         let headers = request.headers();
         let query = uri.query();
+        let at = match headers.get(MIN_CATALOG_TOKEN) {
+            None => None,
+            Some(token) => Box::pin(self.token_target(token))
+                .await
+                .map_err(|e| (index, e))?,
+        };
         let response = match route {
-            Route::Product(id) => self.product(id, headers).await,
+            Route::Product(id) => self.product(id, headers, at).await,
             // The other routes are boxed to keep the product route's future small.
-            Route::ProductBySku(sku) => Box::pin(self.product_by_sku(sku, headers)).await,
-            Route::Batch => Box::pin(self.batch(query)).await,
+            Route::ProductBySku(sku) => Box::pin(self.product_by_sku(sku, headers, at)).await,
+            Route::Batch => Box::pin(self.batch(query, at)).await,
             Route::Categories => Box::pin(self.categories()).await,
-            Route::CategoryProducts(slug) => Box::pin(self.category_products(slug, query)).await,
+            Route::CategoryProducts(slug) => {
+                Box::pin(self.category_products(slug, query, at)).await
+            }
             Route::Healthz => Ok(plain(StatusCode::OK, TEXT, Bytes::from_static(b"ok\n"))),
             Route::Readyz => self.readyz(),
             Route::Metrics => Box::pin(self.metrics_text()).await,
@@ -156,6 +189,95 @@ impl Reader {
         self.l1.sync().await;
         let text = self.metrics.render(self.l1.usage());
         Ok(plain(StatusCode::OK, PROMETHEUS, Bytes::from(text)))
+    }
+
+    /// For a read with `Min-Catalog-Token`: `None` when the caches include the token's
+    /// commit (now or after a short wait), else the position to read at, around them.
+    async fn token_target(&self, token: &HeaderValue) -> Result<Option<u64>, ReadError> {
+        let lsn = token
+            .to_str()
+            .ok()
+            .and_then(crate::store::replicas::parse_lsn)
+            .ok_or(ReadError::InvalidToken)?;
+        // Strictly past: a watermark equal to the token may predate the commit's visibility.
+        if *self.applied.borrow() > lsn {
+            return Ok(None);
+        }
+        let mut applied = self.applied.clone();
+        match tokio::time::timeout(TOKEN_WAIT, applied.wait_for(|w| *w > lsn)).await {
+            Ok(Ok(_)) => Ok(None),
+            Ok(Err(_)) | Err(_) => {
+                self.metrics.token_bypasses.inc();
+                Ok(Some(lsn))
+            }
+        }
+    }
+
+    /// The state of one product: through the caches, or (`at`) as of a token.
+    async fn lookup_at(&self, id: i64, at: Option<u64>) -> Result<Lookup, ReadError> {
+        match at {
+            None => self.lookup(id).await,
+            Some(lsn) => {
+                let mut loaded = self.load_at(vec![id], lsn).await?;
+                let lookup = loaded.pop().map_or(Lookup::Unknown, |(_, l)| l);
+                self.l1
+                    .insert_fresh(id, lookup.clone(), || self.floors.get(id))
+                    .await;
+                Ok(lookup)
+            }
+        }
+    }
+
+    /// The state of each of `ids`: through the caches, or (`at`) as of a token.
+    async fn lookup_many_at(&self, ids: &[i64], at: Option<u64>) -> Result<Vec<Lookup>, ReadError> {
+        let Some(lsn) = at else {
+            return self.lookup_many(ids).await;
+        };
+        let mut loaded = self.load_at(ids.to_vec(), lsn).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let lookup = match loaded.iter().position(|(found, _)| *found == id) {
+                Some(at) => loaded.swap_remove(at).1,
+                None => Lookup::Unknown,
+            };
+            self.l1
+                .insert_fresh(id, lookup.clone(), || self.floors.get(id))
+                .await;
+            out.push(lookup);
+        }
+        Ok(out)
+    }
+
+    /// Reads `ids` from a replica that has replayed `lsn`, or the primary.
+    async fn load_at(&self, ids: Vec<i64>, lsn: u64) -> Result<Vec<(i64, Lookup)>, ReadError> {
+        let target = self.db.pick_covering(lsn);
+        let rows = match catalog::products_by_ids(target.pool(), &ids).await {
+            Ok(rows) => {
+                self.count_read(target);
+                rows
+            }
+            Err(err) => {
+                self.metrics.db_errors.inc();
+                let Target::Replica(index, _) = target else {
+                    return Err(err.into());
+                };
+                self.db.mark_failed(index, &self.metrics);
+                let rows = catalog::products_by_ids(self.db.primary(), &ids).await?;
+                self.metrics.db_reads_primary.inc();
+                rows
+            }
+        };
+        rows.into_iter()
+            .map(|row| Ok((row.id, row.into_lookup()?)))
+            .collect()
+    }
+
+    fn count_read(&self, target: Target<'_>) {
+        let counter = match target {
+            Target::Replica(..) => &self.metrics.db_reads_replica,
+            Target::Primary(_) => &self.metrics.db_reads_primary,
+        };
+        counter.inc();
     }
 
     fn readyz(&self) -> Result<Response<Full<Bytes>>, ReadError> {
@@ -170,8 +292,13 @@ impl Reader {
         &self,
         id: i64,
         headers: &HeaderMap,
+        at: Option<u64>,
     ) -> Result<Response<Full<Bytes>>, ReadError> {
-        match self.lookup(id).await? {
+        let lookup = match at {
+            None => self.lookup(id).await?,
+            Some(_) => Box::pin(self.lookup_at(id, at)).await?,
+        };
+        match lookup {
             Lookup::Found(doc) => Ok(self.document_response(&doc, headers)),
             Lookup::Gone { .. } | Lookup::Unknown => Err(ReadError::ProductNotFound(id)),
         }
@@ -181,6 +308,7 @@ impl Reader {
         &self,
         raw: &str,
         headers: &HeaderMap,
+        at: Option<u64>,
     ) -> Result<Response<Full<Bytes>>, ReadError> {
         let sku = route::percent_decode(raw).ok_or(ReadError::InvalidSku)?;
         if sku.is_empty() || sku.chars().count() > 64 || sku.chars().any(char::is_control) {
@@ -198,11 +326,11 @@ impl Reader {
         let Some(id) = id else {
             return Err(ReadError::SkuNotFound);
         };
-        match self.lookup(id).await? {
+        match self.lookup_at(id, at).await? {
             Lookup::Found(doc) if *doc.sku == *sku => Ok(self.document_response(&doc, headers)),
             _ if resolved_now => Err(ReadError::SkuNotFound),
             _ => match self.resolve_sku(&key).await? {
-                Some(id) => match self.lookup(id).await? {
+                Some(id) => match self.lookup_at(id, at).await? {
                     Lookup::Found(doc) if *doc.sku == *sku => {
                         Ok(self.document_response(&doc, headers))
                     }
@@ -406,10 +534,7 @@ impl Reader {
             let target = self.db.pick().ok_or(ReadError::NoDatabase)?;
             match run(target.pool()).await {
                 Ok(value) => {
-                    match target {
-                        Target::Replica(..) => self.metrics.db_reads_replica.inc(),
-                        Target::Primary(_) => self.metrics.db_reads_primary.inc(),
-                    };
+                    self.count_read(target);
                     return Ok(value);
                 }
                 Err(err) => {
@@ -428,9 +553,13 @@ impl Reader {
         Err(last_error)
     }
 
-    async fn batch(&self, query: Option<&str>) -> Result<Response<Full<Bytes>>, ReadError> {
+    async fn batch(
+        &self,
+        query: Option<&str>,
+        at: Option<u64>,
+    ) -> Result<Response<Full<Bytes>>, ReadError> {
         let ids = listing::parse_ids(route::query_param(query, "ids"))?;
-        let lookups = self.lookup_many(&ids).await?;
+        let lookups = self.lookup_many_at(&ids, at).await?;
         let mut docs: Vec<&Document> = Vec::with_capacity(ids.len());
         let mut missing = Vec::new();
         for (id, lookup) in ids.iter().zip(&lookups) {
@@ -462,20 +591,32 @@ impl Reader {
         &self,
         raw_slug: &str,
         query: Option<&str>,
+        at: Option<u64>,
     ) -> Result<Response<Full<Bytes>>, ReadError> {
         let limit = listing::parse_limit(route::query_param(query, "limit"))?;
         let after = listing::decode_cursor(raw_slug, route::query_param(query, "cursor"))?;
         let slug: Arc<str> = Arc::from(raw_slug);
-        let page = self
-            .query(move |pool| {
-                let slug = Arc::clone(&slug);
-                Box::pin(async move { catalog::category_page(pool, &slug, after, limit + 1).await })
-            })
-            .await?;
+        let page = match at {
+            None => {
+                self.query(move |pool| {
+                    let slug = Arc::clone(&slug);
+                    Box::pin(
+                        async move { catalog::category_page(pool, &slug, after, limit + 1).await },
+                    )
+                })
+                .await?
+            }
+            Some(lsn) => {
+                let target = self.db.pick_covering(lsn);
+                let page = catalog::category_page(target.pool(), &slug, after, limit + 1).await?;
+                self.count_read(target);
+                page
+            }
+        };
         let mut ids = page.ok_or(ReadError::CategoryNotFound)?;
         let more = ids.len() as i64 > limit;
         ids.truncate(limit as usize);
-        let lookups = self.lookup_many(&ids).await?;
+        let lookups = self.lookup_many_at(&ids, at).await?;
         let docs: Vec<&Document> = lookups
             .iter()
             .filter_map(|lookup| match lookup {

@@ -12,7 +12,7 @@
 //! stay in the set: they are as fresh as anything left.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -31,6 +31,19 @@ pub struct Replica {
     pub name: String,
     /// Its connection pool (connected lazily).
     pub pool: PgPool,
+    /// Its replay position at the last probe (it only grows), 0 before the first.
+    pub replayed: AtomicU64,
+}
+
+impl Replica {
+    /// A replica not probed yet.
+    pub fn new(name: String, pool: PgPool) -> Self {
+        Self {
+            name,
+            pool,
+            replayed: AtomicU64::new(0),
+        }
+    }
 }
 
 /// Where a query should go.
@@ -102,6 +115,19 @@ impl Databases {
         Some(Target::Replica(index, &self.replicas[index].pool))
     }
 
+    /// A healthy replica known to have replayed at least `lsn`, else the primary: where
+    /// a read carrying a read-your-writes token may go.
+    pub fn pick_covering(&self, lsn: u64) -> Target<'_> {
+        let healthy = self.healthy.load();
+        healthy
+            .iter()
+            .map(|&i| (i, &self.replicas[i]))
+            .find(|(_, r)| r.replayed.load(Ordering::Relaxed) >= lsn)
+            .map_or(Target::Primary(&self.primary), |(i, r)| {
+                Target::Replica(i, &r.pool)
+            })
+    }
+
     /// Takes replica `index` out of the healthy set after a failed query.
     pub fn mark_failed(&self, index: usize, metrics: &Metrics) {
         self.healthy.rcu(|set| {
@@ -136,7 +162,11 @@ impl Databases {
                 "select coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text",
             )
             .await;
-            let lag = match (primary_lsn, replay.as_deref().and_then(parse_lsn)) {
+            let replayed = replay.as_deref().and_then(parse_lsn);
+            if let Some(position) = replayed {
+                replica.replayed.fetch_max(position, Ordering::Relaxed);
+            }
+            let lag = match (primary_lsn, replayed) {
                 (Some(primary), Some(replay)) => Some(primary.saturating_sub(replay)),
                 _ => None,
             };
