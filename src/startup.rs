@@ -286,7 +286,7 @@ impl Application {
             }
             let serve = http::serve(
                 read.listener,
-                Arc::clone(&read.reader).service(),
+                Arc::clone(&read.reader),
                 self.limits,
                 stop.child_token(),
             );
@@ -305,7 +305,7 @@ impl Application {
             }
             let serve = http::serve(
                 write.listener,
-                Arc::clone(&write.writer).service(),
+                Arc::clone(&write.writer),
                 self.limits,
                 stop.child_token(),
             );

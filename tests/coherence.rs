@@ -7,24 +7,10 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use catalog::seed::{self, SeedSpec};
 use catalog::startup::Role;
-use common::{OwnRedis, Stack, TestApp, TestDb, poll, replica_has_products};
+use common::{OwnRedis, Stack, TestApp, TestDb, poll, seeded};
 use fred::prelude::*;
 use serde_json::Value;
-
-async fn seeded(products: u64) -> TestDb {
-    let db = TestDb::migrated().await;
-    let spec = SeedSpec {
-        products,
-        categories: 4,
-        seed: 21,
-        replace: false,
-    };
-    seed::seed(&db.primary, spec).await.unwrap();
-    replica_has_products(&db, products as i64).await;
-    db
-}
 
 /// An active product of the seed and one of its category slugs.
 async fn product_in_category(db: &TestDb) -> (i64, String) {
@@ -48,6 +34,22 @@ fn lamp(name: &str, categories: &[String]) -> String {
         "categories": categories,
     })
     .to_string()
+}
+
+/// Sets a product's stock through the writer and waits until the reader serves it.
+async fn set_stock(app: &TestApp, id: i64, stock: i64) -> Value {
+    let reply = app
+        .admin(
+            "PATCH",
+            &format!("/admin/products/{id}"),
+            &[],
+            &format!(r#"{{"stock": {stock}}}"#),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let doc = wait_for_version(app, id, reply.json()["version"].as_i64().unwrap()).await;
+    assert_eq!(doc["stock"], stock);
+    doc
 }
 
 /// Polls the reader until product `id` has at least `version`.
@@ -79,7 +81,7 @@ async fn primary_state(db: &TestDb, id: i64) -> (Option<String>, i64) {
 
 #[tokio::test]
 async fn a_write_reaches_single_gets_batches_and_category_pages() {
-    let db = seeded(40).await;
+    let db = seeded(40, 4).await;
     let app = TestApp::spawn_as(&TestApp::config(&db), Role::All).await;
     let (id, slug) = product_in_category(&db).await;
     let before = app.get(&format!("/products/{id}")).await.json();
@@ -161,7 +163,7 @@ async fn a_write_reaches_single_gets_batches_and_category_pages() {
 
 #[tokio::test]
 async fn refused_admin_requests_change_nothing() {
-    let db = seeded(10).await;
+    let db = seeded(10, 4).await;
     let mut config = TestApp::config(&db);
     config.max_body_bytes = 4096;
     let app = TestApp::spawn_as(&config, Role::Writer).await;
@@ -261,7 +263,7 @@ async fn refused_admin_requests_change_nothing() {
 
 #[tokio::test]
 async fn a_writer_stopped_between_commit_and_publish_is_healed_by_the_relay() {
-    let db = seeded(10).await;
+    let db = seeded(10, 4).await;
     let config = TestApp::config(&db);
     let reader = TestApp::spawn_as(&config, Role::Reader).await;
     let (id, _) = product_in_category(&db).await;
@@ -316,20 +318,11 @@ return 1
 
 #[tokio::test]
 async fn a_stream_trimmed_past_the_reader_flushes_l1() {
-    let db = seeded(10).await;
+    let db = seeded(10, 4).await;
     let app = TestApp::spawn_as(&TestApp::config(&db), Role::All).await;
     let (id, _) = product_in_category(&db).await;
     // One real write, so the reader knows the epoch and the sequence.
-    let put = app
-        .admin(
-            "PATCH",
-            &format!("/admin/products/{id}"),
-            &[],
-            r#"{"stock": 5}"#,
-        )
-        .await;
-    assert_eq!(put.status, 200);
-    wait_for_version(&app, id, 2).await;
+    set_stock(&app, id, 5).await;
     let warm = app.get("/products/2").await;
     assert_eq!(warm.status, 200);
 
@@ -373,22 +366,13 @@ async fn a_stream_trimmed_past_the_reader_flushes_l1() {
 
 #[tokio::test]
 async fn a_flushed_redis_flushes_l1() {
-    let db = seeded(10).await;
+    let db = seeded(10, 4).await;
     let redis_server = OwnRedis::start().await;
     let mut config = TestApp::config(&db);
     config.redis_url = Some(format!("redis://127.0.0.1:{}", redis_server.port));
     let app = TestApp::spawn_as(&config, Role::All).await;
     let (id, _) = product_in_category(&db).await;
-    let put = app
-        .admin(
-            "PATCH",
-            &format!("/admin/products/{id}"),
-            &[],
-            r#"{"stock": 6}"#,
-        )
-        .await;
-    assert_eq!(put.status, 200);
-    wait_for_version(&app, id, 2).await;
+    set_stock(&app, id, 6).await;
 
     let redis = Builder::from_config(
         Config::from_url(&format!("redis://127.0.0.1:{}", redis_server.port)).unwrap(),
@@ -400,16 +384,7 @@ async fn a_flushed_redis_flushes_l1() {
     poll(|| async { (app.metric("catalog_stream_resets_total").await >= 1.0).then_some(()) }).await;
     assert!(app.metric("catalog_l1_flushes_total").await >= 1.0);
     // Writes after the reset propagate again, under a new epoch.
-    let put = app
-        .admin(
-            "PATCH",
-            &format!("/admin/products/{id}"),
-            &[],
-            r#"{"stock": 7}"#,
-        )
-        .await;
-    assert_eq!(put.status, 200);
-    assert_eq!(wait_for_version(&app, id, 3).await["stock"], 7);
+    set_stock(&app, id, 7).await;
     redis.quit().await.unwrap();
     app.shutdown().await;
 }
@@ -430,21 +405,7 @@ async fn consistency_checker_finds_no_stale_reads() {
     /// A read that starts this long after an acknowledgement must see that write.
     const WINDOW: Duration = Duration::from_millis(250);
 
-    let db = seeded(HOT as u64).await;
-    // Every product of the hot set is visible.
-    sqlx::query("update products set active = true")
-        .execute(&db.primary)
-        .await
-        .unwrap();
-    let replica = db.replica().await;
-    poll(|| async {
-        let hidden: i64 = sqlx::query_scalar("select count(*) from products where not active")
-            .fetch_one(&replica)
-            .await
-            .ok()?;
-        (hidden == 0).then_some(())
-    })
-    .await;
+    let db = seeded(HOT as u64, 4).await;
     let app = Arc::new(TestApp::spawn_as(&TestApp::config(&db), Role::All).await);
     for id in 1..=HOT {
         app.get(&format!("/products/{id}")).await;
@@ -547,7 +508,7 @@ async fn consistency_checker_finds_no_stale_reads() {
 
 #[tokio::test]
 async fn a_read_with_a_writes_token_sees_that_write_at_once() {
-    let db = seeded(10).await;
+    let db = seeded(10, 4).await;
     let app = TestApp::spawn_as(&TestApp::config(&db), Role::All).await;
     let (id, _) = product_in_category(&db).await;
     assert_eq!(

@@ -5,23 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use catalog::seed::{self, SeedSpec};
-use common::{OwnRedis, TestApp, TestDb, replica_has_products};
+use common::{OwnRedis, TestApp, TestDb, seeded};
 use serde_json::Value;
-
-/// A migrated database with a seeded catalog, visible on the replica.
-async fn seeded(products: u64, categories: u32) -> TestDb {
-    let db = TestDb::migrated().await;
-    let spec = SeedSpec {
-        products,
-        categories,
-        seed: 9,
-        replace: false,
-    };
-    seed::seed(&db.primary, spec).await.unwrap();
-    replica_has_products(&db, products as i64).await;
-    db
-}
 
 async fn visible_product(db: &TestDb) -> (i64, String) {
     sqlx::query_as("select id, sku from products where active order by id limit 1")

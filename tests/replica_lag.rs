@@ -9,7 +9,7 @@ mod common;
 
 use catalog::seed::{self, SeedSpec};
 use catalog::startup::Role;
-use common::{TestApp, TestDb, poll, replica_has_products};
+use common::{TestApp, TestDb, poll, replica_has_products, seeded};
 use fred::prelude::*;
 
 /// Tests that pause replay hold this, so one never resumes what another paused.
@@ -131,32 +131,8 @@ async fn without_any_healthy_replica_and_no_fallback_reads_answer_503() {
 #[tokio::test]
 async fn a_reader_with_the_invalidation_never_serves_the_replicas_older_version() {
     let _replay = REPLAY.lock().await;
-    let db = TestDb::migrated().await;
-    seed::seed(
-        &db.primary,
-        SeedSpec {
-            products: 20,
-            categories: 2,
-            seed: 8,
-            replace: false,
-        },
-    )
-    .await
-    .unwrap();
-    sqlx::query("update products set active = true")
-        .execute(&db.primary)
-        .await
-        .unwrap();
-    replica_has_products(&db, 20).await;
+    let db = seeded(20, 2).await;
     let replica = db.replica().await;
-    poll(|| async {
-        let hidden: i64 = sqlx::query_scalar("select count(*) from products where not active")
-            .fetch_one(&replica)
-            .await
-            .ok()?;
-        (hidden == 0).then_some(())
-    })
-    .await;
     let config = TestApp::config(&db);
     let app = TestApp::spawn_as(&config, Role::All).await;
     assert_eq!(app.get("/products/1").await.json()["version"], 1);
@@ -234,31 +210,8 @@ async fn a_reader_with_the_invalidation_never_serves_the_replicas_older_version(
 #[tokio::test]
 async fn a_token_read_never_returns_the_older_version_with_replay_paused() {
     let _replay = REPLAY.lock().await;
-    let db = TestDb::migrated().await;
-    seed::seed(
-        &db.primary,
-        SeedSpec {
-            products: 5,
-            categories: 1,
-            seed: 2,
-            replace: false,
-        },
-    )
-    .await
-    .unwrap();
-    sqlx::query("update products set active = true")
-        .execute(&db.primary)
-        .await
-        .unwrap();
+    let db = seeded(5, 1).await;
     let replica = db.replica().await;
-    poll(|| async {
-        let n: i64 = sqlx::query_scalar("select count(*) from products where active")
-            .fetch_one(&replica)
-            .await
-            .ok()?;
-        (n == 5).then_some(())
-    })
-    .await;
     let mut config = TestApp::config(&db);
     config.redis_url = None;
     let reader = TestApp::spawn_as(&config, Role::Reader).await;

@@ -2,18 +2,18 @@
 //! connections (HTTP/1.1 keep-alive, and HTTP/2 cleartext with prior knowledge), limits
 //! on connections, header size and count and header read time, and a graceful drain.
 //!
-//! It knows nothing of routes: a face hands it a hyper `Service`.
+//! It knows nothing of routes: a face implements [`Handler`].
 
 pub mod problem;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -42,16 +42,27 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 
-/// Serves `service` on `listener` until `stop` fires, then drains for at most
+/// A face of the service: answers every request, errors included, with a response.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request.
+    fn respond(
+        &self,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
+}
+
+/// Serves `handler` on `listener` until `stop` fires, then drains for at most
 /// `limits.drain`.
-pub async fn serve<S>(listener: TcpListener, service: S, limits: Limits, stop: CancellationToken)
-where
-    S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    limits: Limits,
+    stop: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |request| {
+        let handler = Arc::clone(&handler);
+        async move { Ok::<_, Infallible>(handler.respond(request).await) }
+    });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

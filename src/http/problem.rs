@@ -53,6 +53,57 @@ impl Problem {
         }
     }
 
+    /// 404 `not-found`: no route matches.
+    pub fn no_route(detail: &'static str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+    }
+
+    /// 405 `method-not-allowed`, with the `Allow` header.
+    pub fn method_not_allowed(allow: &'static str, detail: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            allow: Some(allow),
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                detail,
+            )
+        }
+    }
+
+    /// 400 `invalid-id`: a path id that is not a positive 64-bit integer.
+    pub fn invalid_id(id: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-id",
+            "Invalid product id",
+            format!(
+                "{id:?} is not a product id: expected an integer from 1 to {}",
+                i64::MAX
+            ),
+        )
+    }
+
+    /// 404 `product-not-found`.
+    pub fn product_not_found(detail: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "product-not-found",
+            "Product not found",
+            detail,
+        )
+    }
+
+    /// 503 `unavailable`: a store failed; retrying later may succeed.
+    pub fn unavailable(detail: &'static str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+            detail,
+        )
+    }
+
     /// The response: status, problem+json body, `no-store` so no cache keeps an error.
     pub fn response(&self) -> Response<Full<Bytes>> {
         let type_uri = format!("/problems/{}", self.kind);
@@ -82,13 +133,7 @@ mod tests {
 
     #[tokio::test]
     async fn problems_are_json_with_type_title_status_and_detail() {
-        let mut problem = Problem::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method-not-allowed",
-            "Method not allowed",
-            "POST \"x\" is not served here",
-        );
-        problem.allow = Some("GET, HEAD");
+        let problem = Problem::method_not_allowed("GET, HEAD", "POST \"x\" is not served here");
         let response = problem.response();
         assert_eq!(response.status(), 405);
         assert_eq!(response.headers()[CONTENT_TYPE], "application/problem+json");

@@ -77,21 +77,11 @@ impl ReadError {
     pub fn problem(&self) -> Problem {
         use StatusCode as S;
         match self {
-            Self::RouteNotFound => Problem::new(
-                S::NOT_FOUND,
-                "not-found",
-                "Not found",
-                "no such resource; see the API in the README",
+            Self::RouteNotFound => Problem::no_route("no such resource; see the API in the README"),
+            Self::MethodNotAllowed => Problem::method_not_allowed(
+                "GET, HEAD",
+                "the storefront API is read-only: use GET or HEAD",
             ),
-            Self::MethodNotAllowed => Problem {
-                allow: Some("GET, HEAD"),
-                ..Problem::new(
-                    S::METHOD_NOT_ALLOWED,
-                    "method-not-allowed",
-                    "Method not allowed",
-                    "the storefront API is read-only: use GET or HEAD",
-                )
-            },
             Self::UriTooLong => Problem::new(
                 S::URI_TOO_LONG,
                 "uri-too-long",
@@ -149,36 +139,24 @@ impl ReadError {
                 "Invalid cursor",
                 "the cursor was not issued for this category; start again without one",
             ),
-            Self::ProductNotFound(id) => Problem::new(
-                S::NOT_FOUND,
-                "product-not-found",
-                "Product not found",
-                format!("there is no product {id}"),
-            ),
-            Self::SkuNotFound => Problem::new(
-                S::NOT_FOUND,
-                "product-not-found",
-                "Product not found",
-                "there is no live product with this SKU",
-            ),
+            Self::ProductNotFound(id) => {
+                Problem::product_not_found(format!("there is no product {id}"))
+            }
+            Self::SkuNotFound => {
+                Problem::product_not_found("there is no live product with this SKU")
+            }
             Self::CategoryNotFound => Problem::new(
                 S::NOT_FOUND,
                 "category-not-found",
                 "Category not found",
                 "there is no category with this slug",
             ),
-            Self::NoDatabase => Problem::new(
-                S::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "Service unavailable",
-                "no database can serve this read right now; retry shortly",
-            ),
-            Self::Database(_) => Problem::new(
-                S::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "Service unavailable",
-                "the database failed to answer; retry shortly",
-            ),
+            Self::NoDatabase => {
+                Problem::unavailable("no database can serve this read right now; retry shortly")
+            }
+            Self::Database(_) => {
+                Problem::unavailable("the database failed to answer; retry shortly")
+            }
             Self::Render(_) => Problem::new(
                 S::INTERNAL_SERVER_ERROR,
                 "internal",

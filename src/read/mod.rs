@@ -22,7 +22,6 @@ pub mod listing;
 pub mod route;
 pub mod singleflight;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -110,24 +109,6 @@ impl Reader {
             metrics,
             cache_control,
         }
-    }
-
-    /// The hyper service of this face.
-    pub fn service(
-        self: Arc<Self>,
-    ) -> impl hyper::service::Service<
-        Request<hyper::body::Incoming>,
-        Response = Response<Full<Bytes>>,
-        Error = Infallible,
-        Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
-    > + Clone
-    + Send
-    + 'static {
-        let reader = self;
-        hyper::service::service_fn(move |request| {
-            let reader = Arc::clone(&reader);
-            async move { Ok(reader.handle(&request).await) }
-        })
     }
 
     /// Answers one request (the body of a GET is never read).
@@ -680,6 +661,12 @@ fn etag_matches(value: &HeaderValue, etag: &HeaderValue) -> bool {
         let candidate = candidate.strip_prefix(b"W/").unwrap_or(candidate);
         candidate == etag.as_bytes()
     })
+}
+
+impl crate::http::Handler for Reader {
+    async fn respond(&self, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        self.handle(&request).await
+    }
 }
 
 #[cfg(test)]

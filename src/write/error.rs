@@ -128,22 +128,16 @@ impl WriteError {
                 "SKU taken",
                 "another live product has this SKU",
             ),
-            Self::ProductNotFound(id) => Problem::new(
-                S::NOT_FOUND,
-                "product-not-found",
-                "Product not found",
-                format!("there is no product {id}"),
-            ),
+            Self::ProductNotFound(id) => {
+                Problem::product_not_found(format!("there is no product {id}"))
+            }
             Self::PreconditionFailed { current } => Problem::new(
                 S::PRECONDITION_FAILED,
                 "version-mismatch",
                 "Precondition failed",
                 format!("If-Match does not name the current version ({current})"),
             ),
-            Self::Database(_) => Problem::new(
-                S::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "Service unavailable",
+            Self::Database(_) => Problem::unavailable(
                 "the primary failed to answer; the write was not applied, retry shortly",
             ),
         }

@@ -11,7 +11,6 @@ pub mod error;
 pub mod payload;
 pub mod tx;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
@@ -65,24 +64,6 @@ impl Writer {
             route_base,
             max_body,
         }
-    }
-
-    /// The hyper service of this face.
-    pub fn service(
-        self: Arc<Self>,
-    ) -> impl hyper::service::Service<
-        Request<hyper::body::Incoming>,
-        Response = Response<Full<Bytes>>,
-        Error = Infallible,
-        Future = impl Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
-    > + Clone
-    + Send
-    + 'static {
-        let writer = self;
-        hyper::service::service_fn(move |request| {
-            let writer = Arc::clone(&writer);
-            async move { Ok(Box::pin(writer.handle(request)).await) }
-        })
     }
 
     /// Answers one admin request.
@@ -216,4 +197,14 @@ fn committed_response(id: i64, committed: &Committed) -> Response<Full<Bytes>> {
         headers.insert(LOCATION, location);
     }
     response
+}
+
+impl crate::http::Handler for Writer {
+    fn respond(
+        &self,
+        request: Request<hyper::body::Incoming>,
+    ) -> impl Future<Output = Response<Full<Bytes>>> + Send {
+        // Boxed: the transaction futures are large and admin requests are few.
+        Box::pin(self.handle(request))
+    }
 }

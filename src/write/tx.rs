@@ -80,12 +80,19 @@ async fn lock(tx: &mut Transaction<'_, Postgres>, id: i64) -> Result<Option<Curr
     .await
 }
 
-fn check_if_match(current: Option<&Current>, if_match: Option<i64>) -> Result<(), WriteError> {
-    match (if_match, current) {
-        (None, _) => Ok(()),
-        (Some(expected), Some(c)) if c.live() && c.version == expected => Ok(()),
+/// Begins the write's transaction, locks product `id` and checks `If-Match`.
+async fn begin(
+    pool: &PgPool,
+    id: i64,
+    if_match: Option<i64>,
+) -> Result<(Transaction<'static, Postgres>, Option<Current>), WriteError> {
+    let mut tx = pool.begin().await?;
+    let current = lock(&mut tx, id).await?;
+    match (if_match, &current) {
+        (None, _) => Ok((tx, current)),
+        (Some(expected), Some(c)) if c.live() && c.version == expected => Ok((tx, current)),
         (Some(_), c) => Err(WriteError::PreconditionFailed {
-            current: c.filter(|c| c.live()).map_or(0, |c| c.version),
+            current: c.as_ref().filter(|c| c.live()).map_or(0, |c| c.version),
         }),
     }
 }
@@ -97,9 +104,7 @@ pub async fn put_product(
     input: &ProductInput,
     if_match: Option<i64>,
 ) -> Result<Committed, WriteError> {
-    let mut tx = pool.begin().await?;
-    let current = lock(&mut tx, id).await?;
-    check_if_match(current.as_ref(), if_match)?;
+    let (tx, current) = begin(pool, id, if_match).await?;
     store(tx, id, input, current, pool).await
 }
 
@@ -110,9 +115,7 @@ pub async fn patch_product(
     patch: &[u8],
     if_match: Option<i64>,
 ) -> Result<Committed, WriteError> {
-    let mut tx = pool.begin().await?;
-    let current = lock(&mut tx, id).await?;
-    check_if_match(current.as_ref(), if_match)?;
+    let (tx, current) = begin(pool, id, if_match).await?;
     let Some(current) = current.filter(Current::live) else {
         return Err(WriteError::ProductNotFound(id));
     };
@@ -197,9 +200,7 @@ pub async fn delete_product(
     id: i64,
     if_match: Option<i64>,
 ) -> Result<Committed, WriteError> {
-    let mut tx = pool.begin().await?;
-    let current = lock(&mut tx, id).await?;
-    check_if_match(current.as_ref(), if_match)?;
+    let (mut tx, current) = begin(pool, id, if_match).await?;
     let Some(current) = current.filter(Current::live) else {
         return Err(WriteError::ProductNotFound(id));
     };

@@ -352,6 +352,33 @@ pub async fn http_request_with_body(
     }
 }
 
+/// A migrated database with a seeded catalog whose products are all active, visible on
+/// the replica.
+pub async fn seeded(products: u64, categories: u32) -> TestDb {
+    let db = TestDb::migrated().await;
+    let spec = catalog::seed::SeedSpec {
+        products,
+        categories,
+        seed: 9,
+        replace: false,
+    };
+    catalog::seed::seed(&db.primary, spec).await.expect("seed");
+    sqlx::query("update products set active = true")
+        .execute(&db.primary)
+        .await
+        .expect("activate");
+    let replica = db.replica().await;
+    poll(|| async {
+        let visible: i64 = sqlx::query_scalar("select count(*) from products where active")
+            .fetch_one(&replica)
+            .await
+            .ok()?;
+        (visible == products as i64).then_some(())
+    })
+    .await;
+    db
+}
+
 /// Waits until the replica's copy of `db` has exactly `n` products.
 pub async fn replica_has_products(db: &TestDb, n: i64) {
     let replica = db.replica().await;
