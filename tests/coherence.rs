@@ -36,8 +36,8 @@ fn lamp(name: &str, categories: &[String]) -> String {
     .to_string()
 }
 
-/// Sets a product's stock through the writer and waits until the reader serves it.
-async fn set_stock(app: &TestApp, id: i64, stock: i64) -> Value {
+/// Sets a product's stock through the writer; the write must succeed.
+async fn patch_stock(app: &TestApp, id: i64, stock: i64) -> common::Reply {
     let reply = app
         .admin(
             "PATCH",
@@ -47,6 +47,12 @@ async fn set_stock(app: &TestApp, id: i64, stock: i64) -> Value {
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
+    reply
+}
+
+/// Sets a product's stock through the writer and waits until the reader serves it.
+async fn set_stock(app: &TestApp, id: i64, stock: i64) -> Value {
+    let reply = patch_stock(app, id, stock).await;
     let doc = wait_for_version(app, id, reply.json()["version"].as_i64().unwrap()).await;
     assert_eq!(doc["stock"], stock);
     doc
@@ -419,15 +425,7 @@ async fn consistency_checker_finds_no_stale_reads() {
             while started.elapsed() < Duration::from_secs(4) {
                 n += 1;
                 let id = n % HOT + 1;
-                let reply = app
-                    .admin(
-                        "PATCH",
-                        &format!("/admin/products/{id}"),
-                        &[],
-                        &format!(r#"{{"stock": {n}}}"#),
-                    )
-                    .await;
-                assert_eq!(reply.status, 200, "{}", reply.text());
+                let reply = patch_stock(&app, id, n).await;
                 let at = Instant::now();
                 acks.push(Event {
                     id,
@@ -516,14 +514,7 @@ async fn a_read_with_a_writes_token_sees_that_write_at_once() {
         1
     );
     for n in 2..=6 {
-        let reply = app
-            .admin(
-                "PATCH",
-                &format!("/admin/products/{id}"),
-                &[],
-                &format!(r#"{{"stock": {n}}}"#),
-            )
-            .await;
+        let reply = patch_stock(&app, id, n).await;
         let token = reply.header("catalog-token").unwrap().to_owned();
         // No polling: the very next read carrying the token sees the write.
         let read = app
