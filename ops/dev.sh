@@ -732,6 +732,11 @@ cmd_run() {
     reader  http://127.0.0.1:8080
     writer  http://127.0.0.1:8081
   try:      curl -s http://127.0.0.1:8080/products/1
+            curl -s 'http://127.0.0.1:8080/products?ids=1,2,3'
+            curl -s http://127.0.0.1:8080/categories
+            curl -s -X PATCH -H "Authorization: Bearer $CATALOG_ADMIN_TOKENS" \\
+                 -d '{"stock": 5}' http://127.0.0.1:8081/admin/products/1
+  more:     README.md, "Storefront API" and "Admin API"
 
   Ctrl-C stops catalogd; the stack (PostgreSQL, Redis) stays up: 'ops/dev.sh down' stops it.
 

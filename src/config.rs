@@ -105,6 +105,8 @@ pub struct Config {
     pub stream_max_len: u64,
     /// `CATALOG_MAX_BODY_BYTES`: largest admin request body; larger is answered 413.
     pub max_body_bytes: usize,
+    /// `CATALOG_IDEMPOTENCY_TTL_SECS`: how long a stored `Idempotency-Key` response is kept.
+    pub idempotency_ttl: Duration,
     /// `CATALOG_READER_ADDR`: where the storefront (read) face listens.
     pub reader_addr: SocketAddr,
     /// `CATALOG_WRITER_ADDR`: where the admin (write) face listens.
@@ -178,6 +180,7 @@ impl Config {
             l2_ttl: Duration::from_secs(3600),
             stream_max_len: 100_000,
             max_body_bytes: 1024 * 1024,
+            idempotency_ttl: Duration::from_secs(86_400),
             reader_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             writer_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             admin_tokens: Vec::new(),
@@ -222,6 +225,11 @@ impl Config {
         config.max_body_bytes = var.or("CATALOG_MAX_BODY_BYTES", config.max_body_bytes, |raw| {
             parse_in_range(raw, 1024..=1024 * 1024 * 1024)
         })?;
+        config.idempotency_ttl = var.or(
+            "CATALOG_IDEMPOTENCY_TTL_SECS",
+            config.idempotency_ttl,
+            |raw| parse_in_range(raw, 1..=2_592_000).map(Duration::from_secs),
+        )?;
         config.reader_addr = var.or("CATALOG_READER_ADDR", config.reader_addr, parse_from_str)?;
         config.writer_addr = var.or("CATALOG_WRITER_ADDR", config.writer_addr, parse_from_str)?;
         config.admin_tokens = var.or("CATALOG_ADMIN_TOKENS", Vec::new(), parse_tokens)?;
@@ -427,6 +435,7 @@ mod tests {
             ("CATALOG_L2_TTL_SECS", "forever"),
             ("CATALOG_STREAM_MAXLEN", "10"),
             ("CATALOG_MAX_BODY_BYTES", "big"),
+            ("CATALOG_IDEMPOTENCY_TTL_SECS", "0"),
             ("CATALOG_READER_ADDR", "not-an-address"),
             ("CATALOG_WRITER_ADDR", "127.0.0.1:99999"),
             ("CATALOG_ADMIN_TOKENS", "short"),

@@ -288,12 +288,13 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with L1's size as of now.
-    pub fn render(&self, l1_usage: (u64, u64)) -> String {
-        self.l1_entries
-            .set(i64::try_from(l1_usage.0).unwrap_or(i64::MAX));
-        self.l1_bytes
-            .set(i64::try_from(l1_usage.1).unwrap_or(i64::MAX));
+    /// The text exposition, with L1's size as of now (a writer-only process has no L1).
+    pub fn render(&self, l1_usage: Option<(u64, u64)>) -> String {
+        if let Some((entries, bytes)) = l1_usage {
+            self.l1_entries
+                .set(i64::try_from(entries).unwrap_or(i64::MAX));
+            self.l1_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -312,7 +313,7 @@ mod tests {
         metrics.http.record(0, 200, Duration::from_millis(3));
         metrics.http.record(1, 418, Duration::from_secs(9));
         metrics.l1_hits.inc();
-        let text = metrics.render((3, 4096));
+        let text = metrics.render(Some((3, 4096)));
         assert!(
             text.contains(r#"catalog_http_requests_total{route="product",status="200"} 2"#),
             "{text}"

@@ -232,7 +232,7 @@ impl Application {
             config.admin_tokens.clone(),
             Arc::clone(metrics),
             read::route::ROUTE_NAMES.len(),
-            config.max_body_bytes,
+            (config.max_body_bytes, config.idempotency_ttl),
         ));
         let listener = TcpListener::bind(config.writer_addr)
             .await

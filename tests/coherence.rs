@@ -258,6 +258,18 @@ async fn refused_admin_requests_change_nothing() {
         "a refused request changed the primary"
     );
 
+    // A writer-only process answers its operational endpoints without a token.
+    assert_eq!(app.get("/healthz").await.status, 200);
+    assert_eq!(app.get("/readyz").await.status, 200);
+    let metrics = app.get("/metrics").await.text();
+    assert!(
+        metrics.contains("catalog_relay_published_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"catalog_http_requests_total{route="admin_product",status="412"} 1"#)
+    );
+
     // The matching If-Match succeeds.
     let ok = app
         .admin("PUT", &path, &[("if-match", "\"1\"")], &valid)
@@ -403,6 +415,30 @@ struct Event {
     at: Instant,
 }
 
+/// Upper bucket bounds of a histogram's quantiles, from the exposition.
+async fn histogram_quantiles(app: &TestApp, name: &str, quantiles: &[f64]) -> Vec<String> {
+    let text = app.get("/metrics").await.text();
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(String, f64)> = text
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(&prefix)?;
+            let (bound, count) = rest.split_once("\"} ")?;
+            Some((bound.to_owned(), count.parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |(_, n)| *n);
+    quantiles
+        .iter()
+        .map(|q| {
+            buckets
+                .iter()
+                .find(|(_, n)| *n >= q * total)
+                .map_or_else(|| "?".to_owned(), |(bound, _)| bound.clone())
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn consistency_checker_finds_no_stale_reads() {
     const HOT: i64 = 10;
@@ -486,16 +522,18 @@ async fn consistency_checker_finds_no_stale_reads() {
         .collect();
     propagation.sort_unstable();
     let quantile = |q: f64| propagation[((propagation.len() - 1) as f64 * q) as usize];
+    let applied = histogram_quantiles(&app, "catalog_propagation_seconds", &[0.5, 0.99]).await;
     eprintln!(
-        "consistency checker: {} reads, {} writes, {stale} stale; propagation \
-         (ack → first read of the new version) p50 {:?} p99 {:?} max {:?}; \
-         reader-side commit → applied: {} invalidations",
+        "consistency checker: {} reads, {} writes, {stale} stale; ack → first read of the new \
+         version: p50 {:?} p99 {:?} max {:?}; commit → invalidation applied at the reader \
+         (histogram bucket bounds): p50 <= {} s, p99 <= {} s",
         reads.len(),
         acks.len(),
         quantile(0.5),
         quantile(0.99),
         propagation.last().unwrap(),
-        app.metric("catalog_invalidations_total").await,
+        applied[0],
+        applied[1],
     );
     assert_eq!(
         stale, 0,
@@ -537,5 +575,101 @@ async fn a_read_with_a_writes_token_sees_that_write_at_once() {
     app.request("GET", "/products/1", &[("min-catalog-token", "yesterday")])
         .await
         .assert_problem(400, "invalid-token");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_replay_refuse_reuse_and_expire() {
+    let db = seeded(5, 4).await;
+    let mut config = TestApp::config(&db);
+    config.idempotency_ttl = Duration::from_secs(2);
+    let app = TestApp::spawn_as(&config, Role::Writer).await;
+    let body = lamp("Keyed lamp", &[]);
+    let key = [("idempotency-key", "order-1")];
+
+    let first = app
+        .admin("PUT", "/admin/products/700001", &key, &body)
+        .await;
+    assert_eq!(first.status, 201, "{}", first.text());
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let retry = app
+        .admin("PUT", "/admin/products/700001", &key, &body)
+        .await;
+    assert_eq!(retry.status, 201);
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(retry.body, first.body);
+    assert_eq!(retry.header("etag"), first.header("etag"));
+    assert_eq!(retry.header("catalog-token"), first.header("catalog-token"));
+    let version: i64 = sqlx::query_scalar("select version from products where id = 700001")
+        .fetch_one(&db.primary)
+        .await
+        .unwrap();
+    assert_eq!(version, 1, "the retry was applied again");
+
+    let other = app
+        .admin("PUT", "/admin/products/700001", &key, &lamp("Other", &[]))
+        .await;
+    other.assert_problem(422, "idempotency-key-reused");
+
+    // A key whose first request is still running.
+    let print = catalog::write::idempotency::fingerprint("PUT", "700002", body.as_bytes());
+    sqlx::query(
+        "insert into idempotency_keys (key, fingerprint, expires_at) \
+         values ('order-2', $1, now() + interval '1 hour')",
+    )
+    .bind(&print)
+    .execute(&db.primary)
+    .await
+    .unwrap();
+    app.admin(
+        "PUT",
+        "/admin/products/700002",
+        &[("idempotency-key", "order-2")],
+        &body,
+    )
+    .await
+    .assert_problem(409, "request-in-progress");
+    app.admin(
+        "PUT",
+        "/admin/products/700002",
+        &[("idempotency-key", "")],
+        &body,
+    )
+    .await
+    .assert_problem(400, "invalid-idempotency-key");
+
+    // Refusals are stored too: a retry of a refused request is refused the same way.
+    let bad = app
+        .admin(
+            "PATCH",
+            "/admin/products/700001",
+            &[("idempotency-key", "bad-1")],
+            r#"{"stock": -1}"#,
+        )
+        .await;
+    bad.assert_problem(400, "invalid-product");
+    let bad_again = app
+        .admin(
+            "PATCH",
+            "/admin/products/700001",
+            &[("idempotency-key", "bad-1")],
+            r#"{"stock": -1}"#,
+        )
+        .await;
+    assert_eq!(bad_again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(bad_again.body, bad.body);
+
+    // After the key expires, the same request runs again.
+    poll(|| async {
+        let again = app
+            .admin("PUT", "/admin/products/700001", &key, &body)
+            .await;
+        (again.header("idempotent-replayed").is_none()).then_some(again)
+    })
+    .await
+    .json()["version"]
+        .as_i64()
+        .filter(|v| *v == 2)
+        .expect("applied once more after expiry");
     app.shutdown().await;
 }

@@ -121,6 +121,23 @@ impl Consumer {
     pub async fn run(mut self, stop: CancellationToken) {
         let mut backoff = Duration::from_millis(50);
         loop {
+            // Know the epoch before reading, so a reset is noticed even if it happens
+            // before this reader has seen any entry.
+            if self.position.epoch.is_none() {
+                match super::stream::ensure_epoch(&self.client, &self.epoch_key).await {
+                    Ok(epoch) => self.position.epoch = Some(epoch),
+                    Err(err) => {
+                        self.metrics.consumer_errors.inc();
+                        tracing::warn!(error = %err, retry_in = ?backoff, "cannot read the stream's epoch");
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
+                }
+            }
             let read = self.client.xread::<fred::types::Value, _, _>(
                 Some(BATCH),
                 Some(BLOCK_MS),
@@ -207,7 +224,9 @@ impl Consumer {
             .observe(Duration::from_micros(micros));
     }
 
-    /// After an idle read: if the epoch key changed or vanished, the stream was reset.
+    /// After an idle read: if the epoch key changed or vanished, the stream was reset;
+    /// the next loop learns (or creates) the new epoch and reads the new stream from its
+    /// start.
     async fn check_epoch(&mut self) {
         let current: Option<String> = match self.client.get(self.epoch_key.as_str()).await {
             Ok(value) => value,
@@ -225,7 +244,7 @@ impl Consumer {
             self.position = Position {
                 last_id: "0".to_owned(),
                 last_seq: None,
-                epoch: current,
+                epoch: None,
             };
         }
     }

@@ -16,7 +16,7 @@
 //! between commit and publish are published by the next relay round, on restart.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fred::prelude::*;
 use sqlx::PgPool;
@@ -150,7 +150,7 @@ impl Relay {
             self.metrics.outbox_backlog.set(0);
             return Ok(0);
         }
-        let epoch = self.epoch().await?;
+        let epoch = super::stream::ensure_epoch(self.l2.client(), &self.epoch_key).await?;
         let ids: Vec<i64> = rows.iter().map(|r| r.product_id).collect();
         let documents = catalog::products_by_ids(&mut *tx, &ids).await?;
         for (i, row) in rows.iter().enumerate() {
@@ -202,31 +202,5 @@ impl Relay {
                 .await?;
         self.metrics.outbox_backlog.set(backlog);
         Ok(rows.len())
-    }
-
-    /// The stream's epoch, created if Redis has none (first start, or Redis lost it).
-    async fn epoch(&self) -> Result<String, fred::error::Error> {
-        let client = self.l2.client();
-        if let Some(epoch) = client
-            .get::<Option<String>, _>(self.epoch_key.as_str())
-            .await?
-        {
-            return Ok(epoch);
-        }
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let fresh = format!("{nanos:x}-{:x}", std::process::id());
-        let _: Option<String> = client
-            .set(
-                self.epoch_key.as_str(),
-                fresh.as_str(),
-                None,
-                Some(SetOptions::NX),
-                false,
-            )
-            .await?;
-        let epoch: Option<String> = client.get(self.epoch_key.as_str()).await?;
-        Ok(epoch.unwrap_or(fresh))
     }
 }

@@ -1,6 +1,9 @@
 //! One invalidation as carried by the stream: field names, encoding and decoding.
 
 use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fred::prelude::*;
 
 /// Field names of a stream entry.
 const PRODUCT: &str = "p";
@@ -10,6 +13,23 @@ const COMMITTED: &str = "t";
 const SEQ: &str = "s";
 const EPOCH: &str = "e";
 const WATERMARK: &str = "w";
+
+/// The stream's epoch, created if Redis has none (first start, or Redis lost it). The
+/// relay and every consumer call this, so whoever comes first creates it and all agree.
+pub async fn ensure_epoch(client: &Client, key: &str) -> Result<String, fred::error::Error> {
+    if let Some(epoch) = client.get::<Option<String>, _>(key).await? {
+        return Ok(epoch);
+    }
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let fresh = format!("{nanos:x}-{:x}", std::process::id());
+    let _: Option<String> = client
+        .set(key, fresh.as_str(), None, Some(SetOptions::NX), false)
+        .await?;
+    let epoch: Option<String> = client.get(key).await?;
+    Ok(epoch.unwrap_or(fresh))
+}
 
 /// One published invalidation.
 #[derive(Debug, Clone, PartialEq, Eq)]

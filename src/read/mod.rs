@@ -168,7 +168,7 @@ impl Reader {
 
     async fn metrics_text(&self) -> Result<Response<Full<Bytes>>, ReadError> {
         self.l1.sync().await;
-        let text = self.metrics.render(self.l1.usage());
+        let text = self.metrics.render(Some(self.l1.usage()));
         Ok(plain(StatusCode::OK, PROMETHEUS, Bytes::from(text)))
     }
 

@@ -52,6 +52,15 @@ pub enum WriteError {
         /// The product's current version (0: it does not exist).
         current: i64,
     },
+    /// An `Idempotency-Key` that is empty or longer than 255 bytes.
+    #[error("invalid idempotency key")]
+    InvalidIdempotencyKey,
+    /// The key was used before with another request.
+    #[error("idempotency key reused")]
+    IdempotencyKeyReused,
+    /// The first request with this key is still running.
+    #[error("request in progress")]
+    RequestInProgress,
     /// The primary failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -136,6 +145,24 @@ impl WriteError {
                 "version-mismatch",
                 "Precondition failed",
                 format!("If-Match does not name the current version ({current})"),
+            ),
+            Self::InvalidIdempotencyKey => Problem::new(
+                S::BAD_REQUEST,
+                "invalid-idempotency-key",
+                "Invalid Idempotency-Key",
+                "an Idempotency-Key is 1 to 255 visible characters",
+            ),
+            Self::IdempotencyKeyReused => Problem::new(
+                S::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+                "this key was used with another request; use a new key for a new request",
+            ),
+            Self::RequestInProgress => Problem::new(
+                S::CONFLICT,
+                "request-in-progress",
+                "Request in progress",
+                "the first request with this Idempotency-Key has not finished; retry shortly",
             ),
             Self::Database(_) => Problem::unavailable(
                 "the primary failed to answer; the write was not applied, retry shortly",

@@ -1,13 +1,17 @@
 //! The admin face: authenticate, bound and parse the body, run one transaction on the
 //! primary (row + version bump + outbox row), answer the new version.
 //!
-//! Routes: `PUT`, `PATCH` (JSON merge patch) and `DELETE` on `/admin/products/{id}`.
+//! Routes: `PUT`, `PATCH` (JSON merge patch) and `DELETE` on `/admin/products/{id}`;
+//! and, without authentication, `GET /healthz`, `/readyz` (the primary answers) and
+//! `/metrics` (the relay's figures in a writer-only process).
 //! `If-Match: "<version>"` makes a write conditional (412 on another version). Every
 //! success answers `{"id":..,"version":..}` with the new `ETag` and a `Catalog-Token`
 //! header, the commit's LSN. Bad input gets a problem document and changes nothing.
+//! `Idempotency-Key` makes retries safe (see [`idempotency`]).
 
 pub mod auth;
 pub mod error;
+pub mod idempotency;
 pub mod payload;
 pub mod tx;
 
@@ -31,11 +35,14 @@ use error::WriteError;
 use payload::ProductInput;
 use tx::Committed;
 
+/// The header naming a retry-safe request.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
 /// The read-your-writes token header: the commit's LSN.
 pub const CATALOG_TOKEN: HeaderName = HeaderName::from_static("catalog-token");
 
 /// Metric labels of the admin routes.
-pub const ROUTE_NAMES: [&str; 2] = ["admin_product", "admin_unmatched"];
+pub const ROUTE_NAMES: [&str; 3] = ["admin_product", "admin_unmatched", "admin_operations"];
 
 /// Everything the admin face needs.
 #[derive(Debug)]
@@ -46,6 +53,7 @@ pub struct Writer {
     /// Index of this face's first route in the metrics' route list.
     route_base: usize,
     max_body: usize,
+    idempotency_ttl: std::time::Duration,
 }
 
 impl Writer {
@@ -55,14 +63,16 @@ impl Writer {
         tokens: Vec<Secret>,
         metrics: Arc<Metrics>,
         route_base: usize,
-        max_body: usize,
+        limits: (usize, std::time::Duration),
     ) -> Self {
+        let (max_body, idempotency_ttl) = limits;
         Self {
             primary,
             tokens,
             metrics,
             route_base,
             max_body,
+            idempotency_ttl,
         }
     }
 
@@ -96,6 +106,21 @@ impl Writer {
         B: Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        match (request.method(), request.uri().path()) {
+            (&Method::GET, "/healthz") => return (2, Ok(text("text/plain", "ok\n".into()))),
+            (&Method::GET, "/readyz") => {
+                let ready = sqlx::query("select 1").execute(&self.primary).await;
+                return match ready {
+                    Ok(_) => (2, Ok(text("text/plain", "ready\n".into()))),
+                    Err(err) => (2, Err(WriteError::Database(err))),
+                };
+            }
+            (&Method::GET, "/metrics") => {
+                let body = self.metrics.render(None);
+                return (2, Ok(text("text/plain; version=0.0.4", body)));
+            }
+            _ => {}
+        }
         let Some(raw_id) = request
             .uri()
             .path()
@@ -111,23 +136,51 @@ impl Writer {
                 .map_err(|_| WriteError::InvalidId(raw_id.into()))?;
             let if_match = if_match(request.headers())?;
             let method = request.method().clone();
-            let committed = match method {
-                Method::PUT => {
-                    let body = self.body(request).await?;
-                    let input = ProductInput::parse(&body)?;
-                    tx::put_product(&self.primary, id, &input, if_match).await?
-                }
-                Method::PATCH => {
-                    let body = self.body(request).await?;
-                    tx::patch_product(&self.primary, id, &body, if_match).await?
-                }
-                Method::DELETE => tx::delete_product(&self.primary, id, if_match).await?,
-                _ => return Err(WriteError::MethodNotAllowed("PUT, PATCH, DELETE")),
+            if !matches!(method, Method::PUT | Method::PATCH | Method::DELETE) {
+                return Err(WriteError::MethodNotAllowed("PUT, PATCH, DELETE"));
+            }
+            let key = request
+                .headers()
+                .get(IDEMPOTENCY_KEY)
+                .map(idempotency::parse_key)
+                .transpose()?;
+            let body = self.body(request).await?;
+            let Some(key) = key else {
+                return self.apply(&method, id, &body, if_match).await;
             };
-            Ok(committed_response(id, &committed))
+            let print = idempotency::fingerprint(method.as_str(), raw_id, &body);
+            match idempotency::claim(&self.primary, &key, &print, self.idempotency_ttl).await? {
+                idempotency::Claim::Replay(response) => Ok(response),
+                idempotency::Claim::Owned => {
+                    let response = self
+                        .apply(&method, id, &body, if_match)
+                        .await
+                        .unwrap_or_else(|error| error.problem().response());
+                    idempotency::store(&self.primary, &key, response).await
+                }
+            }
         }
         .await;
         (0, result)
+    }
+
+    /// Runs one admin write.
+    async fn apply(
+        &self,
+        method: &Method,
+        id: i64,
+        body: &[u8],
+        if_match: Option<i64>,
+    ) -> Result<Response<Full<Bytes>>, WriteError> {
+        let committed = match *method {
+            Method::PUT => {
+                let input = ProductInput::parse(body)?;
+                tx::put_product(&self.primary, id, &input, if_match).await?
+            }
+            Method::PATCH => tx::patch_product(&self.primary, id, body, if_match).await?,
+            _ => tx::delete_product(&self.primary, id, if_match).await?,
+        };
+        Ok(committed_response(id, &committed))
     }
 
     /// The whole body, refused with 413 past the configured limit.
@@ -177,6 +230,17 @@ fn if_match(headers: &hyper::HeaderMap) -> Result<Option<i64>, WriteError> {
         // An ETag we never issued cannot match any version.
         None => Err(WriteError::PreconditionFailed { current: 0 }),
     }
+}
+
+fn text(content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 fn committed_response(id: i64, committed: &Committed) -> Response<Full<Bytes>> {
