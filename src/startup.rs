@@ -18,9 +18,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{L1, L1Config};
-use crate::coherence::consumer::Consumer;
+use crate::coherence::consumer::{Consumer, Source, Targets};
 use crate::coherence::floors::Floors;
-use crate::coherence::relay::Relay;
+use crate::coherence::relay::{Relay, Sink};
+use crate::coherence::stream::Invalidation;
 use crate::config::Config;
 use crate::http::{self, Limits};
 use crate::metrics::Metrics;
@@ -39,6 +40,9 @@ const REDIS_STARTUP_WAIT: Duration = Duration::from_secs(2);
 /// Most freshness floors kept; each is a few dozen bytes.
 const FLOORS_CAPACITY: u64 = 1_000_000;
 
+/// Invalidations the in-process bus holds for a slow consumer before it must flush.
+const BUS_CAPACITY: usize = 16_384;
+
 /// Which faces this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -56,7 +60,7 @@ struct ReadSide {
     reader: Arc<Reader>,
     listener: TcpListener,
     databases: Arc<Databases>,
-    consumer: Option<Consumer>,
+    consumer: Option<(Consumer, Source)>,
     check_interval: Duration,
 }
 
@@ -105,15 +109,36 @@ impl Application {
             }
             None => None,
         };
+        // `all` without Redis: the relay and the consumer share an in-process bus.
+        let (bus, bus_rx) = if role == Role::All && l2.is_none() {
+            let (tx, rx) = tokio::sync::broadcast::channel::<Invalidation>(BUS_CAPACITY);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let read = match role {
             Role::Reader | Role::All => {
-                Some(Self::read_side(config, primary.clone(), l2.clone(), &metrics).await?)
+                let source = match (&config.redis_url, bus_rx) {
+                    (Some(url), _) => Some(
+                        Source::redis(url, &config.redis_prefix).context("CATALOG_REDIS_URL")?,
+                    ),
+                    (None, Some(rx)) => Some(Source::Local(rx)),
+                    (None, None) => None,
+                };
+                Some(Self::read_side(config, primary.clone(), l2.clone(), source, &metrics).await?)
             }
             Role::Writer => None,
         };
         let write = match role {
             Role::Writer | Role::All => {
-                Some(Self::write_side(config, primary, l2, &metrics).await?)
+                let sink = match (l2, bus) {
+                    (Some(l2), _) => {
+                        Some(Sink::redis(l2, &config.redis_prefix, config.stream_max_len))
+                    }
+                    (None, Some(bus)) => Some(Sink::local(bus)),
+                    (None, None) => None,
+                };
+                Some(Self::write_side(config, primary, sink, &metrics).await?)
             }
             Role::Reader => None,
         };
@@ -133,6 +158,7 @@ impl Application {
         config: &Config,
         primary: sqlx::PgPool,
         l2: Option<L2>,
+        source: Option<Source>,
         metrics: &Arc<Metrics>,
     ) -> anyhow::Result<ReadSide> {
         let replicas = config
@@ -163,20 +189,15 @@ impl Application {
         });
         let floors = Floors::new(FLOORS_CAPACITY, config.read.l1_max_ttl);
         let (watermark, applied) = tokio::sync::watch::channel(0);
-        let consumer = match &config.redis_url {
-            Some(url) => Some(
-                Consumer::new(
-                    url,
-                    &config.redis_prefix,
-                    l1.clone(),
-                    floors.clone(),
-                    Arc::clone(metrics),
-                    watermark,
-                )
-                .context("CATALOG_REDIS_URL")?,
-            ),
-            None => None,
-        };
+        let consumer = source.map(|source| {
+            let targets = Targets {
+                l1: l1.clone(),
+                floors: floors.clone(),
+                watermark,
+                metrics: Arc::clone(metrics),
+            };
+            (Consumer::new(targets), source)
+        });
         let reader = Arc::new(Reader::new(
             l1,
             l2,
@@ -206,23 +227,18 @@ impl Application {
     async fn write_side(
         config: &Config,
         primary: sqlx::PgPool,
-        l2: Option<L2>,
+        sink: Option<Sink>,
         metrics: &Arc<Metrics>,
     ) -> anyhow::Result<WriteSide> {
         if config.admin_tokens.is_empty() {
             tracing::warn!("CATALOG_ADMIN_TOKENS is empty: every admin request will be refused");
         }
-        let relay = match l2 {
-            Some(l2) => Some(Relay::new(
-                primary.clone(),
-                l2,
-                &config.redis_prefix,
-                config.stream_max_len,
-                Arc::clone(metrics),
-            )),
+        let relay = match sink {
+            Some(sink) => Some(Relay::new(primary.clone(), sink, Arc::clone(metrics))),
             None => {
                 tracing::warn!(
-                    "no CATALOG_REDIS_URL: writes are not broadcast; readers see them when L1 entries expire"
+                    "writer without CATALOG_REDIS_URL: writes are not broadcast to other \
+                     processes; their readers see them when L1 entries expire"
                 );
                 None
             }
@@ -277,8 +293,8 @@ impl Application {
                 checks.await;
                 "replica checks"
             });
-            if let Some(consumer) = read.consumer {
-                let run = consumer.run(stop.child_token());
+            if let Some((consumer, source)) = read.consumer {
+                let run = consumer.run(source, stop.child_token());
                 tasks.spawn(async move {
                     run.await;
                     "invalidation consumer"

@@ -673,3 +673,35 @@ async fn idempotency_keys_replay_refuse_reuse_and_expire() {
         .expect("applied once more after expiry");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn all_in_one_without_redis_invalidates_over_the_in_process_bus() {
+    let db = seeded(5, 4).await;
+    let mut config = TestApp::config(&db);
+    config.redis_url = None;
+    let app = TestApp::spawn_as(&config, Role::All).await;
+    let (id, _) = product_in_category(&db).await;
+    assert_eq!(
+        app.get(&format!("/products/{id}")).await.json()["version"],
+        1
+    );
+    set_stock(&app, id, 31).await;
+    assert!(app.metric("catalog_invalidations_total").await >= 1.0);
+    assert_eq!(app.metric("catalog_l2_hits_total").await, 0.0);
+    // Tokens work too: the bus carries the watermark.
+    let token = patch_stock(&app, id, 32)
+        .await
+        .header("catalog-token")
+        .unwrap()
+        .to_owned();
+    let doc = app
+        .request(
+            "GET",
+            &format!("/products/{id}"),
+            &[("min-catalog-token", &token)],
+        )
+        .await
+        .json();
+    assert_eq!(doc["stock"], 32);
+    app.shutdown().await;
+}

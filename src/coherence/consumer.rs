@@ -12,7 +12,8 @@
 //! flushes L1, counts it and logs it. Entries that end a relay round carry a WAL
 //! position: once applied, every write with a lower token has been applied here, and the
 //! consumer publishes it as the reader's watermark. Connection errors are retried with backoff and
-//! the read resumes from the last id seen.
+//! the read resumes from the last id seen. Without Redis, `catalogd all` feeds the
+//! consumer from an in-process bus ([`Source::Local`]) with the same entries.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,6 +43,13 @@ pub struct Position {
     pub last_seq: Option<i64>,
     /// Epoch of the stream the sequence belongs to.
     pub epoch: Option<String>,
+}
+
+/// The Redis side of a consumer.
+struct RedisSource {
+    client: Client,
+    stream_key: String,
+    epoch_key: String,
 }
 
 /// What an entry means for the position.
@@ -74,12 +82,55 @@ impl Position {
     }
 }
 
+/// Where the consumer reads invalidations.
+#[derive(Debug)]
+pub enum Source {
+    /// The Redis stream, on a client of the consumer's own.
+    Redis {
+        /// The consumer's client (a blocking read holds its connection).
+        client: Client,
+        /// `<prefix>invalidations`.
+        stream_key: String,
+        /// `<prefix>invalidations:epoch`.
+        epoch_key: String,
+    },
+    /// The in-process bus of `catalogd all` without Redis. A receiver that falls more
+    /// than the bus's capacity behind has lost entries: a gap.
+    Local(tokio::sync::broadcast::Receiver<Invalidation>),
+}
+
+impl Source {
+    /// The Redis stream of the deployment with key `prefix`, on its own connection.
+    pub fn redis(url: &str, prefix: &str) -> Result<Self, fred::error::Error> {
+        let client = Builder::from_config(fred::prelude::Config::from_url(url)?)
+            .with_connection_config(|conn| conn.connection_timeout = Duration::from_secs(2))
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+            .build()?;
+        client.connect();
+        Ok(Self::Redis {
+            client,
+            stream_key: super::relay::stream_key(prefix),
+            epoch_key: super::relay::epoch_key(prefix),
+        })
+    }
+}
+
+/// What the consumer updates.
+#[derive(Debug)]
+pub struct Targets {
+    /// L1, whose older entries it evicts.
+    pub l1: L1,
+    /// The floors it raises.
+    pub floors: Floors,
+    /// Where it publishes its watermark.
+    pub watermark: tokio::sync::watch::Sender<u64>,
+    /// Its counters.
+    pub metrics: Arc<Metrics>,
+}
+
 /// The consumer task.
 #[derive(Debug)]
 pub struct Consumer {
-    client: Client,
-    stream_key: String,
-    epoch_key: String,
     l1: L1,
     floors: Floors,
     metrics: Arc<Metrics>,
@@ -88,43 +139,79 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// A consumer on its own connection to `url`.
-    pub fn new(
-        url: &str,
-        prefix: &str,
-        l1: L1,
-        floors: Floors,
-        metrics: Arc<Metrics>,
-        watermark: tokio::sync::watch::Sender<u64>,
-    ) -> Result<Self, fred::error::Error> {
-        let client = Builder::from_config(fred::prelude::Config::from_url(url)?)
-            .with_connection_config(|conn| conn.connection_timeout = Duration::from_secs(2))
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
-            .build()?;
-        client.connect();
-        Ok(Self {
-            client,
-            stream_key: super::relay::stream_key(prefix),
-            epoch_key: super::relay::epoch_key(prefix),
-            l1,
-            floors,
-            metrics,
+    /// A consumer updating `targets`.
+    pub fn new(targets: Targets) -> Self {
+        Self {
+            l1: targets.l1,
+            floors: targets.floors,
+            metrics: targets.metrics,
             position: Position {
                 last_id: "0".to_owned(),
                 ..Position::default()
             },
-            watermark,
-        })
+            watermark: targets.watermark,
+        }
     }
 
-    /// Reads and applies invalidations until `stop` fires.
-    pub async fn run(mut self, stop: CancellationToken) {
+    /// Reads and applies invalidations from `source` until `stop` fires.
+    pub async fn run(self, source: Source, stop: CancellationToken) {
+        match source {
+            Source::Redis {
+                client,
+                stream_key,
+                epoch_key,
+            } => {
+                self.run_redis(
+                    RedisSource {
+                        client,
+                        stream_key,
+                        epoch_key,
+                    },
+                    stop,
+                )
+                .await;
+            }
+            Source::Local(bus) => self.run_local(bus, stop).await,
+        }
+    }
+
+    async fn run_local(
+        mut self,
+        mut bus: tokio::sync::broadcast::Receiver<Invalidation>,
+        stop: CancellationToken,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let received = tokio::select! {
+                () = stop.cancelled() => return,
+                received = bus.recv() => received,
+            };
+            match received {
+                Ok(entry) => self.apply(&entry).await,
+                Err(RecvError::Lagged(missed)) => {
+                    self.metrics.stream_gaps.inc();
+                    self.flush(&format!(
+                        "{missed} invalidations lost on the in-process bus"
+                    ));
+                    self.position.last_seq = None;
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    async fn run_redis(mut self, redis: RedisSource, stop: CancellationToken) {
+        let RedisSource {
+            client,
+            stream_key,
+            epoch_key,
+        } = redis;
         let mut backoff = Duration::from_millis(50);
         loop {
             // Know the epoch before reading, so a reset is noticed even if it happens
             // before this reader has seen any entry.
             if self.position.epoch.is_none() {
-                match super::stream::ensure_epoch(&self.client, &self.epoch_key).await {
+                match super::stream::ensure_epoch(&client, &epoch_key).await {
                     Ok(epoch) => self.position.epoch = Some(epoch),
                     Err(err) => {
                         self.metrics.consumer_errors.inc();
@@ -138,10 +225,10 @@ impl Consumer {
                     }
                 }
             }
-            let read = self.client.xread::<fred::types::Value, _, _>(
+            let read = client.xread::<fred::types::Value, _, _>(
                 Some(BATCH),
                 Some(BLOCK_MS),
-                self.stream_key.as_str(),
+                stream_key.as_str(),
                 self.position.last_id.as_str(),
             );
             let result = tokio::select! {
@@ -159,9 +246,9 @@ impl Consumer {
             match result {
                 Ok(mut streams) => {
                     backoff = Duration::from_millis(50);
-                    match streams.remove(&self.stream_key) {
+                    match streams.remove(&stream_key) {
                         Some(entries) if !entries.is_empty() => self.apply_all(entries).await,
-                        _ => self.check_epoch().await,
+                        _ => self.check_epoch(&client, &epoch_key).await,
                     }
                 }
                 Err(err) => {
@@ -227,8 +314,8 @@ impl Consumer {
     /// After an idle read: if the epoch key changed or vanished, the stream was reset;
     /// the next loop learns (or creates) the new epoch and reads the new stream from its
     /// start.
-    async fn check_epoch(&mut self) {
-        let current: Option<String> = match self.client.get(self.epoch_key.as_str()).await {
+    async fn check_epoch(&mut self, client: &Client, epoch_key: &str) {
+        let current: Option<String> = match client.get(epoch_key).await {
             Ok(value) => value,
             Err(err) => {
                 self.metrics.consumer_errors.inc();

@@ -1,5 +1,6 @@
 //! The outbox relay (in the writer): committed outbox rows → the invalidation stream,
-//! and the new documents → L2.
+//! and the new documents → L2. Without Redis, `catalogd all` publishes to an in-process
+//! bus instead ([`Sink::Local`]), with the same entries and the same protocol.
 //!
 //! Every write's transaction inserts an outbox row and `NOTIFY catalog_outbox`; the
 //! relay `LISTEN`s, so it runs within milliseconds of a commit (and every second anyway,
@@ -46,14 +47,57 @@ pub fn epoch_key(prefix: &str) -> String {
     format!("{prefix}invalidations:epoch")
 }
 
+/// Where the relay publishes.
+#[derive(Debug)]
+pub enum Sink {
+    /// The Redis stream (and L2 write-through): every reader of the deployment.
+    Redis {
+        /// L2, whose client also carries the stream commands.
+        l2: L2,
+        /// `<prefix>invalidations`.
+        stream_key: String,
+        /// `<prefix>invalidations:epoch`.
+        epoch_key: String,
+        /// Entries the stream keeps (`MAXLEN ~`).
+        max_len: u64,
+    },
+    /// The in-process bus of `catalogd all` without Redis: the reader in this process.
+    Local {
+        /// The bus.
+        bus: tokio::sync::broadcast::Sender<Invalidation>,
+        /// This process's epoch: a restart is a reset.
+        epoch: String,
+    },
+}
+
+impl Sink {
+    /// The Redis stream of the deployment with key `prefix`.
+    pub fn redis(l2: L2, prefix: &str, max_len: u64) -> Self {
+        Self::Redis {
+            l2,
+            stream_key: stream_key(prefix),
+            epoch_key: epoch_key(prefix),
+            max_len,
+        }
+    }
+
+    /// The in-process bus.
+    pub fn local(bus: tokio::sync::broadcast::Sender<Invalidation>) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Self::Local {
+            bus,
+            epoch: format!("local-{nanos:x}"),
+        }
+    }
+}
+
 /// The relay task.
 #[derive(Debug)]
 pub struct Relay {
     primary: PgPool,
-    l2: L2,
-    stream_key: String,
-    epoch_key: String,
-    max_len: u64,
+    sink: Sink,
     metrics: Arc<Metrics>,
 }
 
@@ -68,14 +112,11 @@ struct OutboxRow {
 }
 
 impl Relay {
-    /// A relay publishing through `l2`'s Redis, keeping about `max_len` stream entries.
-    pub fn new(primary: PgPool, l2: L2, prefix: &str, max_len: u64, metrics: Arc<Metrics>) -> Self {
+    /// A relay publishing committed outbox rows to `sink`.
+    pub fn new(primary: PgPool, sink: Sink, metrics: Arc<Metrics>) -> Self {
         Self {
             primary,
-            l2,
-            stream_key: stream_key(prefix),
-            epoch_key: epoch_key(prefix),
-            max_len,
+            sink,
             metrics,
         }
     }
@@ -150,11 +191,16 @@ impl Relay {
             self.metrics.outbox_backlog.set(0);
             return Ok(0);
         }
-        let epoch = super::stream::ensure_epoch(self.l2.client(), &self.epoch_key).await?;
-        let ids: Vec<i64> = rows.iter().map(|r| r.product_id).collect();
-        let documents = catalog::products_by_ids(&mut *tx, &ids).await?;
-        for (i, row) in rows.iter().enumerate() {
-            let entry = Invalidation {
+        let epoch = match &self.sink {
+            Sink::Redis { l2, epoch_key, .. } => {
+                super::stream::ensure_epoch(l2.client(), epoch_key).await?
+            }
+            Sink::Local { epoch, .. } => epoch.clone(),
+        };
+        let entries: Vec<Invalidation> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| Invalidation {
                 product_id: row.product_id,
                 version: row.version,
                 categories: row.categories.clone(),
@@ -162,23 +208,40 @@ impl Relay {
                 seq: next_seq + i as i64,
                 epoch: epoch.clone(),
                 watermark: watermark.filter(|_| i + 1 == rows.len()),
-            };
-            let _: String = self
-                .l2
-                .client()
-                .xadd(
-                    self.stream_key.as_str(),
-                    false,
-                    ("MAXLEN", "~", self.max_len as i64, None),
-                    "*",
-                    entry.fields(),
-                )
-                .await?;
-        }
-        for document in documents {
-            let id = document.id;
-            let lookup: Lookup = document.into_lookup()?;
-            self.l2.put(id, &lookup).await?;
+            })
+            .collect();
+        match &self.sink {
+            Sink::Redis {
+                l2,
+                stream_key,
+                max_len,
+                ..
+            } => {
+                for entry in &entries {
+                    let _: String = l2
+                        .client()
+                        .xadd(
+                            stream_key.as_str(),
+                            false,
+                            ("MAXLEN", "~", *max_len as i64, None),
+                            "*",
+                            entry.fields(),
+                        )
+                        .await?;
+                }
+                let ids: Vec<i64> = rows.iter().map(|r| r.product_id).collect();
+                for document in catalog::products_by_ids(&mut *tx, &ids).await? {
+                    let id = document.id;
+                    let lookup: Lookup = document.into_lookup()?;
+                    l2.put(id, &lookup).await?;
+                }
+            }
+            Sink::Local { bus, .. } => {
+                for entry in entries {
+                    // No receiver (no reader in this process) is fine: nothing to invalidate.
+                    let _ = bus.send(entry);
+                }
+            }
         }
         let outbox_ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let seqs: Vec<i64> = (0..rows.len() as i64).map(|i| next_seq + i).collect();
