@@ -705,3 +705,145 @@ async fn all_in_one_without_redis_invalidates_over_the_in_process_bus() {
     assert_eq!(doc["stock"], 32);
     app.shutdown().await;
 }
+
+async fn listed_categories(app: &TestApp) -> Vec<Value> {
+    app.get("/categories").await.json()["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test]
+async fn categories_and_purges_reach_the_readers() {
+    let db = seeded(20, 4).await;
+    let app = TestApp::spawn_as(&TestApp::config(&db), Role::All).await;
+    let (id, parent) = product_in_category(&db).await;
+    assert_eq!(listed_categories(&app).await.len(), 4);
+
+    let body = format!(r#"{{"name": "New lamps", "parent": "{parent}"}}"#);
+    let created = app
+        .admin("PUT", "/admin/categories/new-lamps", &[], &body)
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert!(created.header("catalog-token").is_some());
+    poll(|| async {
+        listed_categories(&app)
+            .await
+            .iter()
+            .any(|c| c["slug"] == "new-lamps" && c["parent"] == parent.as_str())
+            .then_some(())
+    })
+    .await;
+    let renamed = app
+        .admin(
+            "PUT",
+            "/admin/categories/new-lamps",
+            &[],
+            r#"{"name": "Lamps, new"}"#,
+        )
+        .await;
+    assert_eq!(renamed.status, 200);
+    poll(|| async {
+        listed_categories(&app)
+            .await
+            .iter()
+            .any(|c| c["name"] == "Lamps, new")
+            .then_some(())
+    })
+    .await;
+
+    // A product joins the category, then the category is deleted: the product's
+    // document (which lists its categories) gets a new version without it.
+    let joined = app
+        .admin(
+            "PATCH",
+            &format!("/admin/products/{id}"),
+            &[],
+            r#"{"categories": ["new-lamps"]}"#,
+        )
+        .await;
+    assert_eq!(joined.status, 200, "{}", joined.text());
+    let doc = wait_for_version(&app, id, 2).await;
+    assert_eq!(doc["categories"], serde_json::json!(["new-lamps"]));
+    let page = app.get("/categories/new-lamps/products").await.json();
+    assert_eq!(page["items"][0]["id"], id);
+    let deleted = app
+        .admin("DELETE", "/admin/categories/new-lamps", &[], "")
+        .await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    let doc = wait_for_version(&app, id, 3).await;
+    assert_eq!(doc["categories"], serde_json::json!([]));
+    poll(|| async {
+        (app.get("/categories/new-lamps/products").await.status == 404).then_some(())
+    })
+    .await;
+
+    // Refusals.
+    app.admin("DELETE", "/admin/categories/new-lamps", &[], "")
+        .await
+        .assert_problem(404, "category-not-found");
+    app.admin("PUT", "/admin/categories/Bad_Slug", &[], r#"{"name": "x"}"#)
+        .await
+        .assert_problem(400, "invalid-slug");
+    app.admin(
+        "PUT",
+        "/admin/categories/orphan",
+        &[],
+        r#"{"name": "x", "parent": "nowhere"}"#,
+    )
+    .await
+    .assert_problem(422, "unknown-categories");
+    assert_eq!(
+        app.admin("PUT", "/admin/categories/ca", &[], r#"{"name": "A"}"#)
+            .await
+            .status,
+        201
+    );
+    let child = app
+        .admin(
+            "PUT",
+            "/admin/categories/cb",
+            &[],
+            r#"{"name": "B", "parent": "ca"}"#,
+        )
+        .await;
+    assert_eq!(child.status, 201);
+    app.admin(
+        "PUT",
+        "/admin/categories/ca",
+        &[],
+        r#"{"name": "A", "parent": "cb"}"#,
+    )
+    .await
+    .assert_problem(400, "invalid-product");
+    app.admin("POST", "/admin/categories/ca", &[], "")
+        .await
+        .assert_problem(405, "method-not-allowed");
+
+    // An operator's purge of one category drops its products from L1 ...
+    let (other, slug) = product_in_category(&db).await;
+    app.get(&format!("/products/{other}")).await;
+    let purged = app
+        .admin(
+            "POST",
+            "/admin/purge",
+            &[],
+            &format!(r#"{{"category": "{slug}"}}"#),
+        )
+        .await;
+    assert_eq!(purged.status, 202, "{}", purged.text());
+    poll(|| async {
+        let misses = app.metric("catalog_l1_misses_total").await;
+        app.get(&format!("/products/{other}")).await;
+        (app.metric("catalog_l1_misses_total").await > misses).then_some(())
+    })
+    .await;
+    // ... and a purge of everything flushes every reader's L1.
+    let flushes = app.metric("catalog_l1_flushes_total").await;
+    assert_eq!(app.admin("POST", "/admin/purge", &[], "").await.status, 202);
+    poll(|| async { (app.metric("catalog_l1_flushes_total").await > flushes).then_some(()) }).await;
+    app.admin("POST", "/admin/purge", &[], r#"{"category": "nowhere"}"#)
+        .await
+        .assert_problem(404, "category-not-found");
+    app.shutdown().await;
+}

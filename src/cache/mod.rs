@@ -179,6 +179,11 @@ impl L1 {
         matches!(result, moka::ops::compute::CompResult::Removed(_))
     }
 
+    /// Drops a product's entry whatever its version (an operator's purge).
+    pub async fn remove_product(&self, id: i64) {
+        self.cache.invalidate(&Key::Product(id)).await;
+    }
+
     /// Drops a cached response body.
     pub async fn invalidate(&self, key: &Key) {
         self.cache.invalidate(key).await;

@@ -289,8 +289,19 @@ impl Consumer {
                 self.flush("the invalidation stream was reset");
             }
         }
-        self.floors.raise(entry.product_id, entry.version);
-        self.l1.evict_older(entry.product_id, entry.version).await;
+        match (entry.product_id, entry.purge) {
+            (Some(id), false) => {
+                self.floors.raise(id, entry.version);
+                self.l1.evict_older(id, entry.version).await;
+            }
+            (Some(id), true) => self.l1.remove_product(id).await,
+            (None, true) if entry.categories.is_empty() => {
+                self.metrics.l1_flushes.inc();
+                self.l1.flush();
+                tracing::info!("L1 flushed by an operator's purge");
+            }
+            (None, _) => {}
+        }
         if !entry.categories.is_empty() {
             self.l1.invalidate(&Key::Categories).await;
         }
@@ -352,8 +363,9 @@ mod tests {
 
     fn entry(seq: i64, epoch: &str) -> Invalidation {
         Invalidation {
-            product_id: 1,
+            product_id: Some(1),
             version: 1,
+            purge: false,
             categories: Vec::new(),
             committed_at_micros: 0,
             seq,

@@ -105,7 +105,8 @@ pub struct Relay {
 #[derive(Debug, sqlx::FromRow)]
 struct OutboxRow {
     id: i64,
-    product_id: i64,
+    product_id: Option<i64>,
+    purge: bool,
     version: i64,
     categories: Vec<String>,
     created_micros: i64,
@@ -179,7 +180,7 @@ impl Relay {
             .await?;
         let watermark = crate::store::replicas::parse_lsn(&watermark);
         let rows: Vec<OutboxRow> = sqlx::query_as(
-            "select id, product_id, version, categories, \
+            "select id, product_id, purge, coalesce(version, 0) as version, categories, \
              (extract(epoch from created_at) * 1000000)::bigint as created_micros \
              from outbox where published_at is null order by id limit $1",
         )
@@ -203,6 +204,7 @@ impl Relay {
             .map(|(i, row)| Invalidation {
                 product_id: row.product_id,
                 version: row.version,
+                purge: row.purge,
                 categories: row.categories.clone(),
                 committed_at_micros: row.created_micros,
                 seq: next_seq + i as i64,
@@ -229,11 +231,16 @@ impl Relay {
                         )
                         .await?;
                 }
-                let ids: Vec<i64> = rows.iter().map(|r| r.product_id).collect();
+                let (purged, written): (Vec<&OutboxRow>, Vec<&OutboxRow>) =
+                    rows.iter().partition(|r| r.purge);
+                let ids: Vec<i64> = written.iter().filter_map(|r| r.product_id).collect();
                 for document in catalog::products_by_ids(&mut *tx, &ids).await? {
                     let id = document.id;
                     let lookup: Lookup = document.into_lookup()?;
                     l2.put(id, &lookup).await?;
+                }
+                for id in purged.iter().filter_map(|r| r.product_id) {
+                    l2.remove(id).await?;
                 }
             }
             Sink::Local { bus, .. } => {

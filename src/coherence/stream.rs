@@ -13,6 +13,7 @@ const COMMITTED: &str = "t";
 const SEQ: &str = "s";
 const EPOCH: &str = "e";
 const WATERMARK: &str = "w";
+const PURGE: &str = "x";
 
 /// The stream's epoch, created if Redis has none (first start, or Redis lost it). The
 /// relay and every consumer call this, so whoever comes first creates it and all agree.
@@ -34,10 +35,13 @@ pub async fn ensure_epoch(client: &Client, key: &str) -> Result<String, fred::er
 /// One published invalidation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalidation {
-    /// The product written.
-    pub product_id: i64,
-    /// Its version after the write.
+    /// The product written; `None` for a change to categories only, or a purge of all.
+    pub product_id: Option<i64>,
+    /// Its version after the write (0 without a product).
     pub version: i64,
+    /// An operator's purge: drop the product (or, without one and without categories,
+    /// everything) from the caches whatever its version.
+    pub purge: bool,
     /// Slugs of the categories the write touched (before and after).
     pub categories: Vec<String>,
     /// Commit time, microseconds since the Unix epoch (for propagation latency).
@@ -56,7 +60,6 @@ impl Invalidation {
     /// The entry's fields, for `XADD`.
     pub fn fields(&self) -> Vec<(&'static str, String)> {
         vec![
-            (PRODUCT, self.product_id.to_string()),
             (VERSION, self.version.to_string()),
             (CATEGORIES, self.categories.join(",")),
             (COMMITTED, self.committed_at_micros.to_string()),
@@ -64,7 +67,9 @@ impl Invalidation {
             (EPOCH, self.epoch.clone()),
         ]
         .into_iter()
+        .chain(self.product_id.map(|id| (PRODUCT, id.to_string())))
         .chain(self.watermark.map(|w| (WATERMARK, w.to_string())))
+        .chain(self.purge.then(|| (PURGE, "1".to_owned())))
         .collect()
     }
 
@@ -73,8 +78,12 @@ impl Invalidation {
         let number = |name: &str| fields.get(name)?.parse::<i64>().ok();
         let categories = fields.get(CATEGORIES)?;
         Some(Self {
-            product_id: number(PRODUCT)?,
+            product_id: match fields.get(PRODUCT) {
+                Some(id) => Some(id.parse().ok()?),
+                None => None,
+            },
             version: number(VERSION)?,
+            purge: fields.contains_key(PURGE),
             categories: categories
                 .split(',')
                 .filter(|s| !s.is_empty())
@@ -98,8 +107,9 @@ mod tests {
     #[test]
     fn entries_round_trip() {
         let entry = Invalidation {
-            product_id: 7,
+            product_id: Some(7),
             version: 3,
+            purge: false,
             categories: vec!["lamps".into(), "desks".into()],
             committed_at_micros: 1_700_000_000_000_000,
             seq: 42,
@@ -117,7 +127,24 @@ mod tests {
         assert!(Invalidation::parse(&no_cats).unwrap().categories.is_empty());
         let mut unmarked = fields.clone();
         unmarked.remove("w");
-        assert_eq!(Invalidation::parse(&unmarked).unwrap().watermark, None);
+        unmarked.remove("p");
+        let unmarked = Invalidation::parse(&unmarked).unwrap();
+        assert_eq!(
+            (unmarked.watermark, unmarked.product_id, unmarked.purge),
+            (None, None, false)
+        );
+        let purge_all = Invalidation {
+            product_id: None,
+            purge: true,
+            ..entry.clone()
+        };
+        let fields_of = |e: &Invalidation| -> HashMap<String, String> {
+            e.fields()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect()
+        };
+        assert_eq!(Invalidation::parse(&fields_of(&purge_all)), Some(purge_all));
         let mut broken = fields;
         broken.insert("s".into(), "x".into());
         assert_eq!(Invalidation::parse(&broken), None);

@@ -125,6 +125,12 @@ impl L2 {
             .collect())
     }
 
+    /// Drops what L2 holds for `id` (an operator's purge).
+    pub async fn remove(&self, id: i64) -> Result<(), fred::error::Error> {
+        let _: i64 = self.client.del(self.key(id)).await?;
+        Ok(())
+    }
+
     /// Stores `lookup` for `id` unless L2 already holds that version or a newer one.
     /// Returns whether it was stored. `Unknown` is never stored.
     pub async fn put(&self, id: i64, lookup: &Lookup) -> Result<bool, fred::error::Error> {

@@ -43,6 +43,12 @@ pub enum WriteError {
     /// Another live product has this SKU.
     #[error("SKU taken")]
     SkuTaken,
+    /// No category with this slug.
+    #[error("category not found")]
+    CategoryNotFound,
+    /// A path slug that is not a well-formed category slug.
+    #[error("invalid slug")]
+    InvalidSlug,
     /// No (live) product with this id.
     #[error("product {0} not found")]
     ProductNotFound(i64),
@@ -140,6 +146,18 @@ impl WriteError {
             Self::ProductNotFound(id) => {
                 Problem::product_not_found(format!("there is no product {id}"))
             }
+            Self::CategoryNotFound => Problem::new(
+                S::NOT_FOUND,
+                "category-not-found",
+                "Category not found",
+                "there is no category with this slug",
+            ),
+            Self::InvalidSlug => Problem::new(
+                S::BAD_REQUEST,
+                "invalid-slug",
+                "Invalid slug",
+                "a category slug is lower-case letters and digits in words joined by '-', at most 64 characters",
+            ),
             Self::PreconditionFailed { current } => Problem::new(
                 S::PRECONDITION_FAILED,
                 "version-mismatch",
@@ -208,6 +226,8 @@ mod tests {
             ),
             (WriteError::SkuTaken, 409, "sku-taken"),
             (WriteError::ProductNotFound(1), 404, "product-not-found"),
+            (WriteError::CategoryNotFound, 404, "category-not-found"),
+            (WriteError::InvalidSlug, 400, "invalid-slug"),
             (
                 WriteError::PreconditionFailed { current: 2 },
                 412,

@@ -2,6 +2,7 @@
 //! primary (row + version bump + outbox row), answer the new version.
 //!
 //! Routes: `PUT`, `PATCH` (JSON merge patch) and `DELETE` on `/admin/products/{id}`;
+//! `PUT` and `DELETE` on `/admin/categories/{slug}`; `POST /admin/purge`;
 //! and, without authentication, `GET /healthz`, `/readyz` (the primary answers) and
 //! `/metrics` (the relay's figures in a writer-only process).
 //! `If-Match: "<version>"` makes a write conditional (412 on another version). Every
@@ -42,7 +43,13 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 pub const CATALOG_TOKEN: HeaderName = HeaderName::from_static("catalog-token");
 
 /// Metric labels of the admin routes.
-pub const ROUTE_NAMES: [&str; 3] = ["admin_product", "admin_unmatched", "admin_operations"];
+pub const ROUTE_NAMES: [&str; 5] = [
+    "admin_product",
+    "admin_unmatched",
+    "admin_operations",
+    "admin_category",
+    "admin_purge",
+];
 
 /// Everything the admin face needs.
 #[derive(Debug)]
@@ -121,6 +128,13 @@ impl Writer {
             }
             _ => {}
         }
+        let path = request.uri().path().to_owned();
+        if let Some(slug) = path.strip_prefix("/admin/categories/") {
+            return (3, self.category(request, slug).await);
+        }
+        if path == "/admin/purge" {
+            return (4, self.purge(request).await);
+        }
         let Some(raw_id) = request
             .uri()
             .path()
@@ -162,6 +176,58 @@ impl Writer {
         }
         .await;
         (0, result)
+    }
+
+    /// `PUT` or `DELETE /admin/categories/{slug}`.
+    async fn category<B>(
+        &self,
+        request: Request<B>,
+        slug: &str,
+    ) -> Result<Response<Full<Bytes>>, WriteError>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        auth::authorize(request.headers(), &self.tokens)?;
+        if !payload::valid_slug(slug) {
+            return Err(WriteError::InvalidSlug);
+        }
+        let (created, token) = match *request.method() {
+            Method::PUT => {
+                let body = self.body(request).await?;
+                let input = payload::CategoryInput::parse(slug, &body)?;
+                tx::put_category(&self.primary, slug, &input).await?
+            }
+            Method::DELETE => (false, tx::delete_category(&self.primary, slug).await?),
+            _ => return Err(WriteError::MethodNotAllowed("PUT, DELETE")),
+        };
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok(accepted(status, format!("{{\"slug\":\"{slug}\"}}"), &token))
+    }
+
+    /// `POST /admin/purge`.
+    async fn purge<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, WriteError>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        auth::authorize(request.headers(), &self.tokens)?;
+        if request.method() != Method::POST {
+            return Err(WriteError::MethodNotAllowed("POST"));
+        }
+        let body = self.body(request).await?;
+        let input = payload::PurgeInput::parse(&body)?;
+        let token = tx::purge(&self.primary, input.category.as_deref()).await?;
+        let scope = input.category.as_deref().unwrap_or("*");
+        Ok(accepted(
+            StatusCode::ACCEPTED,
+            format!("{{\"purged\":\"{scope}\"}}"),
+            &token,
+        ))
     }
 
     /// Runs one admin write.
@@ -240,6 +306,16 @@ fn text(content_type: &'static str, body: String) -> Response<Full<Bytes>> {
         hyper::header::CACHE_CONTROL,
         HeaderValue::from_static("no-store"),
     );
+    response
+}
+
+/// A JSON answer with the write's token.
+fn accepted(status: StatusCode, body: String, token: &str) -> Response<Full<Bytes>> {
+    let mut response = text("application/json", body);
+    *response.status_mut() = status;
+    if let Ok(token) = HeaderValue::try_from(token) {
+        response.headers_mut().insert(CATALOG_TOKEN, token);
+    }
     response
 }
 

@@ -205,6 +205,65 @@ fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
+/// A category as an admin sends it (`PUT /admin/categories/{slug}`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryInput {
+    /// Display name.
+    pub name: String,
+    /// The parent category's slug.
+    #[serde(default)]
+    pub parent: Option<String>,
+}
+
+impl CategoryInput {
+    /// Parses and validates a `PUT` body for category `slug`.
+    pub fn parse(slug: &str, body: &[u8]) -> Result<Self, WriteError> {
+        let mut bytes = body.to_vec();
+        let input: Self = simd_json::serde::from_slice(&mut bytes).map_err(json_error)?;
+        bounded_text("name", &input.name, 1, MAX_BRAND)?;
+        if let Some(parent) = &input.parent {
+            if !valid_slug(parent) {
+                return Err(invalid(
+                    "parent",
+                    format!("{parent:?} is not a category slug"),
+                ));
+            }
+            if parent == slug {
+                return Err(invalid("parent", "a category cannot be its own parent"));
+            }
+        }
+        Ok(input)
+    }
+}
+
+/// An operator's purge (`POST /admin/purge`): one category's products, or everything.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeInput {
+    /// The category whose products to purge; absent: every reader's whole L1.
+    #[serde(default)]
+    pub category: Option<String>,
+}
+
+impl PurgeInput {
+    /// Parses a purge body; an empty body purges everything.
+    pub fn parse(body: &[u8]) -> Result<Self, WriteError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self { category: None });
+        }
+        let mut bytes = body.to_vec();
+        let input: Self = simd_json::serde::from_slice(&mut bytes).map_err(json_error)?;
+        match &input.category {
+            Some(slug) if !valid_slug(slug) => Err(invalid(
+                "category",
+                format!("{slug:?} is not a category slug"),
+            )),
+            _ => Ok(input),
+        }
+    }
+}
+
 /// Whether `slug` is a well-formed category slug.
 pub fn valid_slug(slug: &str) -> bool {
     !slug.is_empty()
@@ -297,6 +356,24 @@ mod tests {
         let err = ProductInput::parse(br#"{"sku": "A",, }"#).unwrap_err();
         assert!(matches!(err, WriteError::MalformedJson(_)), "{err}");
         assert!(err.to_string().chars().any(|c| c.is_ascii_digit()), "{err}");
+    }
+
+    #[test]
+    fn categories_and_purges_parse() {
+        let lamps = CategoryInput::parse("lamps", br#"{"name":"Lamps","parent":"home"}"#).unwrap();
+        assert_eq!(lamps.parent.as_deref(), Some("home"));
+        assert!(CategoryInput::parse("lamps", br#"{"name":"Lamps","parent":"lamps"}"#).is_err());
+        assert!(CategoryInput::parse("lamps", br#"{"name":""}"#).is_err());
+        assert!(CategoryInput::parse("lamps", br#"{"name":"x","extra":1}"#).is_err());
+        assert_eq!(PurgeInput::parse(b"").unwrap().category, None);
+        assert_eq!(
+            PurgeInput::parse(br#"{"category":"lamps"}"#)
+                .unwrap()
+                .category
+                .as_deref(),
+            Some("lamps")
+        );
+        assert!(PurgeInput::parse(br#"{"category":"Bad Slug"}"#).is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::error::WriteError;
-use super::payload::{PriceInput, ProductInput};
+use super::payload::{CategoryInput, PriceInput, ProductInput};
 use crate::coherence::relay::CHANNEL;
 
 /// What a committed write answers.
@@ -214,7 +214,7 @@ pub async fn delete_product(
     finish(tx, id, version, &current.categories, false, pool).await
 }
 
-/// Inserts the outbox row, notifies the relay, commits and reads the token.
+/// Inserts a product's outbox row, then commits.
 async fn finish(
     mut tx: Transaction<'_, Postgres>,
     id: i64,
@@ -223,28 +223,157 @@ async fn finish(
     created: bool,
     pool: &PgPool,
 ) -> Result<Committed, WriteError> {
-    sqlx::query(
-        "insert into outbox (product_id, version, categories, created_at) \
-         values ($1, $2, $3, clock_timestamp())",
-    )
-    .bind(id)
-    .bind(version)
-    .bind(categories)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("select pg_notify($1, '')")
-        .bind(CHANNEL)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    let token: String = sqlx::query_scalar("select pg_current_wal_lsn()::text")
-        .fetch_one(pool)
-        .await?;
+    outbox(&mut tx, Some(id), version, categories, false).await?;
+    let token = commit(tx, pool).await?;
     Ok(Committed {
         version,
         created,
         token,
     })
+}
+
+/// Inserts one outbox row.
+async fn outbox(
+    tx: &mut Transaction<'_, Postgres>,
+    product_id: Option<i64>,
+    version: i64,
+    categories: &[String],
+    purge: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into outbox (product_id, version, categories, purge, created_at) \
+         values ($1, $2, $3, $4, clock_timestamp())",
+    )
+    .bind(product_id)
+    .bind(version)
+    .bind(categories)
+    .bind(purge)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Notifies the relay (delivered at commit), commits, and reads the write's token.
+async fn commit(mut tx: Transaction<'_, Postgres>, pool: &PgPool) -> Result<String, WriteError> {
+    sqlx::query("select pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(sqlx::query_scalar("select pg_current_wal_lsn()::text")
+        .fetch_one(pool)
+        .await?)
+}
+
+/// Creates or renames category `slug`; returns whether it was created and the token.
+pub async fn put_category(
+    pool: &PgPool,
+    slug: &str,
+    input: &CategoryInput,
+) -> Result<(bool, String), WriteError> {
+    let mut tx = pool.begin().await?;
+    let parent: Option<i64> = match &input.parent {
+        None => None,
+        Some(parent) => {
+            let row: Option<(i64, bool)> = sqlx::query_as(
+                "with recursive up(id, slug, parent_id) as ( \
+                     select id, slug, parent_id from categories where slug = $1 \
+                     union all \
+                     select c.id, c.slug, c.parent_id from categories c join up on c.id = up.parent_id) \
+                 select (select id from categories where slug = $1), \
+                        exists(select 1 from up where slug = $2)",
+            )
+            .bind(parent)
+            .bind(slug)
+            .fetch_optional(&mut *tx)
+            .await?
+            .and_then(|(id, cycle): (Option<i64>, bool)| id.map(|id| (id, cycle)));
+            match row {
+                None => return Err(WriteError::UnknownCategories(vec![parent.clone()])),
+                Some((_, true)) => {
+                    return Err(WriteError::Invalid {
+                        field: "parent",
+                        reason: "the parent is a descendant of this category".to_owned(),
+                    });
+                }
+                Some((id, false)) => Some(id),
+            }
+        }
+    };
+    let created: bool = sqlx::query_scalar(
+        "insert into categories (slug, name, parent_id) values ($1, $2, $3) \
+         on conflict (slug) do update set name = excluded.name, parent_id = excluded.parent_id, \
+             updated_at = now() \
+         returning (xmax = 0)",
+    )
+    .bind(slug)
+    .bind(&input.name)
+    .bind(parent)
+    .fetch_one(&mut *tx)
+    .await?;
+    outbox(&mut tx, None, 0, &[slug.to_owned()], false).await?;
+    Ok((created, commit(tx, pool).await?))
+}
+
+/// Deletes category `slug`. Its products' documents list their categories, so each
+/// member gets a new version and an outbox row of its own.
+pub async fn delete_category(pool: &PgPool, slug: &str) -> Result<String, WriteError> {
+    let mut tx = pool.begin().await?;
+    let id: Option<i64> =
+        sqlx::query_scalar("select id from categories where slug = $1 for update")
+            .bind(slug)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(id) = id else {
+        return Err(WriteError::CategoryNotFound);
+    };
+    sqlx::query(
+        "with members as (delete from product_categories where category_id = $1 \
+                          returning product_id), \
+              bumped as (update products set version = version + 1, updated_at = now() \
+                         where id in (select product_id from members) returning id, version) \
+         insert into outbox (product_id, version, categories, created_at) \
+         select id, version, array[$2], clock_timestamp() from bumped",
+    )
+    .bind(id)
+    .bind(slug)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("delete from categories where id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    outbox(&mut tx, None, 0, &[slug.to_owned()], false).await?;
+    commit(tx, pool).await
+}
+
+/// Broadcasts an operator's purge: of one category's products, or of everything.
+pub async fn purge(pool: &PgPool, category: Option<&str>) -> Result<String, WriteError> {
+    let mut tx = pool.begin().await?;
+    match category {
+        None => outbox(&mut tx, None, 0, &[], true).await?,
+        Some(slug) => {
+            let exists: bool =
+                sqlx::query_scalar("select exists(select 1 from categories where slug = $1)")
+                    .bind(slug)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if !exists {
+                return Err(WriteError::CategoryNotFound);
+            }
+            sqlx::query(
+                "insert into outbox (product_id, version, categories, purge, created_at) \
+                 select pc.product_id, p.version, array[$1], true, clock_timestamp() \
+                 from product_categories pc join categories c on c.id = pc.category_id \
+                 join products p on p.id = pc.product_id where c.slug = $1",
+            )
+            .bind(slug)
+            .execute(&mut *tx)
+            .await?;
+            outbox(&mut tx, None, 0, &[slug.to_owned()], false).await?;
+        }
+    }
+    commit(tx, pool).await
 }
 
 fn sku_conflict(err: sqlx::Error) -> WriteError {
