@@ -847,3 +847,92 @@ async fn categories_and_purges_reach_the_readers() {
         .assert_problem(404, "category-not-found");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn bulk_import_streams_batches_and_reports_every_line() {
+    let db = seeded(5, 4).await;
+    let app = TestApp::spawn_as(&TestApp::config(&db), Role::All).await;
+    let (_, slug) = product_in_category(&db).await;
+    let taken_sku: String = sqlx::query_scalar("select sku from products where id = 1")
+        .fetch_one(&db.primary)
+        .await
+        .unwrap();
+    let mut body = String::new();
+    for n in 0..2_000 {
+        let line = serde_json::json!({
+            "id": 800_000 + n,
+            "sku": format!("BULK-{n}"),
+            "name": format!("Bulk product {n}"),
+            "price": {"amount": 100 + n, "currency": "USD"},
+            "categories": [slug.clone()],
+        });
+        body.push_str(&line.to_string());
+        body.push('\n');
+    }
+    body.push_str("{not json\n");
+    body.push_str(
+        r#"{"id": 900001, "sku": "X", "name": "x", "price": {"amount": -1, "currency": "USD"}}"#,
+    );
+    body.push('\n');
+    body.push_str(&format!(
+        r#"{{"id": 900002, "sku": "{taken_sku}", "name": "x", "price": {{"amount": 1, "currency": "USD"}}}}"#
+    ));
+    body.push_str("\n\n");
+    body.push_str(r#"{"id": 900003, "sku": "Y", "name": "y", "price": {"amount": 1, "currency": "USD"}, "categories": ["nowhere"]}"#);
+
+    let started = Instant::now();
+    let reply = app.admin("POST", "/admin/products/bulk", &[], &body).await;
+    let elapsed = started.elapsed();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("content-type"), Some("application/x-ndjson"));
+    assert!(reply.header("catalog-token").is_some());
+    let report: Vec<Value> = reply
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary = &report.last().unwrap()["summary"];
+    assert_eq!(summary["written"], 2_000);
+    assert_eq!(summary["failed"], 4);
+    assert_eq!(summary["lines"], 2_005);
+    let status_of = |line: u64| {
+        report.iter().find(|r| r["line"] == line).map(|r| {
+            (
+                r["status"].as_u64().unwrap(),
+                r["type"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+    };
+    assert_eq!(status_of(1), Some((201, String::new())));
+    assert_eq!(
+        status_of(2_001).unwrap(),
+        (400, "/problems/malformed-json".to_owned())
+    );
+    assert_eq!(
+        status_of(2_002).unwrap(),
+        (400, "/problems/invalid-product".to_owned())
+    );
+    assert_eq!(
+        status_of(2_003).unwrap(),
+        (409, "/problems/sku-taken".to_owned())
+    );
+    assert_eq!(status_of(2_004), None, "blank line");
+    assert_eq!(
+        status_of(2_005).unwrap(),
+        (422, "/problems/unknown-categories".to_owned())
+    );
+    let imported: i64 = sqlx::query_scalar("select count(*) from products where id >= 800000")
+        .fetch_one(&db.primary)
+        .await
+        .unwrap();
+    assert_eq!(imported, 2_000);
+    eprintln!(
+        "bulk import: 2,000 products in {elapsed:?} ({:.0} per second, debug build)",
+        2_000.0 / elapsed.as_secs_f64()
+    );
+    assert_eq!(
+        wait_for_version(&app, 801_999, 1).await["name"],
+        "Bulk product 1999"
+    );
+    app.shutdown().await;
+}

@@ -43,13 +43,20 @@ pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key
 pub const CATALOG_TOKEN: HeaderName = HeaderName::from_static("catalog-token");
 
 /// Metric labels of the admin routes.
-pub const ROUTE_NAMES: [&str; 5] = [
+pub const ROUTE_NAMES: [&str; 6] = [
     "admin_product",
     "admin_unmatched",
     "admin_operations",
     "admin_category",
     "admin_purge",
+    "admin_bulk",
 ];
+
+/// Products written per transaction by a bulk import.
+const BULK_BATCH: usize = 500;
+
+/// Largest bulk import body; each line is also bounded by `CATALOG_MAX_BODY_BYTES`.
+const MAX_BULK_BYTES: usize = 256 * 1024 * 1024;
 
 /// Everything the admin face needs.
 #[derive(Debug)]
@@ -134,6 +141,9 @@ impl Writer {
         }
         if path == "/admin/purge" {
             return (4, self.purge(request).await);
+        }
+        if path == "/admin/products/bulk" {
+            return (5, self.bulk(request).await);
         }
         let Some(raw_id) = request
             .uri()
@@ -230,6 +240,50 @@ impl Writer {
         ))
     }
 
+    /// `POST /admin/products/bulk`: NDJSON, one product with its `id` per line, read as
+    /// it streams in and written [`BULK_BATCH`] products per transaction. Answers an NDJSON
+    /// report: one line per input line (its status, version or error), then a summary.
+    async fn bulk<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, WriteError>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        auth::authorize(request.headers(), &self.tokens)?;
+        if request.method() != Method::POST {
+            return Err(WriteError::MethodNotAllowed("POST"));
+        }
+        let mut body = std::pin::pin!(request.into_body());
+        let mut import = BulkImport::default();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut received = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                WriteError::MalformedJson(format!("the body could not be read: {e}"))
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            received += data.len();
+            if received > MAX_BULK_BYTES {
+                return Err(WriteError::TooLarge(MAX_BULK_BYTES));
+            }
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                import.line(&line[..end], self.max_body);
+                if import.batch.len() == BULK_BATCH {
+                    import.flush(&self.primary).await?;
+                }
+            }
+            if pending.len() > self.max_body {
+                return Err(WriteError::TooLarge(self.max_body));
+            }
+        }
+        import.line(&pending, self.max_body);
+        import.flush(&self.primary).await?;
+        Ok(import.finish())
+    }
+
     /// Runs one admin write.
     async fn apply(
         &self,
@@ -275,6 +329,92 @@ impl Writer {
                 "the body could not be read: {err}"
             ))),
         }
+    }
+}
+
+/// The state of a bulk import in progress.
+#[derive(Default)]
+struct BulkImport {
+    /// Lines read so far.
+    lines: usize,
+    /// Parsed products waiting for the next transaction, with their line numbers.
+    batch: Vec<(usize, tx::BulkItem)>,
+    /// The NDJSON report.
+    report: Vec<u8>,
+    written: usize,
+    failed: usize,
+    token: Option<String>,
+}
+
+impl BulkImport {
+    /// Takes one line (blank lines are skipped but counted).
+    fn line(&mut self, line: &[u8], max_line: usize) {
+        self.lines += 1;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        let parsed = if line.len() > max_line {
+            Err(WriteError::TooLarge(max_line))
+        } else {
+            payload::parse_bulk_line(line)
+        };
+        match parsed {
+            Ok((id, input)) => self.batch.push((self.lines, tx::BulkItem { id, input })),
+            Err(error) => self.refused(self.lines, None, &error),
+        }
+    }
+
+    /// Writes the batch in one transaction and reports each line.
+    async fn flush(&mut self, primary: &PgPool) -> Result<(), WriteError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let (lines, items): (Vec<usize>, Vec<tx::BulkItem>) = batch.into_iter().unzip();
+        let (outcomes, token) = tx::bulk_put(primary, &items).await?;
+        for ((line, item), outcome) in lines.into_iter().zip(&items).zip(outcomes) {
+            match outcome {
+                Ok((version, created)) => {
+                    self.written += 1;
+                    let status = if created { 201 } else { 200 };
+                    let entry = serde_json::json!({
+                        "line": line, "id": item.id, "status": status, "version": version,
+                    });
+                    self.push(&entry);
+                }
+                Err(error) => self.refused(line, Some(item.id), &error),
+            }
+        }
+        self.token = Some(token);
+        Ok(())
+    }
+
+    fn refused(&mut self, line: usize, id: Option<i64>, error: &WriteError) {
+        self.failed += 1;
+        let problem = error.problem();
+        let entry = serde_json::json!({
+            "line": line, "id": id, "status": problem.status.as_u16(),
+            "type": format!("/problems/{}", problem.kind), "detail": problem.detail,
+        });
+        self.push(&entry);
+    }
+
+    fn push(&mut self, entry: &serde_json::Value) {
+        self.report.extend_from_slice(entry.to_string().as_bytes());
+        self.report.push(b'\n');
+    }
+
+    fn finish(mut self) -> Response<Full<Bytes>> {
+        let summary = serde_json::json!({
+            "summary": {"lines": self.lines, "written": self.written, "failed": self.failed},
+        });
+        self.push(&summary);
+        let mut response = text("application/x-ndjson", String::new());
+        *response.body_mut() = Full::new(Bytes::from(self.report));
+        if let Some(token) = self.token.and_then(|t| HeaderValue::try_from(t).ok()) {
+            response.headers_mut().insert(CATALOG_TOKEN, token);
+        }
+        response
     }
 }
 

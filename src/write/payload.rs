@@ -205,6 +205,22 @@ fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
+/// Parses one line of a bulk import: a product object with its `id`.
+pub fn parse_bulk_line(line: &[u8]) -> Result<(i64, ProductInput), WriteError> {
+    let mut bytes = line.to_vec();
+    let mut value: Value = simd_json::serde::from_slice(&mut bytes).map_err(json_error)?;
+    let id = value
+        .as_object_mut()
+        .and_then(|object| object.remove("id"))
+        .and_then(|id| id.as_i64())
+        .filter(|id| *id > 0)
+        .ok_or_else(|| invalid("id", "each line needs a positive integer id"))?;
+    let input: ProductInput =
+        serde_json::from_value(value).map_err(|e| invalid("body", e.to_string()))?;
+    input.validate()?;
+    Ok((id, input))
+}
+
 /// A category as an admin sends it (`PUT /admin/categories/{slug}`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -356,6 +372,19 @@ mod tests {
         let err = ProductInput::parse(br#"{"sku": "A",, }"#).unwrap_err();
         assert!(matches!(err, WriteError::MalformedJson(_)), "{err}");
         assert!(err.to_string().chars().any(|c| c.is_ascii_digit()), "{err}");
+    }
+
+    #[test]
+    fn bulk_lines_carry_their_id() {
+        let line = LAMP.replace('\n', " ").replacen('{', r#"{"id": 12, "#, 1);
+        let (id, input) = parse_bulk_line(line.as_bytes()).unwrap();
+        assert_eq!((id, input.sku.as_str()), (12, "ACM-1"));
+        assert!(parse_bulk_line(LAMP.as_bytes()).is_err(), "no id");
+        assert!(parse_bulk_line(br#"{"id": -1}"#).is_err());
+        assert!(matches!(
+            parse_bulk_line(b"{nope"),
+            Err(WriteError::MalformedJson(_))
+        ));
     }
 
     #[test]

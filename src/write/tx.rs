@@ -130,13 +130,30 @@ async fn store(
     current: Option<Current>,
     pool: &PgPool,
 ) -> Result<Committed, WriteError> {
+    let (version, created) = upsert(&mut tx, id, input, current).await?;
+    let token = commit(tx, pool).await?;
+    Ok(Committed {
+        version,
+        created,
+        token,
+    })
+}
+
+/// Writes product `id` (locked as `current`) and its outbox row, inside `tx`.
+/// Returns the new version and whether the product was created.
+async fn upsert(
+    tx: &mut Transaction<'_, Postgres>,
+    id: i64,
+    input: &ProductInput,
+    current: Option<Current>,
+) -> Result<(i64, bool), WriteError> {
     let mut wanted = input.categories.clone();
     wanted.sort_unstable();
     wanted.dedup();
     let found: Vec<(i64, String)> =
         sqlx::query_as("select id, slug from categories where slug = any($1)")
             .bind(&wanted)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut **tx)
             .await?;
     if found.len() != wanted.len() {
         let unknown = wanted
@@ -169,14 +186,14 @@ async fn store(
     .bind(&input.attributes)
     .bind(Json(&input.images))
     .bind(input.active)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut **tx)
     .await
     .map_err(sku_conflict)?;
     let category_ids: Vec<i64> = found.iter().map(|(id, _)| *id).collect();
     sqlx::query("delete from product_categories where product_id = $1 and category_id <> all($2)")
         .bind(id)
         .bind(&category_ids)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     sqlx::query(
         "insert into product_categories (category_id, product_id) \
@@ -184,14 +201,52 @@ async fn store(
     )
     .bind(id)
     .bind(&category_ids)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
     let created = current.as_ref().is_none_or(|c| !c.live());
     let mut touched = current.map(|c| c.categories).unwrap_or_default();
     touched.extend(wanted);
     touched.sort_unstable();
     touched.dedup();
-    finish(tx, id, version, &touched, created, pool).await
+    outbox(tx, Some(id), version, &touched, false).await?;
+    Ok((version, created))
+}
+
+/// One line of a bulk import.
+#[derive(Debug)]
+pub struct BulkItem {
+    /// The product's id.
+    pub id: i64,
+    /// Its content.
+    pub input: ProductInput,
+}
+
+/// Creates or replaces every item in one transaction; an item that fails (a taken SKU,
+/// an unknown category) is rolled back to its savepoint alone. Returns each item's
+/// outcome, in order, and the batch's token.
+pub async fn bulk_put(
+    pool: &PgPool,
+    items: &[BulkItem],
+) -> Result<(Vec<Result<(i64, bool), WriteError>>, String), WriteError> {
+    let mut tx = pool.begin().await?;
+    let mut outcomes = Vec::with_capacity(items.len());
+    for item in items {
+        let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
+        let current = lock(&mut savepoint, item.id).await?;
+        match upsert(&mut savepoint, item.id, &item.input, current).await {
+            Ok(outcome) => {
+                savepoint.commit().await?;
+                outcomes.push(Ok(outcome));
+            }
+            Err(WriteError::Database(err)) => return Err(WriteError::Database(err)),
+            Err(refused) => {
+                savepoint.rollback().await?;
+                outcomes.push(Err(refused));
+            }
+        }
+    }
+    let token = commit(tx, pool).await?;
+    Ok((outcomes, token))
 }
 
 /// Deletes live product `id`, leaving a tombstone with a new version.
