@@ -105,6 +105,10 @@ pub struct Config {
     pub stream_max_len: u64,
     /// `CATALOG_MAX_BODY_BYTES`: largest admin request body; larger is answered 413.
     pub max_body_bytes: usize,
+    /// `CATALOG_SYNCHRONOUS_COMMIT`: `synchronous_commit` of the writer's transactions.
+    /// With a synchronous standby configured on the primary, `remote_apply` makes
+    /// "acknowledged" mean "applied on that standby" too. `None`: the server's setting.
+    pub synchronous_commit: Option<String>,
     /// `CATALOG_IDEMPOTENCY_TTL_SECS`: how long a stored `Idempotency-Key` response is kept.
     pub idempotency_ttl: Duration,
     /// `CATALOG_READER_ADDR`: where the storefront (read) face listens.
@@ -181,6 +185,7 @@ impl Config {
             stream_max_len: 100_000,
             max_body_bytes: 1024 * 1024,
             idempotency_ttl: Duration::from_secs(86_400),
+            synchronous_commit: None,
             reader_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             writer_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             admin_tokens: Vec::new(),
@@ -230,6 +235,11 @@ impl Config {
             config.idempotency_ttl,
             |raw| parse_in_range(raw, 1..=2_592_000).map(Duration::from_secs),
         )?;
+        config.synchronous_commit =
+            var.optional("CATALOG_SYNCHRONOUS_COMMIT", |raw| match raw {
+                "on" | "off" | "local" | "remote_write" | "remote_apply" => Ok(raw.to_owned()),
+                _ => Err("expected on, off, local, remote_write or remote_apply".to_owned()),
+            })?;
         config.reader_addr = var.or("CATALOG_READER_ADDR", config.reader_addr, parse_from_str)?;
         config.writer_addr = var.or("CATALOG_WRITER_ADDR", config.writer_addr, parse_from_str)?;
         config.admin_tokens = var.or("CATALOG_ADMIN_TOKENS", Vec::new(), parse_tokens)?;
@@ -436,6 +446,7 @@ mod tests {
             ("CATALOG_STREAM_MAXLEN", "10"),
             ("CATALOG_MAX_BODY_BYTES", "big"),
             ("CATALOG_IDEMPOTENCY_TTL_SECS", "0"),
+            ("CATALOG_SYNCHRONOUS_COMMIT", "always"),
             ("CATALOG_READER_ADDR", "not-an-address"),
             ("CATALOG_WRITER_ADDR", "127.0.0.1:99999"),
             ("CATALOG_ADMIN_TOKENS", "short"),

@@ -48,7 +48,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::All => return serve(&config, Role::All).await,
         Command::Migrate | Command::Seed(_) => {}
     }
-    let pool = postgres::connect(&config.database_url, 2)
+    let pool = postgres::connect(&config.database_url, 2, None)
         .await
         .context("cannot connect to the primary (CATALOG_DATABASE_URL)")?;
     match command {

@@ -84,7 +84,7 @@ pub struct Application {
 impl Application {
     /// Connects to the stores and binds the listeners of `role`.
     pub async fn build(config: &Config, role: Role) -> anyhow::Result<Self> {
-        let primary = postgres::connect(&config.database_url, config.db_pool_size)
+        let primary = postgres::connect(&config.database_url, config.db_pool_size, None)
             .await
             .context("cannot connect to the primary (CATALOG_DATABASE_URL)")?;
         let routes: Vec<&'static str> = read::route::ROUTE_NAMES
@@ -230,6 +230,14 @@ impl Application {
         sink: Option<Sink>,
         metrics: &Arc<Metrics>,
     ) -> anyhow::Result<WriteSide> {
+        let primary = match &config.synchronous_commit {
+            Some(level) => {
+                postgres::connect(&config.database_url, config.db_pool_size, Some(level))
+                    .await
+                    .context("cannot connect to the primary (CATALOG_DATABASE_URL)")?
+            }
+            None => primary,
+        };
         if config.admin_tokens.is_empty() {
             tracing::warn!("CATALOG_ADMIN_TOKENS is empty: every admin request will be refused");
         }

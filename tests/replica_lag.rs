@@ -11,33 +11,47 @@ use catalog::seed::{self, SeedSpec};
 use catalog::startup::Role;
 use common::{TestApp, TestDb, poll, replica_has_products, seeded};
 use fred::prelude::*;
+use std::time::Duration;
 
 /// Tests that pause replay hold this, so one never resumes what another paused.
 static REPLAY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Resumes replay even when the test fails half-way. It connects afresh on a runtime
-/// of its own: the test's pools belong to the test's runtime, which is shutting down.
-struct ResumeOnDrop(String);
+/// Runs `statements` on `url` when dropped, so a test that fails half-way still puts
+/// the shared stack back (resumes replay, resets settings). It connects afresh on a
+/// runtime of its own: the test's pools belong to the test's runtime, which is going.
+struct RestoreOnDrop {
+    url: String,
+    statements: &'static [&'static str],
+}
 
-impl Drop for ResumeOnDrop {
+/// Resumes replay on the replica at `url`.
+fn resume_on_drop(url: &str) -> RestoreOnDrop {
+    RestoreOnDrop {
+        url: url.to_owned(),
+        statements: &["select pg_wal_replay_resume()"],
+    }
+}
+
+impl Drop for RestoreOnDrop {
     fn drop(&mut self) {
         use sqlx::Connection as _;
-        let url = self.0.clone();
-        let resumed = std::thread::spawn(move || {
+        let url = self.url.clone();
+        let statements = self.statements;
+        let restored = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(async {
                 let mut conn = sqlx::PgConnection::connect(&url).await?;
-                sqlx::query("select pg_wal_replay_resume()")
-                    .execute(&mut conn)
-                    .await?;
+                for statement in statements {
+                    sqlx::query(*statement).execute(&mut conn).await?;
+                }
                 anyhow::Ok(())
             })
         })
         .join();
-        if !matches!(resumed, Ok(Ok(()))) {
-            eprintln!("could not resume replay on the replica: {resumed:?}");
+        if !matches!(restored, Ok(Ok(()))) {
+            eprintln!("could not restore the stack ({statements:?}): {restored:?}");
         }
     }
 }
@@ -71,7 +85,7 @@ async fn a_lagging_replica_is_skipped_until_it_catches_up() {
     assert_eq!(app.metric("catalog_db_reads_replica_total").await, 1.0);
 
     let replica = db.replica().await;
-    let _resume = ResumeOnDrop(db.replica_url.clone());
+    let _resume = resume_on_drop(&db.replica_url);
     sqlx::query("select pg_wal_replay_pause()")
         .execute(&replica)
         .await
@@ -137,7 +151,7 @@ async fn a_reader_with_the_invalidation_never_serves_the_replicas_older_version(
     let app = TestApp::spawn_as(&config, Role::All).await;
     assert_eq!(app.get("/products/1").await.json()["version"], 1);
 
-    let _resume = ResumeOnDrop(db.replica_url.clone());
+    let _resume = resume_on_drop(&db.replica_url);
     sqlx::query("select pg_wal_replay_pause()")
         .execute(&replica)
         .await
@@ -218,7 +232,7 @@ async fn a_token_read_never_returns_the_older_version_with_replay_paused() {
     let writer = TestApp::spawn_as(&config, Role::Writer).await;
     assert_eq!(reader.get("/products/1").await.json()["version"], 1);
 
-    let _resume = ResumeOnDrop(db.replica_url.clone());
+    let _resume = resume_on_drop(&db.replica_url);
     sqlx::query("select pg_wal_replay_pause()")
         .execute(&replica)
         .await
@@ -240,4 +254,114 @@ async fn a_token_read_never_returns_the_older_version_with_replay_paused() {
     assert!(reader.metric("catalog_db_reads_primary_total").await >= 1.0);
     writer.shutdown().await;
     reader.shutdown().await;
+}
+
+/// The deployment option: with the replica as a synchronous standby and the writer at
+/// `synchronous_commit = remote_apply`, an acknowledged write is already applied on the
+/// replica (so it survives the replica's promotion); a writer at the default level
+/// acknowledges once the standby has the WAL, applied or not.
+#[tokio::test]
+async fn with_a_synchronous_standby_acknowledged_means_applied_on_it() {
+    let _replay = REPLAY.lock().await;
+    let db = seeded(5, 1).await;
+    let replica = db.replica().await;
+    let _async = RestoreOnDrop {
+        url: db.primary_url.clone(),
+        statements: &[
+            "alter system reset synchronous_standby_names",
+            "select pg_reload_conf()",
+        ],
+    };
+    sqlx::query("alter system set synchronous_standby_names = '*'")
+        .execute(&db.primary)
+        .await
+        .unwrap();
+    sqlx::query("select pg_reload_conf()")
+        .execute(&db.primary)
+        .await
+        .unwrap();
+    poll(|| async {
+        let sync: String =
+            sqlx::query_scalar("select coalesce(max(sync_state), '') from pg_stat_replication")
+                .fetch_one(&db.primary)
+                .await
+                .ok()?;
+        (sync == "sync").then_some(())
+    })
+    .await;
+    let version_on_replica = |id: i64| {
+        let replica = replica.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("select version from products where id = $1")
+                .bind(id)
+                .fetch_one(&replica)
+                .await
+                .unwrap()
+        }
+    };
+
+    let mut config = TestApp::config(&db);
+    config.redis_url = None;
+    config.synchronous_commit = Some("remote_apply".to_owned());
+    let applied = TestApp::spawn_as(&config, Role::Writer).await;
+    let reply = applied
+        .admin("PATCH", "/admin/products/1", &[], r#"{"stock": 1}"#)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    // No polling: acknowledged means applied on the standby.
+    assert_eq!(version_on_replica(1).await, 2);
+
+    // With replay paused, a writer at the default level is acknowledged (the standby
+    // has the WAL, not yet applied) ...
+    let _resume = resume_on_drop(&db.replica_url);
+    sqlx::query("select pg_wal_replay_pause()")
+        .execute(&replica)
+        .await
+        .unwrap();
+    config.synchronous_commit = None;
+    let flushed = TestApp::spawn_as(&config, Role::Writer).await;
+    let reply = flushed
+        .admin("PATCH", "/admin/products/3", &[], r#"{"stock": 3}"#)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        version_on_replica(3).await,
+        1,
+        "not applied: replay is paused"
+    );
+
+    // ... while a remote_apply write is not acknowledged until it is applied. (Its
+    // transaction holds PostgreSQL's NOTIFY lock while it waits, so other writes wait
+    // behind it: with remote_apply, every acknowledgement waits for the standby.)
+    let writer = std::sync::Arc::new(applied);
+    let pending = {
+        let writer = std::sync::Arc::clone(&writer);
+        tokio::spawn(async move {
+            writer
+                .admin("PATCH", "/admin/products/2", &[], r#"{"stock": 2}"#)
+                .await
+        })
+    };
+    let early = tokio::time::timeout(Duration::from_millis(500), async {
+        while !pending.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        early.is_err(),
+        "a remote_apply write was acknowledged before it was applied"
+    );
+    sqlx::query("select pg_wal_replay_resume()")
+        .execute(&replica)
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(common::DEADLINE, pending)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(version_on_replica(2).await, 2);
+    flushed.shutdown().await;
+    std::sync::Arc::try_unwrap(writer).unwrap().shutdown().await;
 }

@@ -14,13 +14,23 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens a pool of at most `max_connections` connections to `url`, connecting eagerly
-/// so a wrong URL fails at start-up rather than on the first request.
-pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    let options: PgConnectOptions = url.parse()?;
+/// so a wrong URL fails at start-up rather than on the first request. With
+/// `synchronous_commit`, every connection's transactions commit at that level (the
+/// writer's pool, when `CATALOG_SYNCHRONOUS_COMMIT` is set).
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    synchronous_commit: Option<&str>,
+) -> Result<PgPool, sqlx::Error> {
+    let mut options: PgConnectOptions = url.parse()?;
+    options = options.application_name("catalogd");
+    if let Some(level) = synchronous_commit {
+        options = options.options([("synchronous_commit", level)]);
+    }
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(options.application_name("catalogd"))
+        .connect_with(options)
         .await
 }
 
