@@ -141,6 +141,8 @@ pub struct Metrics {
     pub token_bypasses: Counter,
     /// Outbox rows published by the relay.
     pub relay_published: Counter,
+    /// Commit on the primary to publication by the relay, in seconds.
+    pub relay_lag: AtomicHistogram,
     /// Relay rounds that failed (retried).
     pub relay_errors: Counter,
     /// Outbox rows not yet published.
@@ -235,6 +237,12 @@ impl Metrics {
             "Commit on the primary to invalidation applied at this reader",
             propagation.clone(),
         );
+        let relay_lag = AtomicHistogram::new(&LATENCY_BUCKETS);
+        registry.register(
+            "relay_lag_seconds",
+            "Commit on the primary to publication by the relay",
+            relay_lag.clone(),
+        );
         let outbox_backlog = Gauge::default();
         registry.register(
             "outbox_backlog",
@@ -279,6 +287,7 @@ impl Metrics {
             propagation,
             token_bypasses,
             relay_published,
+            relay_lag,
             relay_errors,
             outbox_backlog,
             replica_healthy,

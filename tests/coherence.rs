@@ -138,6 +138,8 @@ async fn a_write_reaches_single_gets_batches_and_category_pages() {
     assert_eq!(listed["version"], 2);
     assert!(app.metric("catalog_invalidations_total").await >= 1.0);
     assert!(app.metric("catalog_relay_published_total").await >= 1.0);
+    assert!(app.metric("catalog_relay_lag_seconds_count").await >= 1.0);
+    assert!(app.metric("catalog_propagation_seconds_count").await >= 1.0);
 
     // A patch, then a delete: both propagate.
     let patched = app

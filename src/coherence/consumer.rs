@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fred::prelude::*;
 use tokio_util::sync::CancellationToken;
@@ -313,9 +313,7 @@ impl Consumer {
                 raised
             });
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        let now = super::stream::now_micros();
         let micros = u64::try_from(now.saturating_sub(entry.committed_at_micros)).unwrap_or(0);
         self.metrics
             .propagation

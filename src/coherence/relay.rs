@@ -266,6 +266,11 @@ impl Relay {
             .await?;
         tx.commit().await?;
         self.metrics.relay_published.inc_by(rows.len() as u64);
+        let now = super::stream::now_micros();
+        for row in &rows {
+            let lag = u64::try_from(now.saturating_sub(row.created_micros)).unwrap_or(0);
+            self.metrics.relay_lag.observe(Duration::from_micros(lag));
+        }
         let backlog: i64 =
             sqlx::query_scalar("select count(*) from outbox where published_at is null")
                 .fetch_one(&self.primary)

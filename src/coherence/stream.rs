@@ -15,6 +15,13 @@ const EPOCH: &str = "e";
 const WATERMARK: &str = "w";
 const PURGE: &str = "x";
 
+/// Microseconds since the Unix epoch, the unit of [`Invalidation::committed_at_micros`].
+pub fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
 /// The stream's epoch, created if Redis has none (first start, or Redis lost it). The
 /// relay and every consumer call this, so whoever comes first creates it and all agree.
 pub async fn ensure_epoch(client: &Client, key: &str) -> Result<String, fred::error::Error> {
