@@ -16,9 +16,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// Upper bounds (seconds) of the latency buckets: 50 µs to 2.5 s.
-const LATENCY_BUCKETS: [f64; 14] = [
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5,
+/// Upper bounds (seconds) of the latency buckets: 50 µs to 2.5 s, finest around the
+/// few milliseconds propagation is expected to take.
+const LATENCY_BUCKETS: [f64; 18] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02,
+    0.025, 0.05, 0.1, 0.25, 1.0, 2.5,
 ];
 
 /// A histogram of durations made of atomics, safe to record from every core at once.
