@@ -19,8 +19,8 @@ use prometheus_client::registry::Registry;
 /// Upper bounds (seconds) of the latency buckets: 50 µs to 2.5 s, finest around the
 /// few milliseconds propagation is expected to take.
 const LATENCY_BUCKETS: [f64; 18] = [
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02,
-    0.025, 0.05, 0.1, 0.25, 1.0, 2.5,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025,
+    0.05, 0.1, 0.25, 1.0, 2.5,
 ];
 
 /// A histogram of durations made of atomics, safe to record from every core at once.
