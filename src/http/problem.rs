@@ -94,6 +94,16 @@ impl Problem {
         )
     }
 
+    /// 404 `category-not-found`.
+    pub fn category_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "category-not-found",
+            "Category not found",
+            "there is no category with this slug",
+        )
+    }
+
     /// 503 `unavailable`: a store failed; retrying later may succeed.
     pub fn unavailable(detail: &'static str) -> Self {
         Self::new(

@@ -145,12 +145,7 @@ impl ReadError {
             Self::SkuNotFound => {
                 Problem::product_not_found("there is no live product with this SKU")
             }
-            Self::CategoryNotFound => Problem::new(
-                S::NOT_FOUND,
-                "category-not-found",
-                "Category not found",
-                "there is no category with this slug",
-            ),
+            Self::CategoryNotFound => Problem::category_not_found(),
             Self::NoDatabase => {
                 Problem::unavailable("no database can serve this read right now; retry shortly")
             }

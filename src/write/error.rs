@@ -146,12 +146,7 @@ impl WriteError {
             Self::ProductNotFound(id) => {
                 Problem::product_not_found(format!("there is no product {id}"))
             }
-            Self::CategoryNotFound => Problem::new(
-                S::NOT_FOUND,
-                "category-not-found",
-                "Category not found",
-                "there is no category with this slug",
-            ),
+            Self::CategoryNotFound => Problem::category_not_found(),
             Self::InvalidSlug => Problem::new(
                 S::BAD_REQUEST,
                 "invalid-slug",

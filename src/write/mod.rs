@@ -219,16 +219,23 @@ impl Writer {
         Ok(accepted(status, format!("{{\"slug\":\"{slug}\"}}"), &token))
     }
 
+    /// An admin `POST`: authenticated, and a `POST`.
+    fn authorized_post<B>(&self, request: &Request<B>) -> Result<(), WriteError> {
+        auth::authorize(request.headers(), &self.tokens)?;
+        if request.method() == Method::POST {
+            Ok(())
+        } else {
+            Err(WriteError::MethodNotAllowed("POST"))
+        }
+    }
+
     /// `POST /admin/purge`.
     async fn purge<B>(&self, request: Request<B>) -> Result<Response<Full<Bytes>>, WriteError>
     where
         B: Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        auth::authorize(request.headers(), &self.tokens)?;
-        if request.method() != Method::POST {
-            return Err(WriteError::MethodNotAllowed("POST"));
-        }
+        self.authorized_post(&request)?;
         let body = self.body(request).await?;
         let input = payload::PurgeInput::parse(&body)?;
         let token = tx::purge(&self.primary, input.category.as_deref()).await?;
@@ -248,10 +255,7 @@ impl Writer {
         B: Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        auth::authorize(request.headers(), &self.tokens)?;
-        if request.method() != Method::POST {
-            return Err(WriteError::MethodNotAllowed("POST"));
-        }
+        self.authorized_post(&request)?;
         let mut body = std::pin::pin!(request.into_body());
         let mut import = BulkImport::default();
         let mut pending: Vec<u8> = Vec::new();

@@ -14,6 +14,26 @@ use super::error::WriteError;
 use super::payload::{CategoryInput, PriceInput, ProductInput};
 use crate::coherence::relay::CHANNEL;
 
+/// Creates products from `$rows` (`values (...)` or a `select`) or replaces them,
+/// bumping the version and clearing any tombstone, returning `$returning`.
+macro_rules! upsert_products {
+    ($rows:literal, $returning:literal) => {
+        concat!(
+            "insert into products (id, sku, name, description, brand, price_amount, currency, \
+                 stock, attributes, images, active) ",
+            $rows,
+            " on conflict (id) do update set sku = excluded.sku, name = excluded.name, \
+                 description = excluded.description, brand = excluded.brand, \
+                 price_amount = excluded.price_amount, currency = excluded.currency, \
+                 stock = excluded.stock, attributes = excluded.attributes, \
+                 images = excluded.images, active = excluded.active, deleted_at = null, \
+                 updated_at = now(), version = products.version + 1 \
+             returning ",
+            $returning
+        )
+    };
+}
+
 /// What a committed write answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
@@ -163,18 +183,10 @@ async fn upsert(
             .collect();
         return Err(WriteError::UnknownCategories(unknown));
     }
-    let version: i64 = sqlx::query_scalar(
-        "insert into products (id, sku, name, description, brand, price_amount, currency, \
-             stock, attributes, images, active) \
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-         on conflict (id) do update set sku = excluded.sku, name = excluded.name, \
-             description = excluded.description, brand = excluded.brand, \
-             price_amount = excluded.price_amount, currency = excluded.currency, \
-             stock = excluded.stock, attributes = excluded.attributes, images = excluded.images, \
-             active = excluded.active, deleted_at = null, updated_at = now(), \
-             version = products.version + 1 \
-         returning version",
-    )
+    let version: i64 = sqlx::query_scalar(upsert_products!(
+        "values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        "version"
+    ))
     .bind(id)
     .bind(&input.sku)
     .bind(&input.name)
@@ -321,19 +333,12 @@ async fn put_set(
     let column = |f: fn(&ProductInput) -> String| -> Vec<String> {
         items.iter().map(|i| f(&i.input)).collect()
     };
-    let written: Vec<(i64, i64, bool)> = sqlx::query_as(
-        "insert into products (id, sku, name, description, brand, price_amount, currency, \
-             stock, attributes, images, active) \
-         select * from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::bigint[], $7::text[], $8::int[], $9::jsonb[], $10::jsonb[], $11::bool[]) \
-         on conflict (id) do update set sku = excluded.sku, name = excluded.name, \
-             description = excluded.description, brand = excluded.brand, \
-             price_amount = excluded.price_amount, currency = excluded.currency, \
-             stock = excluded.stock, attributes = excluded.attributes, images = excluded.images, \
-             active = excluded.active, deleted_at = null, updated_at = now(), \
-             version = products.version + 1 \
-         returning id, version, (xmax = 0)",
-    )
+    let written: Vec<(i64, i64, bool)> = sqlx::query_as(upsert_products!(
+        "select * from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], \
+             $5::text[], $6::bigint[], $7::text[], $8::int[], $9::jsonb[], $10::jsonb[], \
+             $11::bool[])",
+        "id, version, (xmax = 0)"
+    ))
     .bind(&ids)
     .bind(column(|i| i.sku.clone()))
     .bind(column(|i| i.name.clone()))
