@@ -1,0 +1,60 @@
+//! The ceiling of the comparison script (`bench/compare.sh`): the least a hyper server
+//! can do to answer a product request. It answers every request with the same ~1 KB
+//! JSON document and the headers the reader sends (`Content-Type`, `ETag`,
+//! `Cache-Control`), over HTTP/1.1 keep-alive on a multi-threaded tokio runtime, with
+//! no routing, cache or metrics. The reader's hit path is measured against it.
+//!
+//! Usage: `ceiling [ADDR]` (default `127.0.0.1:18080`).
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// A product document of the demo catalog's size.
+fn document() -> Bytes {
+    let description = "x".repeat(640);
+    Bytes::from(format!(
+        "{{\"id\":1,\"sku\":\"ACM-BEN-0000001\",\"name\":\"Acme Wireless Headphones Pro 300\",\
+         \"description\":\"{description}\",\"brand\":\"Acme\",\"price\":{{\"amount\":2999,\
+         \"currency\":\"USD\"}},\"stock\":12,\"attributes\":{{\"color\": \"black\"}},\
+         \"images\":[\"https://img.example.com/p/1/1.jpg\"],\"categories\":[\"electronics\"],\
+         \"version\":1,\"updated_at\":\"2026-11-23T12:00:00.000000Z\"}}"
+    ))
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:18080".to_owned());
+    let listener = TcpListener::bind(&addr).await?;
+    let body = document();
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let body = body.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |_request: Request<hyper::body::Incoming>| {
+                let mut response = Response::new(Full::new(body.clone()));
+                let headers = response.headers_mut();
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                headers.insert(ETAG, HeaderValue::from_static("\"1\""));
+                headers.insert(
+                    CACHE_CONTROL,
+                    HeaderValue::from_static("public, max-age=5, stale-while-revalidate=30"),
+                );
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
