@@ -54,6 +54,18 @@ pub enum Role {
     All,
 }
 
+/// Runs `task` in `tasks`; when it ends, its name tells the supervisor which one ended.
+fn supervise(
+    tasks: &mut JoinSet<&'static str>,
+    name: &'static str,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    tasks.spawn(async move {
+        task.await;
+        name
+    });
+}
+
 /// The reader's parts.
 #[derive(Debug)]
 struct ReadSide {
@@ -297,46 +309,25 @@ impl Application {
                 read.check_interval,
                 stop.child_token(),
             );
-            tasks.spawn(async move {
-                checks.await;
-                "replica checks"
-            });
+            supervise(&mut tasks, "replica checks", checks);
             if let Some((consumer, source)) = read.consumer {
                 let run = consumer.run(source, stop.child_token());
-                tasks.spawn(async move {
-                    run.await;
-                    "invalidation consumer"
-                });
+                supervise(&mut tasks, "invalidation consumer", run);
             }
-            let serve = http::serve(
-                read.listener,
-                Arc::clone(&read.reader),
-                self.limits,
-                stop.child_token(),
-            );
-            tasks.spawn(async move {
-                serve.await;
-                "reader listener"
-            });
+            let serve = http::serve(read.listener, read.reader, self.limits, stop.child_token());
+            supervise(&mut tasks, "reader listener", serve);
         }
         if let Some(write) = self.write {
             if let Some(relay) = write.relay {
-                let run = relay.run(stop.child_token());
-                tasks.spawn(async move {
-                    run.await;
-                    "outbox relay"
-                });
+                supervise(&mut tasks, "outbox relay", relay.run(stop.child_token()));
             }
             let serve = http::serve(
                 write.listener,
-                Arc::clone(&write.writer),
+                write.writer,
                 self.limits,
                 stop.child_token(),
             );
-            tasks.spawn(async move {
-                serve.await;
-                "writer listener"
-            });
+            supervise(&mut tasks, "writer listener", serve);
         }
         let mut failure = None;
         while let Some(finished) = tasks.join_next().await {

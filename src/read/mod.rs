@@ -198,13 +198,9 @@ impl Reader {
     async fn lookup_at(&self, id: i64, at: Option<u64>) -> Result<Lookup, ReadError> {
         match at {
             None => self.lookup(id).await,
-            Some(lsn) => {
-                let mut loaded = self.load_at(vec![id], lsn).await?;
-                let lookup = loaded.pop().map_or(Lookup::Unknown, |(_, l)| l);
-                self.l1
-                    .insert_fresh(id, lookup.clone(), || self.floors.get(id))
-                    .await;
-                Ok(lookup)
+            Some(_) => {
+                let mut lookups = self.lookup_many_at(&[id], at).await?;
+                Ok(lookups.pop().unwrap_or(Lookup::Unknown))
             }
         }
     }
@@ -217,10 +213,7 @@ impl Reader {
         let mut loaded = self.load_at(ids.to_vec(), lsn).await?;
         let mut out = Vec::with_capacity(ids.len());
         for &id in ids {
-            let lookup = match loaded.iter().position(|(found, _)| *found == id) {
-                Some(at) => loaded.swap_remove(at).1,
-                None => Lookup::Unknown,
-            };
+            let lookup = take(&mut loaded, id);
             self.l1
                 .insert_fresh(id, lookup.clone(), || self.floors.get(id))
                 .await;
@@ -374,10 +367,17 @@ impl Reader {
             }
         }
         let mut loaded = self.load(vec![id]).await?;
-        let mut lookup = loaded.pop().map_or(Lookup::Unknown, |(_, lookup)| lookup);
-        if lookup.version() < floor {
-            lookup = self.load_from_primary(id).await?;
-        }
+        self.settle(id, take(&mut loaded, id)).await
+    }
+
+    /// Finishes a database fill: a row older than the product's floor is read again
+    /// from the primary; the result is written back to L2 and cached in L1.
+    async fn settle(&self, id: i64, lookup: Lookup) -> Result<Lookup, ReadError> {
+        let lookup = if lookup.version() < self.floors.get(id) {
+            self.load_from_primary(id).await?
+        } else {
+            lookup
+        };
         self.write_back(id, &lookup).await;
         self.cache_fill(id, lookup).await
     }
@@ -456,15 +456,7 @@ impl Reader {
             if !from_db.is_empty() {
                 let mut loaded = self.load(from_db.clone()).await?;
                 for id in from_db {
-                    let mut lookup = match loaded.iter().position(|(found, _)| *found == id) {
-                        Some(at) => loaded.swap_remove(at).1,
-                        None => Lookup::Unknown,
-                    };
-                    if lookup.version() < self.floors.get(id) {
-                        lookup = self.load_from_primary(id).await?;
-                    }
-                    self.write_back(id, &lookup).await;
-                    let lookup = self.cache_fill(id, lookup).await?;
+                    let lookup = self.settle(id, take(&mut loaded, id)).await?;
                     if let Some(i) = ids.iter().position(|&x| x == id) {
                         out[i] = Some(lookup);
                     }
@@ -648,6 +640,14 @@ fn plain(status: StatusCode, content_type: HeaderValue, body: Bytes) -> Response
     headers.insert(CONTENT_TYPE, content_type);
     headers.insert(CACHE_CONTROL, NO_STORE);
     response
+}
+
+/// Removes and returns `id`'s state from rows just loaded; `Unknown` if no row had it.
+fn take(loaded: &mut Vec<(i64, Lookup)>, id: i64) -> Lookup {
+    match loaded.iter().position(|(found, _)| *found == id) {
+        Some(at) => loaded.swap_remove(at).1,
+        None => Lookup::Unknown,
+    }
 }
 
 /// Whether an `If-None-Match` value names `etag` (weak comparison, lists, `*`).
