@@ -22,6 +22,7 @@ use std::time::Duration;
 use fred::prelude::*;
 use tokio_util::sync::CancellationToken;
 
+use super::backoff::Backoff;
 use super::floors::Floors;
 use super::stream::Invalidation;
 use crate::cache::{Key, L1};
@@ -31,8 +32,6 @@ use crate::metrics::Metrics;
 const BLOCK_MS: u64 = 1_000;
 /// Most entries taken per read.
 const BATCH: u64 = 512;
-/// Longest pause between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Where the consumer is in the stream.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -206,7 +205,7 @@ impl Consumer {
             stream_key,
             epoch_key,
         } = redis;
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::default();
         loop {
             // Know the epoch before reading, so a reset is noticed even if it happens
             // before this reader has seen any entry.
@@ -215,12 +214,10 @@ impl Consumer {
                     Ok(epoch) => self.position.epoch = Some(epoch),
                     Err(err) => {
                         self.metrics.consumer_errors.inc();
-                        tracing::warn!(error = %err, retry_in = ?backoff, "cannot read the stream's epoch");
-                        tokio::select! {
-                            () = stop.cancelled() => return,
-                            () = tokio::time::sleep(backoff) => {}
+                        tracing::warn!(error = %err, retry_in = ?backoff.next(), "cannot read the stream's epoch");
+                        if !backoff.wait(&stop).await {
+                            return;
                         }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
                         continue;
                     }
                 }
@@ -245,7 +242,7 @@ impl Consumer {
             });
             match result {
                 Ok(mut streams) => {
-                    backoff = Duration::from_millis(50);
+                    backoff.reset();
                     match streams.remove(&stream_key) {
                         Some(entries) if !entries.is_empty() => self.apply_all(entries).await,
                         _ => self.check_epoch(&client, &epoch_key).await,
@@ -253,12 +250,10 @@ impl Consumer {
                 }
                 Err(err) => {
                     self.metrics.consumer_errors.inc();
-                    tracing::warn!(error = %err, retry_in = ?backoff, "invalidation stream read failed");
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
+                    tracing::warn!(error = %err, retry_in = ?backoff.next(), "invalidation stream read failed");
+                    if !backoff.wait(&stop).await {
+                        return;
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }

@@ -8,7 +8,9 @@
 //!   sees a gap in the sequence or a new epoch (the stream was trimmed past it, or Redis
 //!   lost it).
 //! - [`stream`]: the entry format both sides share.
+//! - [`backoff`]: the retry pause of both loops.
 
+pub mod backoff;
 pub mod consumer;
 pub mod floors;
 pub mod relay;

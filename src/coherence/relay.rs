@@ -24,6 +24,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
+use super::backoff::Backoff;
 use super::stream::Invalidation;
 use crate::document::Lookup;
 use crate::metrics::Metrics;
@@ -125,26 +126,24 @@ impl Relay {
     /// Publishes until `stop` fires.
     pub async fn run(self, stop: CancellationToken) {
         let mut listener = None;
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::default();
         loop {
             if listener.is_none() {
                 listener = self.listen().await;
             }
             match self.round().await {
                 Ok(published) => {
-                    backoff = Duration::from_millis(50);
+                    backoff.reset();
                     if published == BATCH as usize {
                         continue;
                     }
                 }
                 Err(err) => {
                     self.metrics.relay_errors.inc();
-                    tracing::warn!(error = %err, retry_in = ?backoff, "relay round failed");
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
+                    tracing::warn!(error = %err, retry_in = ?backoff.next(), "relay round failed");
+                    if !backoff.wait(&stop).await {
+                        return;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
                 }
             }
