@@ -49,10 +49,10 @@ fn setup(runtime: &tokio::runtime::Runtime) -> (Reader, Vec<Arc<Document>>) {
         let mut docs = Vec::new();
         for id in 1..=PRODUCTS {
             let doc = Arc::new(document(id));
-            l1.insert_product(id, Lookup::Found(Arc::clone(&doc))).await;
+            l1.insert_product(id, Lookup::Found(Arc::clone(&doc)));
             docs.push(doc);
         }
-        l1.sync().await;
+        l1.sync();
         // Never connected: every request below is an L1 hit.
         let pool = sqlx::postgres::PgPoolOptions::new()
             .connect_lazy("postgres://bench@127.0.0.1:1/none")

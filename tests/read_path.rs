@@ -404,6 +404,37 @@ async fn bad_requests_get_problem_documents() {
 }
 
 #[tokio::test]
+async fn http2_with_prior_knowledge_is_served_beside_http1() {
+    use http_body_util::{BodyExt as _, Empty};
+    let db = seeded(20, 2).await;
+    let app = TestApp::spawn(&TestApp::config(&db)).await;
+    let (id, _) = visible_product(&db).await;
+    let over_http1 = app.get(&format!("/products/{id}")).await;
+    assert_eq!(over_http1.status, 200);
+
+    let stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("the server speaks HTTP/2 to a client that opens with its preface");
+    tokio::spawn(connection);
+    // Twice: a miss-or-hit, then certainly an L1 hit, over one HTTP/2 connection.
+    for _ in 0..2 {
+        let request = hyper::Request::get(format!("http://{}/products/{id}", app.addr))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, over_http1.body, "the same bytes over both protocols");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_slow_client_is_disconnected_after_the_header_timeout() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let db = TestDb::migrated().await;

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use moka::future::Cache;
+use foldhash::fast::RandomState;
+use moka::sync::Cache;
 
 use crate::document::Lookup;
 
@@ -68,7 +69,7 @@ pub struct L1Config {
 /// The in-process cache.
 #[derive(Debug, Clone)]
 pub struct L1 {
-    cache: Cache<Key, Cached>,
+    cache: Cache<Key, Cached, RandomState>,
 }
 
 /// Expiry policy: negative entries live `negative_ttl`, everything else `max_ttl`,
@@ -123,13 +124,13 @@ impl L1 {
             .max_capacity(config.budget_bytes)
             .weigher(weigh)
             .expire_after(Ttl(config))
-            .build();
+            .build_with_hasher(RandomState::default());
         Self { cache }
     }
 
     /// The cached state of a product, if L1 has it.
-    pub async fn product(&self, id: i64) -> Option<Lookup> {
-        match self.cache.get(&Key::Product(id)).await {
+    pub fn product(&self, id: i64) -> Option<Lookup> {
+        match self.cache.get(&Key::Product(id)) {
             Some(Cached::Product(lookup)) => Some(lookup),
             _ => None,
         }
@@ -137,7 +138,7 @@ impl L1 {
 
     /// Stores a product's state unless L1 already holds a newer version or the
     /// product's floor (read under the key's lock) is newer. Returns whether it stored.
-    pub async fn insert_fresh(&self, id: i64, lookup: Lookup, floor: impl FnOnce() -> i64) -> bool {
+    pub fn insert_fresh(&self, id: i64, lookup: Lookup, floor: impl FnOnce() -> i64) -> bool {
         let result = self
             .cache
             .entry(Key::Product(id))
@@ -146,14 +147,12 @@ impl L1 {
                     current.as_ref().map(|e| e.value()),
                     Some(Cached::Product(cached)) if cached.version() > lookup.version()
                 );
-                let op = if newer_cached || lookup.version() < floor() {
+                if newer_cached || lookup.version() < floor() {
                     moka::ops::compute::Op::Nop
                 } else {
                     moka::ops::compute::Op::Put(Cached::Product(lookup))
-                };
-                std::future::ready(op)
-            })
-            .await;
+                }
+            });
         matches!(
             result,
             moka::ops::compute::CompResult::Inserted(_)
@@ -162,31 +161,27 @@ impl L1 {
     }
 
     /// Removes `id`'s entry if it is older than `version`. Returns whether it did.
-    pub async fn evict_older(&self, id: i64, version: i64) -> bool {
+    pub fn evict_older(&self, id: i64, version: i64) -> bool {
         let result = self
             .cache
             .entry(Key::Product(id))
-            .and_compute_with(|current| {
-                let op = match current.as_ref().map(|e| e.value()) {
-                    Some(Cached::Product(cached)) if cached.version() < version => {
-                        moka::ops::compute::Op::Remove
-                    }
-                    _ => moka::ops::compute::Op::Nop,
-                };
-                std::future::ready(op)
-            })
-            .await;
+            .and_compute_with(|current| match current.as_ref().map(|e| e.value()) {
+                Some(Cached::Product(cached)) if cached.version() < version => {
+                    moka::ops::compute::Op::Remove
+                }
+                _ => moka::ops::compute::Op::Nop,
+            });
         matches!(result, moka::ops::compute::CompResult::Removed(_))
     }
 
     /// Drops a product's entry whatever its version (an operator's purge).
-    pub async fn remove_product(&self, id: i64) {
-        self.cache.invalidate(&Key::Product(id)).await;
+    pub fn remove_product(&self, id: i64) {
+        self.cache.invalidate(&Key::Product(id));
     }
 
     /// Drops a cached response body.
-    pub async fn invalidate(&self, key: &Key) {
-        self.cache.invalidate(key).await;
+    pub fn invalidate(&self, key: &Key) {
+        self.cache.invalidate(key);
     }
 
     /// Drops everything (after a gap or a reset of the invalidation stream).
@@ -195,36 +190,34 @@ impl L1 {
     }
 
     /// Stores a product's state unconditionally (tests and benchmarks warm L1 with it).
-    pub async fn insert_product(&self, id: i64, lookup: Lookup) {
-        self.cache
-            .insert(Key::Product(id), Cached::Product(lookup))
-            .await;
+    pub fn insert_product(&self, id: i64, lookup: Lookup) {
+        self.cache.insert(Key::Product(id), Cached::Product(lookup));
     }
 
     /// The id of the live product with `sku`, if L1 knows it.
-    pub async fn sku(&self, sku: &Arc<str>) -> Option<Option<i64>> {
-        match self.cache.get(&Key::Sku(sku.clone())).await {
+    pub fn sku(&self, sku: &Arc<str>) -> Option<Option<i64>> {
+        match self.cache.get(&Key::Sku(sku.clone())) {
             Some(Cached::Sku(id)) => Some(id),
             _ => None,
         }
     }
 
     /// Remembers which product has `sku`.
-    pub async fn insert_sku(&self, sku: Arc<str>, id: Option<i64>) {
-        self.cache.insert(Key::Sku(sku), Cached::Sku(id)).await;
+    pub fn insert_sku(&self, sku: Arc<str>, id: Option<i64>) {
+        self.cache.insert(Key::Sku(sku), Cached::Sku(id));
     }
 
     /// A cached response body.
-    pub async fn body(&self, key: &Key) -> Option<Bytes> {
-        match self.cache.get(key).await {
+    pub fn body(&self, key: &Key) -> Option<Bytes> {
+        match self.cache.get(key) {
             Some(Cached::Body(body)) => Some(body),
             _ => None,
         }
     }
 
     /// Caches a response body.
-    pub async fn insert_body(&self, key: Key, body: Bytes) {
-        self.cache.insert(key, Cached::Body(body)).await;
+    pub fn insert_body(&self, key: Key, body: Bytes) {
+        self.cache.insert(key, Cached::Body(body));
     }
 
     /// Entries and weighted bytes, as of the last [`L1::sync`] (moka applies writes lazily).
@@ -233,8 +226,8 @@ impl L1 {
     }
 
     /// Applies pending housekeeping now, so [`L1::usage`] is exact (before a scrape).
-    pub async fn sync(&self) {
-        self.cache.run_pending_tasks().await;
+    pub fn sync(&self) {
+        self.cache.run_pending_tasks();
     }
 }
 
@@ -269,73 +262,73 @@ mod tests {
         )))
     }
 
-    #[tokio::test]
-    async fn fills_never_replace_newer_versions_or_pass_the_floor() {
+    #[test]
+    fn fills_never_replace_newer_versions_or_pass_the_floor() {
         let l1 = L1::new(config());
-        assert!(l1.insert_fresh(1, version(1, 3), || 0).await);
+        assert!(l1.insert_fresh(1, version(1, 3), || 0));
         assert!(
-            !l1.insert_fresh(1, version(1, 2), || 0).await,
+            !l1.insert_fresh(1, version(1, 2), || 0),
             "older than cached"
         );
-        assert_eq!(l1.product(1).await.unwrap().version(), 3);
+        assert_eq!(l1.product(1).unwrap().version(), 3);
         assert!(
-            !l1.insert_fresh(2, version(2, 4), || 5).await,
+            !l1.insert_fresh(2, version(2, 4), || 5),
             "older than the floor"
         );
-        assert_eq!(l1.product(2).await, None);
-        assert!(!l1.insert_fresh(2, Lookup::Unknown, || 1).await);
-        assert!(l1.insert_fresh(2, version(2, 5), || 5).await);
+        assert_eq!(l1.product(2), None);
+        assert!(!l1.insert_fresh(2, Lookup::Unknown, || 1));
+        assert!(l1.insert_fresh(2, version(2, 5), || 5));
     }
 
-    #[tokio::test]
-    async fn invalidations_evict_only_older_entries() {
+    #[test]
+    fn invalidations_evict_only_older_entries() {
         let l1 = L1::new(config());
-        l1.insert_product(1, version(1, 3)).await;
-        assert!(!l1.evict_older(1, 3).await);
-        assert!(l1.product(1).await.is_some());
-        assert!(l1.evict_older(1, 4).await);
-        assert_eq!(l1.product(1).await, None);
-        l1.insert_product(2, Lookup::Unknown).await;
+        l1.insert_product(1, version(1, 3));
+        assert!(!l1.evict_older(1, 3));
+        assert!(l1.product(1).is_some());
+        assert!(l1.evict_older(1, 4));
+        assert_eq!(l1.product(1), None);
+        l1.insert_product(2, Lookup::Unknown);
         assert!(
-            l1.evict_older(2, 1).await,
+            l1.evict_older(2, 1),
             "a negative entry is older than any write"
         );
-        l1.insert_product(3, version(3, 1)).await;
+        l1.insert_product(3, version(3, 1));
         l1.flush();
-        assert_eq!(l1.product(3).await, None);
+        assert_eq!(l1.product(3), None);
     }
 
-    #[tokio::test]
-    async fn the_budget_bounds_the_bytes_held() {
+    #[test]
+    fn the_budget_bounds_the_bytes_held() {
         let l1 = L1::new(L1Config {
             budget_bytes: 100_000,
             ..config()
         });
         for id in 0..1000 {
-            l1.insert_product(id, found(id, 1000)).await;
+            l1.insert_product(id, found(id, 1000));
         }
-        l1.sync().await;
+        l1.sync();
         let (entries, bytes) = l1.usage();
         assert!(bytes <= 100_000, "{bytes} bytes held");
         assert!(entries < 100, "{entries} entries held");
     }
 
-    #[tokio::test]
-    async fn negative_entries_expire_first_and_a_fill_replaces_them() {
+    #[test]
+    fn negative_entries_expire_first_and_a_fill_replaces_them() {
         let l1 = L1::new(config());
-        l1.insert_product(1, Lookup::Unknown).await;
-        l1.insert_product(2, found(2, 10)).await;
-        assert_eq!(l1.product(1).await, Some(Lookup::Unknown));
+        l1.insert_product(1, Lookup::Unknown);
+        l1.insert_product(2, found(2, 10));
+        assert_eq!(l1.product(1), Some(Lookup::Unknown));
         let deadline = Instant::now() + Duration::from_secs(5);
-        while l1.product(1).await.is_some() {
+        while l1.product(1).is_some() {
             assert!(Instant::now() < deadline, "negative entry never expired");
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(l1.product(2).await.is_some());
+        assert!(l1.product(2).is_some());
         // An update from negative to found takes the long TTL.
-        l1.insert_product(3, Lookup::Unknown).await;
-        l1.insert_product(3, found(3, 10)).await;
-        tokio::time::sleep(Duration::from_millis(120)).await;
-        assert!(matches!(l1.product(3).await, Some(Lookup::Found(_))));
+        l1.insert_product(3, Lookup::Unknown);
+        l1.insert_product(3, found(3, 10));
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(matches!(l1.product(3), Some(Lookup::Found(_))));
     }
 }

@@ -287,9 +287,9 @@ impl Consumer {
         match (entry.product_id, entry.purge) {
             (Some(id), false) => {
                 self.floors.raise(id, entry.version);
-                self.l1.evict_older(id, entry.version).await;
+                self.l1.evict_older(id, entry.version);
             }
-            (Some(id), true) => self.l1.remove_product(id).await,
+            (Some(id), true) => self.l1.remove_product(id),
             (None, true) if entry.categories.is_empty() => {
                 self.metrics.l1_flushes.inc();
                 self.l1.flush();
@@ -298,7 +298,7 @@ impl Consumer {
             (None, _) => {}
         }
         if !entry.categories.is_empty() {
-            self.l1.invalidate(&Key::Categories).await;
+            self.l1.invalidate(&Key::Categories);
         }
         self.metrics.invalidations.inc();
         if let Some(watermark) = entry.watermark {

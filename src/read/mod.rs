@@ -1,8 +1,10 @@
 //! The storefront face: route → L1 → L2 → replicas → response bytes.
 //!
-//! A hit on `GET /products/{id}` parses the path, finds the document in L1, compares
+//! A hit on `GET /products/{id}` is answered synchronously, before the handler returns
+//! its future ([`Reader::hit`]): it parses the path, finds the document in L1, compares
 //! `If-None-Match` with its pre-built `ETag`, and answers with a clone of the cached
-//! `Bytes`: no serialization, no lock, no formatting. A miss goes through one fill per
+//! `Bytes`: no serialization, no lock, no formatting, no allocation beyond the response's
+//! header map. Everything else runs in one boxed future ([`Reader::handle`]). A miss goes through one fill per
 //! key (concurrent misses wait on it): Redis first, then a healthy replica (or the
 //! primary); the result is cached in L1 and written back to Redis by version. Unknown
 //! ids are cached briefly as negative entries. Batches and category pages are
@@ -34,6 +36,7 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode};
 use sqlx::PgPool;
+use tokio_util::either::Either;
 
 use crate::cache::{Key, L1};
 use crate::coherence::floors::Floors;
@@ -56,6 +59,9 @@ pub const MIN_CATALOG_TOKEN: HeaderName = HeaderName::from_static("min-catalog-t
 
 /// How long a token read waits for the watermark before going around the caches.
 pub const TOKEN_WAIT: Duration = Duration::from_millis(50);
+
+/// What a request came to, with the metric index of its route.
+type Outcome = Result<(usize, Response<Full<Bytes>>), (usize, ReadError)>;
 
 /// A boxed query future, so one retry loop can run any query on any pool.
 type Query<'p, T> = Pin<Box<dyn Future<Output = Result<T, sqlx::Error>> + Send + 'p>>;
@@ -114,7 +120,53 @@ impl Reader {
     /// Answers one request (the body of a GET is never read).
     pub async fn handle<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
         let started = Instant::now();
-        let (route, response) = match self.dispatch(request).await {
+        let outcome = match Self::accept(request) {
+            Ok((route, index)) => self
+                .dispatch(route, request)
+                .await
+                .map(|response| (index, response))
+                .map_err(|error| (index, error)),
+            Err(refused) => Err(refused),
+        };
+        self.finish(started, outcome)
+    }
+
+    /// The hit path, synchronous: a `GET /products/{id}` without a token, answered
+    /// from L1; `None` (nothing done, nothing counted) when L1 does not hold the id or
+    /// the request is anything else.
+    pub fn hit<B>(&self, request: &Request<B>) -> Option<Response<Full<Bytes>>> {
+        let started = Instant::now();
+        let Ok((Route::Product(id), index)) = Self::accept(request) else {
+            return None;
+        };
+        if request.headers().contains_key(MIN_CATALOG_TOKEN) {
+            return None;
+        }
+        let lookup = self.cached(id)?;
+        let outcome = self
+            .product_response(id, lookup, request.headers())
+            .map(|response| (index, response))
+            .map_err(|error| (index, error));
+        Some(self.finish(started, outcome))
+    }
+
+    /// The route of a request, with its metric index, if its method and size are allowed.
+    fn accept<B>(request: &Request<B>) -> Result<(Route<'_>, usize), (usize, ReadError)> {
+        let uri = request.uri();
+        let route = Route::parse(uri.path()).map_err(|e| (route::UNMATCHED, e))?;
+        let index = route.index();
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return Err((index, ReadError::MethodNotAllowed));
+        }
+        if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > route::MAX_URI_BYTES {
+            return Err((index, ReadError::UriTooLong));
+        }
+        Ok((route, index))
+    }
+
+    /// Turns an outcome into the response, counting it under its route.
+    fn finish(&self, started: Instant, outcome: Outcome) -> Response<Full<Bytes>> {
+        let (route, response) = match outcome {
             Ok((route, response)) => (route, response),
             Err((route, error)) => {
                 if let ReadError::Database(detail) | ReadError::Render(detail) = &error {
@@ -131,26 +183,16 @@ impl Reader {
 
     async fn dispatch<B>(
         &self,
+        route: Route<'_>,
         request: &Request<B>,
-    ) -> Result<(usize, Response<Full<Bytes>>), (usize, ReadError)> {
-        let uri = request.uri();
-        let route = Route::parse(uri.path()).map_err(|e| (route::UNMATCHED, e))?;
-        let index = route.index();
-        if request.method() != Method::GET && request.method() != Method::HEAD {
-            return Err((index, ReadError::MethodNotAllowed));
-        }
-        if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > route::MAX_URI_BYTES {
-            return Err((index, ReadError::UriTooLong));
-        }
+    ) -> Result<Response<Full<Bytes>>, ReadError> {
         let headers = request.headers();
-        let query = uri.query();
+        let query = request.uri().query();
         let at = match headers.get(MIN_CATALOG_TOKEN) {
             None => None,
-            Some(token) => Box::pin(self.token_target(token))
-                .await
-                .map_err(|e| (index, e))?,
+            Some(token) => Box::pin(self.token_target(token)).await?,
         };
-        let response = match route {
+        match route {
             Route::Product(id) => self.product(id, headers, at).await,
             // The other routes are boxed to keep the product route's future small.
             Route::ProductBySku(sku) => Box::pin(self.product_by_sku(sku, headers, at)).await,
@@ -162,12 +204,11 @@ impl Reader {
             Route::Healthz => Ok(plain(StatusCode::OK, TEXT, Bytes::from_static(b"ok\n"))),
             Route::Readyz => self.readyz(),
             Route::Metrics => Box::pin(self.metrics_text()).await,
-        };
-        response.map(|r| (index, r)).map_err(|e| (index, e))
+        }
     }
 
     async fn metrics_text(&self) -> Result<Response<Full<Bytes>>, ReadError> {
-        self.l1.sync().await;
+        self.l1.sync();
         let text = self.metrics.render(Some(self.l1.usage()));
         Ok(plain(StatusCode::OK, PROMETHEUS, Bytes::from(text)))
     }
@@ -215,8 +256,7 @@ impl Reader {
         for &id in ids {
             let lookup = take(&mut loaded, id);
             self.l1
-                .insert_fresh(id, lookup.clone(), || self.floors.get(id))
-                .await;
+                .insert_fresh(id, lookup.clone(), || self.floors.get(id));
             out.push(lookup);
         }
         Ok(out)
@@ -272,6 +312,15 @@ impl Reader {
             None => self.lookup(id).await?,
             Some(_) => Box::pin(self.lookup_at(id, at)).await?,
         };
+        self.product_response(id, lookup, headers)
+    }
+
+    fn product_response(
+        &self,
+        id: i64,
+        lookup: Lookup,
+        headers: &HeaderMap,
+    ) -> Result<Response<Full<Bytes>>, ReadError> {
         match lookup {
             Lookup::Found(doc) => Ok(self.document_response(&doc, headers)),
             Lookup::Gone { .. } | Lookup::Unknown => Err(ReadError::ProductNotFound(id)),
@@ -291,7 +340,7 @@ impl Reader {
         let key: Arc<str> = Arc::from(&*sku);
         // The SKU → id mapping is cached; the document's own SKU confirms it, and a
         // mismatch (the SKU moved to another product) re-resolves it once.
-        let cached = self.l1.sku(&key).await;
+        let cached = self.l1.sku(&key);
         let resolved_now = cached.is_none();
         let id = match cached {
             Some(id) => id,
@@ -323,23 +372,27 @@ impl Reader {
                 Box::pin(async move { catalog::product_id_by_sku(pool, &sku).await })
             })
             .await?;
-        self.l1.insert_sku(Arc::clone(sku), id).await;
+        self.l1.insert_sku(Arc::clone(sku), id);
         Ok(id)
     }
 
     /// The state of one product: L1, else one coalesced fill.
     pub async fn lookup(&self, id: i64) -> Result<Lookup, ReadError> {
-        if let Some(lookup) = self.l1.product(id).await {
-            self.metrics.l1_hits.inc();
-            if lookup == Lookup::Unknown {
-                self.metrics.negative_hits.inc();
-            }
+        if let Some(lookup) = self.cached(id) {
             return Ok(lookup);
         }
         self.metrics.l1_misses.inc();
-        // Boxed, so the hit path's future stays small: the miss machinery (moka's
-        // single-flight, Redis, sqlx) lives on the heap only when a miss happens.
-        Box::pin(self.fill_once(id)).await
+        self.fill_once(id).await
+    }
+
+    /// The state of one product if L1 holds it, counted as a hit.
+    fn cached(&self, id: i64) -> Option<Lookup> {
+        let lookup = self.l1.product(id)?;
+        self.metrics.l1_hits.inc();
+        if lookup == Lookup::Unknown {
+            self.metrics.negative_hits.inc();
+        }
+        Some(lookup)
     }
 
     async fn fill_once(&self, id: i64) -> Result<Lookup, ReadError> {
@@ -388,7 +441,6 @@ impl Reader {
         if self
             .l1
             .insert_fresh(id, lookup.clone(), || self.floors.get(id))
-            .await
             || lookup.version() >= self.floors.get(id)
         {
             return Ok(lookup);
@@ -396,8 +448,7 @@ impl Reader {
         let fresh = self.load_from_primary(id).await?;
         self.write_back(id, &fresh).await;
         self.l1
-            .insert_fresh(id, fresh.clone(), || self.floors.get(id))
-            .await;
+            .insert_fresh(id, fresh.clone(), || self.floors.get(id));
         Ok(fresh)
     }
 
@@ -419,7 +470,7 @@ impl Reader {
         let mut out: Vec<Option<Lookup>> = Vec::with_capacity(ids.len());
         let mut misses: Vec<usize> = Vec::new();
         for (i, &id) in ids.iter().enumerate() {
-            let cached = self.l1.product(id).await;
+            let cached = self.l1.product(id);
             if cached.is_none() {
                 misses.push(i);
             }
@@ -545,7 +596,7 @@ impl Reader {
     }
 
     async fn categories(&self) -> Result<Response<Full<Bytes>>, ReadError> {
-        if let Some(body) = self.l1.body(&Key::Categories).await {
+        if let Some(body) = self.l1.body(&Key::Categories) {
             return Ok(self.json(body));
         }
         let rows = self
@@ -556,7 +607,7 @@ impl Reader {
             items: &'a [catalog::CategoryRow],
         }
         let body = Bytes::from(serde_json::to_vec(&Items { items: &rows })?);
-        self.l1.insert_body(Key::Categories, body.clone()).await;
+        self.l1.insert_body(Key::Categories, body.clone());
         Ok(self.json(body))
     }
 
@@ -664,8 +715,17 @@ fn etag_matches(value: &HeaderValue, etag: &HeaderValue) -> bool {
 }
 
 impl crate::http::Handler for Reader {
-    async fn respond(&self, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-        self.handle(&request).await
+    /// A hit is answered before this returns, in a ready future of a few words; anything
+    /// else gets one boxed future, so the hit path neither allocates nor moves the
+    /// machinery of misses (Redis, sqlx, single-flight).
+    fn respond(
+        &self,
+        request: Request<hyper::body::Incoming>,
+    ) -> impl Future<Output = Response<Full<Bytes>>> + Send {
+        match self.hit(&request) {
+            Some(response) => Either::Left(std::future::ready(response)),
+            None => Either::Right(Box::pin(async move { self.handle(&request).await })),
+        }
     }
 }
 

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# bench/profile.sh - instructions per request of the reader's hit path and of the ceiling,
+# counted by valgrind's callgrind (instruction counts do not move with the machine's load,
+# unlike seconds on this shared 2-core VM).
+#
+# Each server runs under callgrind with instrumentation off; the reader's L1 is warmed with
+# every product once, then instrumentation is switched on, wrk sends GET /products/{id}
+# requests (uniform over 100,000 products) for a fixed time and the counts are dumped;
+# the count divided by the requests wrk saw answered is the cost of one request.
+# Prints instructions per request for both and their ratio, and leaves the profiles
+# (callgrind.out.ceiling, callgrind.out.reader) and their annotated summaries in the
+# output directory for callgrind_annotate / kcachegrind.
+#
+# Usage: bench/profile.sh [seconds of load per server (20)] [output dir (target/profile)]
+# Needs the local stack with the demo catalog (ops/dev.sh run seeds it once).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+SECS=${1:-20}
+OUT=${2:-$ROOT/target/profile}
+PRODUCTS=100000
+CEILING_ADDR=127.0.0.1:18090
+READER_ADDR=127.0.0.1:18091
+PIDS=()
+
+log() { printf 'profile.sh: %s\n' "$*" >&2; }
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+for tool in wrk valgrind; do
+  command -v "$tool" >/dev/null || {
+    log "installing $tool"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "$tool" >/dev/null
+  }
+done
+
+cd "$ROOT"
+mkdir -p "$OUT"
+ops/dev.sh up >/dev/null
+eval "$(ops/dev.sh env)"
+cargo build --release --bin catalogd --bin ceiling >&2
+
+cat >"$OUT/uniform.lua" <<LUA
+math.randomseed(42)
+request = function() return wrk.format("GET", "/products/" .. math.random(1, $PRODUCTS)) end
+LUA
+
+wait_up() {
+  for _ in $(seq 1 600); do
+    curl -sf "http://$1$2" >/dev/null && return 0
+    sleep 0.1
+  done
+  log "$1 did not come up"
+  exit 1
+}
+
+# profile NAME ADDR PATH_TO_PROBE COMMAND... -> instructions per request on stdout
+profile() {
+  local name=$1 addr=$2 probe=$3 pid answered total
+  shift 3
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out.$name" \
+    "$@" 2>"$OUT/valgrind.$name.log" &
+  pid=$!
+  PIDS+=("$pid")
+  wait_up "$addr" "$probe"
+  if [[ $name == reader ]]; then
+    log "warming the reader's L1 under valgrind (every product once)"
+    for start in $(seq 1 200 "$PRODUCTS"); do
+      printf 'url = "http://%s/products?ids=%s"\noutput = "/dev/null"\n' "$addr" "$(seq -s, "$start" $((start + 199)))"
+    done | curl -s -K -
+  fi
+  callgrind_control -i on "$pid" >/dev/null 2>&1
+  answered=$(wrk -t1 -c8 -d"${SECS}s" -s "$OUT/uniform.lua" "http://$addr" | awk '/requests in/ {print $1}')
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  total=$(callgrind_annotate --inclusive=yes "$OUT/callgrind.out.$name.1" 2>/dev/null | tee "$OUT/annotate.$name.txt" |
+    awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
+  log "$name: $answered requests, $total instructions"
+  echo "$answered" >"$OUT/requests.$name"
+  awk -v t="$total" -v n="$answered" 'BEGIN {printf "%.0f\n", t / n}'
+}
+
+ceiling=$(profile ceiling "$CEILING_ADDR" / target/release/ceiling "$CEILING_ADDR")
+reader=$(CATALOG_READER_ADDR=$READER_ADDR CATALOG_L1_BYTES=$((1024 * 1024 * 1024)) CATALOG_LOG=warn \
+  profile reader "$READER_ADDR" /healthz target/release/catalogd reader)
+
+echo "bench/profile.sh: ${SECS}s of GET /products/{id}, 8 connections, instructions per request"
+printf '%-8s %10s %7s\n' target "instr/req" ratio
+printf '%-8s %10d %7.2f\n' ceiling "$ceiling" 1
+printf '%-8s %10d %7.2f\n' reader "$reader" "$(awk -v a="$reader" -v b="$ceiling" 'BEGIN {print a / b}')"
+echo "profiles and annotations: $OUT"
