@@ -1,10 +1,12 @@
 //! The ceiling of the comparison script (`bench/compare.sh`): the least a hyper server
-//! can do to answer a product request. It answers every request with the same ~1 KB
-//! JSON document and the headers the reader sends (`Content-Type`, `ETag`,
+//! can do to answer a product request. It answers every request with the same JSON
+//! document and the headers the reader sends (`Content-Type`, `ETag`,
 //! `Cache-Control`), over HTTP/1.1 keep-alive on a multi-threaded tokio runtime, with
 //! no routing, cache or metrics. The reader's hit path is measured against it.
 //!
-//! Usage: `ceiling [ADDR]` (default `127.0.0.1:18080`).
+//! Usage: `ceiling [ADDR] [BODY_FILE]` (default `127.0.0.1:18080`, and a built-in ~1 KB
+//! document; `compare.sh` passes a document the reader serves, so both send the same
+//! bytes).
 
 use std::convert::Infallible;
 
@@ -31,11 +33,13 @@ fn document() -> Bytes {
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:18080".to_owned());
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:18080".to_owned());
+    let body = match args.next() {
+        Some(path) => Bytes::from(std::fs::read(path)?),
+        None => document(),
+    };
     let listener = TcpListener::bind(&addr).await?;
-    let body = document();
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);

@@ -1,29 +1,42 @@
 #!/usr/bin/env bash
-# bench/compare.sh - one-run comparison of the reader's hit path against the ceiling.
+# bench/compare.sh - one-run comparison of the reader against the ceiling.
 #
 # On loopback, with the servers pinned to CPU 0 and wrk to CPU 1 (taskset), it measures
 # in alternating rounds:
-#   (a) ceiling  bench/ceiling.rs: a minimal hyper server returning the same ~1 KB bytes
+#   (a) ceiling  bench/ceiling.rs: a minimal hyper server returning the same bytes for
+#                every request: a document of the demo catalog, of about its mean size
 #   (b) hits     catalogd reader, GET /products/{id}, ids uniform over 100,000 warm products
-#   (e) batch    catalogd reader, GET /products?ids=<50 random ids>, all warm
+#   (c) zipf     catalogd reader over 1,000,000 products with L1 budgeted to 10 % of the
+#                catalog's bytes (Redis as L2), ids drawn from Zipf(ZIPF, default 1.0)
+#   (d) cold     catalogd reader over 1,000,000 products, no Redis, a 1 MiB L1, ids
+#                uniform: almost every request is a miss read from the replica
+#   (e) batch50  catalogd reader, GET /products?ids=<50 random ids>, all warm
 # and prints, per target, the median over the rounds of req/s, p50 and p99 latency, and
 # the server's CPU time per request (process CPU time / requests answered: on 2 cores the
 # load generator is itself a bottleneck, so this is the fairer figure), each as a ratio
-# to (a). Not yet measured here: (c) Zipf over 1,000,000 products with a 10 % L1 and (d)
-# cold misses from the replica.
+# to (a), with the L1 hit ratio of each reader over the measured rounds. For (c) it also
+# prints the hit ratio an oracle holding the most popular products in the same number of
+# entries would reach, the bound for any eviction policy.
 #
 # Usage: bench/compare.sh [rounds (3)] [seconds per run (10)] [connections (64)]
+# Environment: ZIPF (Zipf exponent of (c), 1.0).
 # Needs the local stack (ops/dev.sh up) with the demo catalog (ops/dev.sh run seeds it);
-# installs wrk from Debian's packages if missing. Runs about 2 + rounds*3*seconds/60 min.
+# seeds a 1,000,000-product database (catalog_bench_1m) the first time (about a minute);
+# installs wrk from Debian's packages if missing. Runs about 1.5 + rounds*5*seconds/60 min.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 ROUNDS=${1:-3}
 SECS=${2:-10}
 CONNS=${3:-64}
+ZIPF=${ZIPF:-1.0}
 PRODUCTS=100000
+LARGE=1000000
+LARGE_DB=catalog_bench_1m
 CEILING_ADDR=127.0.0.1:18080
 READER_ADDR=127.0.0.1:18081
+ZIPF_ADDR=127.0.0.1:18082
+COLD_ADDR=127.0.0.1:18083
 WORK=$(mktemp -d)
 PIDS=()
 
@@ -44,15 +57,38 @@ cd "$ROOT"
 ops/dev.sh up >/dev/null
 eval "$(ops/dev.sh env)"
 cargo build --release --bin catalogd --bin ceiling >&2
+BIN=target/release/catalogd
 count=$(psql "$CATALOG_DATABASE_URL" -tAc 'select count(*) from products where active and deleted_at is null')
 if ((count < PRODUCTS * 9 / 10)); then
   log "the catalog has $count visible products; run ops/dev.sh run once to seed the demo catalog"
   exit 1
 fi
 
+# The 1,000,000-product catalog of (c) and (d), in its own database on the same stack.
+large_primary=${CATALOG_DATABASE_URL%/*}/$LARGE_DB
+large_replica=${CATALOG_REPLICA_URLS%%,*}
+large_replica=${large_replica%/*}/$LARGE_DB
+if ! psql "$large_primary" -tAc 'select 1' >/dev/null 2>&1; then
+  psql "$CATALOG_DATABASE_URL" -qc "create database $LARGE_DB" >/dev/null
+fi
+if [[ $(psql "$large_primary" -tAc "select to_regclass('products') is not null") != t ]] ||
+  (($(psql "$large_primary" -tAc 'select count(*) from products') != LARGE)); then
+  log "seeding $LARGE_DB with $LARGE products (once)"
+  CATALOG_DATABASE_URL=$large_primary "$BIN" migrate >&2
+  CATALOG_DATABASE_URL=$large_primary "$BIN" seed --products $LARGE --categories 500 --seed 42 --replace >&2
+fi
+for _ in $(seq 1 600); do
+  (($(psql "$large_replica" -tAc "select count(*) from products" 2>/dev/null || echo 0) == LARGE)) && break
+  sleep 0.5
+done
+
 cat >"$WORK/uniform.lua" <<LUA
 math.randomseed(os.time())
 request = function() return wrk.format("GET", "/products/" .. math.random(1, $PRODUCTS)) end
+LUA
+cat >"$WORK/cold.lua" <<LUA
+math.randomseed(os.time())
+request = function() return wrk.format("GET", "/products/" .. math.random(1, $LARGE)) end
 LUA
 cat >"$WORK/batch.lua" <<LUA
 math.randomseed(os.time())
@@ -62,27 +98,86 @@ request = function()
   return wrk.format("GET", "/products?ids=" .. table.concat(ids, ","))
 end
 LUA
+# Zipf by inverse transform over a precomputed CDF: a binary search per request.
+cat >"$WORK/zipf.lua" <<LUA
+local n, s = $LARGE, $ZIPF
+local cdf, total = {}, 0
+for i = 1, n do total = total + i ^ -s; cdf[i] = total end
+math.randomseed(os.time())
+request = function()
+  local u, lo, hi = math.random() * total, 1, n
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if cdf[mid] < u then lo = mid + 1 else hi = mid end
+  end
+  return wrk.format("GET", "/products/" .. lo)
+end
+LUA
 
-taskset -c 0 target/release/ceiling "$CEILING_ADDR" & PIDS+=($!)
+wait_up() {
+  for _ in $(seq 1 100); do
+    curl -sf "http://$1$2" >/dev/null && return 0
+    sleep 0.1
+  done
+  log "$1 did not come up"
+  exit 1
+}
+metric() { curl -s "http://$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
+
+# start_reader NAME ADDR [env(1) arguments...]: a catalogd reader pinned to CPU 0; sets NAME_pid.
+start_reader() {
+  local name=$1 addr=$2
+  shift 2
+  env "$@" CATALOG_READER_ADDR="$addr" CATALOG_LOG=warn taskset -c 0 "$BIN" reader &
+  PIDS+=($!)
+  printf -v "${name}_pid" %s $!
+  wait_up "$addr" /healthz
+}
+
+start_reader hits "$READER_ADDR" CATALOG_L1_BYTES=$((2 * 1024 * 1024 * 1024))
+# The ceiling answers with a document of the demo catalog: of the first 100 products,
+# the one closest to their mean size.
+for id in $(seq 1 100); do
+  curl -s -o "$WORK/doc.$id" -w "%{http_code} %{size_download} $id\n" "http://$READER_ADDR/products/$id"
+done | awk '$1 == 200 {n++; size[$3] = $2; sum += $2} END {
+  mean = sum / n; for (id in size) { d = size[id] - mean; d = d < 0 ? -d : d; if (best == "" || d < bd) { best = id; bd = d } }
+  print best }' >"$WORK/chosen"
+cp "$WORK/doc.$(cat "$WORK/chosen")" "$WORK/document.json"
+taskset -c 0 target/release/ceiling "$CEILING_ADDR" "$WORK/document.json" &
+PIDS+=($!)
 ceiling_pid=$!
-CATALOG_READER_ADDR=$READER_ADDR CATALOG_L1_BYTES=$((2 * 1024 * 1024 * 1024)) CATALOG_LOG=warn \
-  taskset -c 0 target/release/catalogd reader & PIDS+=($!)
-reader_pid=$!
-for _ in $(seq 1 100); do
-  curl -sf "http://$READER_ADDR/healthz" >/dev/null && curl -sf "http://$CEILING_ADDR/" >/dev/null && break
-  sleep 0.1
-done
+wait_up "$CEILING_ADDR" /
+log "ceiling document: $(wc -c <"$WORK/document.json") bytes (product $(cat "$WORK/chosen"))"
 
-log "warming L1: every product once"
+# (c)'s budget: 10 % of the catalog's bytes, the mean document size sampled through a
+# reader of the large catalog (batches of 200 random ids).
+start_reader sizing "$ZIPF_ADDR" CATALOG_DATABASE_URL="$large_primary" CATALOG_REPLICA_URLS="$large_replica" \
+  CATALOG_REDIS_PREFIX=bench1m
+for _ in $(seq 1 20); do
+  ids=$(awk -v n=$LARGE 'BEGIN {srand(); for (i = 1; i <= 200; i++) printf "%s%d", (i > 1 ? "," : ""), 1 + int(rand() * n)}')
+  curl -s "http://$ZIPF_ADDR/products?ids=$ids"
+done | awk '{bytes += length($0); docs += gsub(/"sku":/, "")} END {printf "%d %d\n", bytes, docs}' >"$WORK/sizes"
+kill "$sizing_pid"
+wait "$sizing_pid" 2>/dev/null || true
+read -r sample_bytes sample_docs <"$WORK/sizes"
+mean_doc=$((sample_bytes / sample_docs))
+budget=$((mean_doc * LARGE / 10))
+log "mean document $mean_doc bytes; (c) L1 budget $budget bytes (10 % of $LARGE documents)"
+start_reader zipf "$ZIPF_ADDR" CATALOG_DATABASE_URL="$large_primary" CATALOG_REPLICA_URLS="$large_replica" \
+  CATALOG_REDIS_PREFIX=bench1m CATALOG_L1_BYTES=$budget
+start_reader cold "$COLD_ADDR" -u CATALOG_REDIS_URL CATALOG_DATABASE_URL="$large_primary" \
+  CATALOG_REPLICA_URLS="$large_replica" CATALOG_L1_BYTES=$((1024 * 1024))
+
+log "warming: every product of (b) once, and (c) to its steady state"
 taskset -c 1 wrk -t1 -c"$CONNS" -d20s -s "$WORK/uniform.lua" "http://$READER_ADDR" >/dev/null
-hits() { curl -s "http://$READER_ADDR/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+taskset -c 1 wrk -t1 -c"$CONNS" -d20s -s "$WORK/zipf.lua" "http://$ZIPF_ADDR" >/dev/null
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
 
-# run NAME PID URL SCRIPT -> "req_per_s p50_ms p99_ms cpu_us_per_req"
+# run PID URL SCRIPT -> "req_per_s p50_ms p99_ms cpu_us_per_req"
 run() {
-  local pid=$2 url=$3 script=$4 before after out
+  local pid=$1 url=$2 script=$3 before after out
   before=$(cpu_ticks "$pid")
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s "$script" "$url")
   after=$(cpu_ticks "$pid")
@@ -95,21 +190,34 @@ run() {
     END { printf "%.0f %.3f %.3f %.2f\n", rps, p50, p99, cpu / tick * 1e6 / reqs }' <<<"$out"
 }
 
+# Hit ratio of a reader between two snapshots "hits misses".
+counts() { echo "$(metric "$1" catalog_l1_hits_total) $(metric "$1" catalog_l1_misses_total)"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " "); h = y[1] - x[1]; m = y[2] - x[2]; printf "%.4f", h / (h + m)}'; }
+
 : >"$WORK/results"
-misses_before=$(hits catalog_l1_misses_total)
-hits_before=$(hits catalog_l1_hits_total)
+declare -A before_counts
+for addr in "$READER_ADDR" "$ZIPF_ADDR" "$COLD_ADDR"; do before_counts[$addr]=$(counts "$addr"); done
 for round in $(seq 1 "$ROUNDS"); do
   log "round $round of $ROUNDS"
-  echo "ceiling $(run ceiling "$ceiling_pid" "http://$CEILING_ADDR" "$WORK/uniform.lua")" >>"$WORK/results"
-  echo "hits $(run hits "$reader_pid" "http://$READER_ADDR" "$WORK/uniform.lua")" >>"$WORK/results"
-  echo "batch50 $(run batch "$reader_pid" "http://$READER_ADDR" "$WORK/batch.lua")" >>"$WORK/results"
+  echo "ceiling $(run "$ceiling_pid" "http://$CEILING_ADDR" "$WORK/uniform.lua")" >>"$WORK/results"
+  echo "hits $(run "$hits_pid" "http://$READER_ADDR" "$WORK/uniform.lua")" >>"$WORK/results"
+  echo "zipf $(run "$zipf_pid" "http://$ZIPF_ADDR" "$WORK/zipf.lua")" >>"$WORK/results"
+  echo "cold $(run "$cold_pid" "http://$COLD_ADDR" "$WORK/cold.lua")" >>"$WORK/results"
+  echo "batch50 $(run "$hits_pid" "http://$READER_ADDR" "$WORK/batch.lua")" >>"$WORK/results"
 done
-misses=$(awk -v a="$(hits catalog_l1_misses_total)" -v b="$misses_before" 'BEGIN {print a - b}')
-hits_n=$(awk -v a="$(hits catalog_l1_hits_total)" -v b="$hits_before" 'BEGIN {print a - b}')
+hits_ratio=$(ratio "${before_counts[$READER_ADDR]}" "$(counts "$READER_ADDR")")
+zipf_ratio=$(ratio "${before_counts[$ZIPF_ADDR]}" "$(counts "$ZIPF_ADDR")")
+cold_ratio=$(ratio "${before_counts[$COLD_ADDR]}" "$(counts "$COLD_ADDR")")
+curl -s "http://$ZIPF_ADDR/metrics" >/dev/null # a scrape applies moka's pending work first
+zipf_entries=$(metric "$ZIPF_ADDR" catalog_l1_entries)
+oracle=$(awk -v n=$LARGE -v s="$ZIPF" -v k="$zipf_entries" \
+  'BEGIN {for (i = 1; i <= n; i++) {w = i ^ -s; t += w; if (i <= k) h += w}; printf "%.4f", h / t}')
 
 echo
 echo "bench/compare.sh: $ROUNDS rounds x ${SECS}s, $CONNS connections, servers on CPU 0, wrk on CPU 1"
-echo "L1 hit ratio during the measured rounds: $(awk -v h="$hits_n" -v m="$misses" 'BEGIN {printf "%.4f", h / (h + m)}')"
+echo "L1 hit ratio over the measured rounds: (b) $hits_ratio, (c) $zipf_ratio, (d) $cold_ratio"
+echo "(c) Zipf $ZIPF over $LARGE products, L1 budget $budget bytes (mean document $mean_doc bytes):" \
+  "$zipf_entries entries held; an oracle holding the $zipf_entries most popular would hit $oracle"
 awk '
   function median(name, col,   n, i, j, t, v) {
     n = 0; for (i = 1; i <= rows; i++) if (kind[i] == name) v[++n] = val[i, col]
@@ -118,11 +226,11 @@ awk '
   }
   { rows++; kind[rows] = $1; for (c = 2; c <= 5; c++) val[rows, c] = $c }
   END {
-    printf "%-9s %10s %8s %9s %9s %8s %12s %8s\n", "target", "req/s", "ratio", "p50 ms", "p99 ms", "", "CPU us/req", "ratio"
-    split("ceiling hits batch50", names, " ")
+    printf "%-9s %10s %8s %9s %9s %12s %8s\n", "target", "req/s", "ratio", "p50 ms", "p99 ms", "CPU us/req", "ratio"
+    split("ceiling hits zipf cold batch50", names, " ")
     base_rps = median("ceiling", 2); base_cpu = median("ceiling", 5)
-    for (k = 1; k <= 3; k++) {
+    for (k = 1; k <= 5; k++) {
       n = names[k]
-      printf "%-9s %10.0f %8.3f %9.3f %9.3f %8s %12.2f %8.3f\n", n, median(n, 2), median(n, 2) / base_rps, median(n, 3), median(n, 4), "", median(n, 5), median(n, 5) / base_cpu
+      printf "%-9s %10.0f %8.3f %9.3f %9.3f %12.2f %8.3f\n", n, median(n, 2), median(n, 2) / base_rps, median(n, 3), median(n, 4), median(n, 5), median(n, 5) / base_cpu
     }
   }' "$WORK/results"

@@ -14,7 +14,6 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use catalog::cache::{L1, L1Config};
 use catalog::document::{Document, Lookup};
 use catalog::metrics::Metrics;
@@ -36,7 +35,7 @@ fn document(id: i64) -> Document {
          \"categories\":[\"electronics\"],\"version\":1,\"updated_at\":\"2026-11-23T12:00:00.000000Z\"}}",
         "x".repeat(700)
     );
-    Document::new(id, 1, format!("ACM-BEN-{id:07}"), Bytes::from(body))
+    Document::new(id, 1, &format!("ACM-BEN-{id:07}"), body.as_bytes())
 }
 
 fn setup(runtime: &tokio::runtime::Runtime) -> (Reader, Vec<Arc<Document>>) {

@@ -14,30 +14,51 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 /// One product as served: pre-serialized JSON and the headers derived from its version.
+///
+/// The body, the `ETag` and the SKU live in one exactly sized buffer that the three
+/// fields slice: an entry costs that buffer, `bytes`' shared header and this struct,
+/// whatever buffer the body arrived in (a serializer's doubled `Vec`, a slice of a Redis
+/// reply holding many values).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Document {
     /// Product id.
     pub id: i64,
     /// The row's version; every write increments it.
     pub version: i64,
-    /// The product's SKU, to check `by-sku` lookups against.
-    pub sku: Box<str>,
     /// The exact response body.
     pub body: Bytes,
     /// `ETag` value, `"<version>"`, built once.
     pub etag: HeaderValue,
+    /// The product's SKU (UTF-8), to check `by-sku` lookups against.
+    sku: Bytes,
 }
 
 impl Document {
-    /// Wraps an already-rendered body.
-    pub fn new(id: i64, version: i64, sku: impl Into<Box<str>>, body: Bytes) -> Self {
+    /// Copies an already-rendered body into the document's own buffer.
+    pub fn new(id: i64, version: i64, sku: &str, body: &[u8]) -> Self {
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(version).as_bytes();
+        let etag_end = body.len() + digits.len() + 2;
+        let mut buffer = Vec::with_capacity(etag_end + sku.len());
+        buffer.extend_from_slice(body);
+        buffer.push(b'"');
+        buffer.extend_from_slice(digits);
+        buffer.push(b'"');
+        buffer.extend_from_slice(sku.as_bytes());
+        let buffer = Bytes::from(buffer);
         Self {
             id,
             version,
-            sku: sku.into(),
-            body,
-            etag: etag(version),
+            body: buffer.slice(..body.len()),
+            etag: HeaderValue::from_maybe_shared(buffer.slice(body.len()..etag_end))
+                .expect("digits and quotes are a valid header value"),
+            sku: buffer.slice(etag_end..),
         }
+    }
+
+    /// The product's SKU.
+    pub fn sku(&self) -> &str {
+        std::str::from_utf8(&self.sku).expect("built from a str")
     }
 }
 
@@ -164,8 +185,8 @@ impl ProductRow {
         Ok(Lookup::Found(Arc::new(Document::new(
             self.id,
             self.version,
-            self.sku,
-            Bytes::from(body),
+            &self.sku,
+            &body,
         ))))
     }
 }
@@ -203,7 +224,7 @@ mod tests {
             r#"{"id":7,"sku":"ACM-LAM-7","name":"Desk \"Lamp\"","description":"Bright","brand":"Acme","price":{"amount":2999,"currency":"EUR"},"stock":3,"attributes":{"color": "red"},"images":["https://img/1.jpg"],"categories":["lamps","office"],"version":4,"updated_at":"2026-01-02T03:04:05.000006Z"}"#
         );
         assert_eq!(doc.etag, "\"4\"");
-        assert_eq!(&*doc.sku, "ACM-LAM-7");
+        assert_eq!(doc.sku(), "ACM-LAM-7");
     }
 
     #[test]

@@ -186,7 +186,7 @@ impl Consumer {
                 received = bus.recv() => received,
             };
             match received {
-                Ok(entry) => self.apply(&entry).await,
+                Ok(entry) => self.apply(&entry),
                 Err(RecvError::Lagged(missed)) => {
                     self.metrics.stream_gaps.inc();
                     self.flush(&format!(
@@ -244,7 +244,7 @@ impl Consumer {
                 Ok(mut streams) => {
                     backoff.reset();
                     match streams.remove(&stream_key) {
-                        Some(entries) if !entries.is_empty() => self.apply_all(entries).await,
+                        Some(entries) if !entries.is_empty() => self.apply_all(entries),
                         _ => self.check_epoch(&client, &epoch_key).await,
                     }
                 }
@@ -259,11 +259,11 @@ impl Consumer {
         }
     }
 
-    async fn apply_all(&mut self, entries: Vec<(String, HashMap<String, String>)>) {
+    fn apply_all(&mut self, entries: Vec<(String, HashMap<String, String>)>) {
         for (id, fields) in entries {
             self.position.last_id = id;
             match Invalidation::parse(&fields) {
-                Some(entry) => self.apply(&entry).await,
+                Some(entry) => self.apply(&entry),
                 None => {
                     tracing::warn!(id = %self.position.last_id, "malformed invalidation skipped")
                 }
@@ -272,7 +272,7 @@ impl Consumer {
     }
 
     /// Applies one invalidation.
-    pub async fn apply(&mut self, entry: &Invalidation) {
+    pub fn apply(&mut self, entry: &Invalidation) {
         match self.position.advance(entry) {
             Step::InOrder | Step::Duplicate => {}
             Step::Gap => {

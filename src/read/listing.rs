@@ -199,8 +199,8 @@ mod tests {
 
     #[test]
     fn bodies_are_concatenated_into_valid_json() {
-        let a = Document::new(1, 1, "A", Bytes::from_static(b"{\"id\":1}"));
-        let b = Document::new(2, 1, "B", Bytes::from_static(b"{\"id\":2}"));
+        let a = Document::new(1, 1, "A", b"{\"id\":1}");
+        let b = Document::new(2, 1, "B", b"{\"id\":2}");
         let batch = batch_body(&[&a, &b], &[7, 9]);
         assert_eq!(
             &batch[..],

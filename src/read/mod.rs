@@ -350,11 +350,11 @@ impl Reader {
             return Err(ReadError::SkuNotFound);
         };
         match self.lookup_at(id, at).await? {
-            Lookup::Found(doc) if *doc.sku == *sku => Ok(self.document_response(&doc, headers)),
+            Lookup::Found(doc) if doc.sku() == &*sku => Ok(self.document_response(&doc, headers)),
             _ if resolved_now => Err(ReadError::SkuNotFound),
             _ => match self.resolve_sku(&key).await? {
                 Some(id) => match self.lookup_at(id, at).await? {
-                    Lookup::Found(doc) if *doc.sku == *sku => {
+                    Lookup::Found(doc) if doc.sku() == &*sku => {
                         Ok(self.document_response(&doc, headers))
                     }
                     _ => Err(ReadError::SkuNotFound),

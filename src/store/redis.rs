@@ -157,16 +157,17 @@ pub fn encode(lookup: &Lookup) -> Option<Bytes> {
         Lookup::Found(doc) => {
             let version = digits.format(doc.version);
             let mut sku_len = itoa::Buffer::new();
-            let sku_len = sku_len.format(doc.sku.len());
+            let sku = doc.sku();
+            let sku_len = sku_len.format(sku.len());
             let mut out = BytesMut::with_capacity(
-                version.len() + sku_len.len() + doc.sku.len() + doc.body.len() + 3,
+                version.len() + sku_len.len() + sku.len() + doc.body.len() + 3,
             );
             out.put_u8(b'F');
             out.put_slice(version.as_bytes());
             out.put_u8(b'|');
             out.put_slice(sku_len.as_bytes());
             out.put_u8(b'|');
-            out.put_slice(doc.sku.as_bytes());
+            out.put_slice(sku.as_bytes());
             out.put_slice(&doc.body);
             Some(out.freeze())
         }
@@ -180,7 +181,7 @@ pub fn encode(lookup: &Lookup) -> Option<Bytes> {
     }
 }
 
-/// Parses a stored value; the body is a zero-copy slice of `raw`. `None` if malformed.
+/// Parses a stored value (the document copies what it keeps). `None` if malformed.
 pub fn decode(id: i64, raw: Bytes) -> Option<Lookup> {
     let (&kind, rest) = raw.split_first()?;
     let (version, rest) = leading_number(rest)?;
@@ -196,7 +197,7 @@ pub fn decode(id: i64, raw: Bytes) -> Option<Lookup> {
                 id,
                 version,
                 sku,
-                raw.slice(body_start..),
+                &raw[body_start..],
             ))))
         }
         _ => None,
@@ -220,12 +221,7 @@ mod tests {
     #[test]
     fn values_round_trip() {
         for sku in ["ACM-1", "odd|sku", ""] {
-            let doc = Lookup::Found(Arc::new(Document::new(
-                5,
-                12,
-                sku,
-                Bytes::from_static(b"{\"a\":\"x|y\"}"),
-            )));
+            let doc = Lookup::Found(Arc::new(Document::new(5, 12, sku, b"{\"a\":\"x|y\"}")));
             assert_eq!(decode(5, encode(&doc).unwrap()), Some(doc));
         }
         let gone = Lookup::Gone { version: 3 };
