@@ -1,12 +1,13 @@
 //! Micro-benchmarks of the storefront's hot paths, in-process (no sockets):
 //!
-//! - `hit_path`: a parsed `GET /products/{id}` request → L1 → the response with its
-//!   body bytes, for ~1 KB documents uniform over 10,000 warm ids;
+//! - `hit_path`: a parsed `GET /products/{id}` request → `Reader::hit` (routing, L1,
+//!   `ETag`, metrics) → the response with its body bytes, for ~1 KB documents uniform
+//!   over 10,000 warm ids;
 //! - `batch_50`: `GET /products?ids=<50 ids>` answered from L1 by concatenation;
 //! - `batch_body_50`: the concatenation alone;
-//! - `bare_response`: the floor under `hit_path`: the same steps (a runtime entry, a
-//!   `Response` with the same headers around a cloned `Bytes`, the body collected) with
-//!   no routing, cache lookup or metrics. `hit_path / bare_response` is the figure.
+//! - `bare_response`: the floor under `hit_path`: the same steps (a `Response` with the
+//!   same headers around a cloned `Bytes`, the body collected on the runtime) with no
+//!   routing, cache lookup or metrics. `hit_path / bare_response` is the figure.
 //!
 //! Run: `cargo bench --bench hit_path`. See `bench/README.md` for how to read the figures.
 
@@ -91,7 +92,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("hit_path", |b| {
         b.iter(|| {
             n = (n + 7919) % requests.len();
-            let response = runtime.block_on(reader.handle(&requests[n]));
+            let response = reader.hit(&requests[n]).expect("an L1 hit");
             let body = runtime
                 .block_on(response.into_body().collect())
                 .expect("body")
@@ -107,17 +108,14 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             n = (n + 7919) % docs.len();
             let body = docs[n].body.clone();
-            let response = runtime.block_on(async {
-                let mut response = hyper::Response::new(http_body_util::Full::new(body));
-                let headers = response.headers_mut();
-                headers.insert(
-                    hyper::header::CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static("application/json"),
-                );
-                headers.insert(hyper::header::ETAG, etag.clone());
-                headers.insert(hyper::header::CACHE_CONTROL, cache_control.clone());
-                response
-            });
+            let mut response = hyper::Response::new(http_body_util::Full::new(body));
+            let headers = response.headers_mut();
+            headers.insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            headers.insert(hyper::header::ETAG, etag.clone());
+            headers.insert(hyper::header::CACHE_CONTROL, cache_control.clone());
             let body = runtime
                 .block_on(response.into_body().collect())
                 .expect("body")
