@@ -4,11 +4,11 @@
 //! its future ([`Reader::hit`]): it parses the path, finds the document in L1, compares
 //! `If-None-Match` with its pre-built `ETag`, and answers with a clone of the cached
 //! `Bytes`: no serialization, no lock, no formatting, no allocation beyond the response's
-//! header map. Everything else runs in one boxed future ([`Reader::handle`]). A miss goes through one fill per
-//! key (concurrent misses wait on it): Redis first, then a healthy replica (or the
-//! primary); the result is cached in L1 and written back to Redis by version. Unknown
-//! ids are cached briefly as negative entries. Batches and category pages are
-//! assembled by concatenating cached bodies.
+//! header map. Everything else runs in one boxed future ([`Reader::handle`]). A miss
+//! goes through one fill per key (concurrent misses wait on it): Redis first, then a
+//! healthy replica (or the primary); the result is cached in L1 and written back to
+//! Redis by version. Unknown ids are cached briefly as negative entries. Batches and
+//! category pages are assembled by concatenating cached bodies.
 //!
 //! Every fill respects the product's freshness floor (raised by the invalidation
 //! consumer): a Redis value or replica row older than the floor is not used, the row is
