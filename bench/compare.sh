@@ -32,21 +32,13 @@ CONNS=${3:-64}
 ZIPF=${ZIPF:-1.0}
 PRODUCTS=100000
 LARGE=1000000
-LARGE_DB=catalog_bench_1m
 CEILING_ADDR=127.0.0.1:18080
 READER_ADDR=127.0.0.1:18081
 ZIPF_ADDR=127.0.0.1:18082
 COLD_ADDR=127.0.0.1:18083
 WORK=$(mktemp -d)
-PIDS=()
-
-log() { printf 'compare.sh: %s\n' "$*" >&2; }
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 command -v wrk >/dev/null || {
   log "installing wrk"
@@ -65,20 +57,18 @@ if ((count < PRODUCTS * 9 / 10)); then
 fi
 
 # The 1,000,000-product catalog of (c) and (d), in its own database on the same stack.
-large_primary=${CATALOG_DATABASE_URL%/*}/$LARGE_DB
-large_replica=${CATALOG_REPLICA_URLS%%,*}
-large_replica=${large_replica%/*}/$LARGE_DB
-if ! psql "$large_primary" -tAc 'select 1' >/dev/null 2>&1; then
+large_catalog
+if ! psql "$LARGE_PRIMARY" -tAc 'select 1' >/dev/null 2>&1; then
   psql "$CATALOG_DATABASE_URL" -qc "create database $LARGE_DB" >/dev/null
 fi
-if [[ $(psql "$large_primary" -tAc "select to_regclass('products') is not null") != t ]] ||
-  (($(psql "$large_primary" -tAc 'select count(*) from products') != LARGE)); then
+if [[ $(psql "$LARGE_PRIMARY" -tAc "select to_regclass('products') is not null") != t ]] ||
+  (($(psql "$LARGE_PRIMARY" -tAc 'select count(*) from products') != LARGE)); then
   log "seeding $LARGE_DB with $LARGE products (once)"
-  CATALOG_DATABASE_URL=$large_primary "$BIN" migrate >&2
-  CATALOG_DATABASE_URL=$large_primary "$BIN" seed --products $LARGE --categories 500 --seed 42 --replace >&2
+  CATALOG_DATABASE_URL=$LARGE_PRIMARY "$BIN" migrate >&2
+  CATALOG_DATABASE_URL=$LARGE_PRIMARY "$BIN" seed --products $LARGE --categories 500 --seed 42 --replace >&2
 fi
 for _ in $(seq 1 600); do
-  (($(psql "$large_replica" -tAc "select count(*) from products" 2>/dev/null || echo 0) == LARGE)) && break
+  (($(psql "$LARGE_REPLICA" -tAc "select count(*) from products" 2>/dev/null || echo 0) == LARGE)) && break
   sleep 0.5
 done
 
@@ -114,15 +104,6 @@ request = function()
 end
 LUA
 
-wait_up() {
-  for _ in $(seq 1 100); do
-    curl -sf "http://$1$2" >/dev/null && return 0
-    sleep 0.1
-  done
-  log "$1 did not come up"
-  exit 1
-}
-metric() { curl -s "http://$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
 
 # start_reader NAME ADDR [env(1) arguments...]: a catalogd reader pinned to CPU 0; sets NAME_pid.
 start_reader() {
@@ -151,7 +132,7 @@ log "ceiling document: $(wc -c <"$WORK/document.json") bytes (product $(cat "$WO
 
 # (c)'s budget: 10 % of the catalog's bytes, the mean document size sampled through a
 # reader of the large catalog (batches of 200 random ids).
-start_reader sizing "$ZIPF_ADDR" CATALOG_DATABASE_URL="$large_primary" CATALOG_REPLICA_URLS="$large_replica" \
+start_reader sizing "$ZIPF_ADDR" CATALOG_DATABASE_URL="$LARGE_PRIMARY" CATALOG_REPLICA_URLS="$LARGE_REPLICA" \
   CATALOG_REDIS_PREFIX=bench1m
 for _ in $(seq 1 20); do
   ids=$(awk -v n=$LARGE 'BEGIN {srand(); for (i = 1; i <= 200; i++) printf "%s%d", (i > 1 ? "," : ""), 1 + int(rand() * n)}')
@@ -163,10 +144,10 @@ read -r sample_bytes sample_docs <"$WORK/sizes"
 mean_doc=$((sample_bytes / sample_docs))
 budget=$((mean_doc * LARGE / 10))
 log "mean document $mean_doc bytes; (c) L1 budget $budget bytes (10 % of $LARGE documents)"
-start_reader zipf "$ZIPF_ADDR" CATALOG_DATABASE_URL="$large_primary" CATALOG_REPLICA_URLS="$large_replica" \
+start_reader zipf "$ZIPF_ADDR" CATALOG_DATABASE_URL="$LARGE_PRIMARY" CATALOG_REPLICA_URLS="$LARGE_REPLICA" \
   CATALOG_REDIS_PREFIX=bench1m CATALOG_L1_BYTES=$budget
-start_reader cold "$COLD_ADDR" -u CATALOG_REDIS_URL CATALOG_DATABASE_URL="$large_primary" \
-  CATALOG_REPLICA_URLS="$large_replica" CATALOG_L1_BYTES=$((1024 * 1024))
+start_reader cold "$COLD_ADDR" -u CATALOG_REDIS_URL CATALOG_DATABASE_URL="$LARGE_PRIMARY" \
+  CATALOG_REPLICA_URLS="$LARGE_REPLICA" CATALOG_L1_BYTES=$((1024 * 1024))
 
 log "warming: every product of (b) once, and (c) to its steady state"
 taskset -c 1 wrk -t1 -c"$CONNS" -d20s -s "$WORK/uniform.lua" "http://$READER_ADDR" >/dev/null

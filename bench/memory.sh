@@ -15,53 +15,40 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 LARGE=1000000
-LARGE_DB=catalog_bench_1m
 ADDR=127.0.0.1:18084
 BATCH=200
-PIDS=()
-
-log() { printf 'memory.sh: %s\n' "$*" >&2; }
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 cd "$ROOT"
 ops/dev.sh up >/dev/null
 eval "$(ops/dev.sh env)"
 cargo build --release --bin catalogd >&2
-large_primary=${CATALOG_DATABASE_URL%/*}/$LARGE_DB
-large_replica=${CATALOG_REPLICA_URLS%%,*}
-large_replica=${large_replica%/*}/$LARGE_DB
-if (($(psql "$large_replica" -tAc 'select count(*) from products' 2>/dev/null || echo 0) != LARGE)); then
+large_catalog
+if (($(psql "$LARGE_REPLICA" -tAc 'select count(*) from products' 2>/dev/null || echo 0) != LARGE)); then
   log "$LARGE_DB is missing or incomplete: run bench/compare.sh once to seed it"
   exit 1
 fi
 
-env -u CATALOG_REDIS_URL CATALOG_DATABASE_URL="$large_primary" CATALOG_REPLICA_URLS="$large_replica" \
+env -u CATALOG_REDIS_URL CATALOG_DATABASE_URL="$LARGE_PRIMARY" CATALOG_REPLICA_URLS="$LARGE_REPLICA" \
   CATALOG_READER_ADDR=$ADDR CATALOG_LOG=warn CATALOG_L1_BYTES=$((8 * 1024 * 1024 * 1024)) \
   CATALOG_L1_TTL_SECS=3600 target/release/catalogd reader &
 pid=$!
 PIDS+=("$pid")
-for _ in $(seq 1 100); do
-  curl -sf "http://$ADDR/healthz" >/dev/null && break
-  sleep 0.1
-done
+wait_up "$ADDR" /healthz
 rss() { awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$pid/status"; }
-metric() { curl -s "http://$ADDR/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 
 # Warm the process's own paths (pools, buffers) before the baseline.
 curl -s "http://$ADDR/products?ids=$(seq -s, 1 $BATCH)" >/dev/null
-metric catalog_l1_entries >/dev/null
+metric "$ADDR" catalog_l1_entries >/dev/null
 before=$(rss)
 log "baseline RSS $before bytes; loading $LARGE products in batches of $BATCH"
 payload=$(for start in $(seq 1 $BATCH $LARGE); do
   printf 'url = "http://%s/products?ids=%s"\noutput = "/dev/null"\nwrite-out = "%%{size_download}\\n"\n' \
     "$ADDR" "$(seq -s, "$start" $((start + BATCH - 1)))"
 done | curl -s --parallel --parallel-max 4 -K - | awk '{s += $1} END {printf "%.0f", s}')
-entries=$(metric catalog_l1_entries)
-weighted=$(metric catalog_l1_bytes)
+entries=$(metric "$ADDR" catalog_l1_entries)
+weighted=$(metric "$ADDR" catalog_l1_bytes)
 after=$(rss)
 
 echo "bench/memory.sh: $LARGE products loaded into L1 (reader without Redis, budget 8 GiB)"

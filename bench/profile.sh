@@ -21,14 +21,8 @@ OUT=${2:-$ROOT/target/profile}
 PRODUCTS=100000
 CEILING_ADDR=127.0.0.1:18090
 READER_ADDR=127.0.0.1:18091
-PIDS=()
-
-log() { printf 'profile.sh: %s\n' "$*" >&2; }
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 for tool in wrk valgrind; do
   command -v "$tool" >/dev/null || {
@@ -48,15 +42,6 @@ math.randomseed(42)
 request = function() return wrk.format("GET", "/products/" .. math.random(1, $PRODUCTS)) end
 LUA
 
-wait_up() {
-  for _ in $(seq 1 600); do
-    curl -sf "http://$1$2" >/dev/null && return 0
-    sleep 0.1
-  done
-  log "$1 did not come up"
-  exit 1
-}
-
 # profile NAME ADDR PATH_TO_PROBE COMMAND... -> instructions per request on stdout
 profile() {
   local name=$1 addr=$2 probe=$3 pid answered total
@@ -65,7 +50,7 @@ profile() {
     "$@" 2>"$OUT/valgrind.$name.log" &
   pid=$!
   PIDS+=("$pid")
-  wait_up "$addr" "$probe"
+  wait_up "$addr" "$probe" 600
   if [[ $name == reader ]]; then
     log "warming the reader's L1 under valgrind (every product once)"
     for start in $(seq 1 200 "$PRODUCTS"); do
