@@ -23,7 +23,6 @@ use catalog::coherence::floors::Floors;
 use catalog::coherence::stream::Invalidation;
 use catalog::document::{Document, Lookup};
 use catalog::metrics::Metrics;
-use catalog::read::route::ROUTE_NAMES;
 use catalog::write::payload::ProductInput;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 
@@ -103,7 +102,7 @@ fn invalidation(c: &mut Criterion) {
         l1: l1.clone(),
         floors: Floors::new(1 << 20, Duration::from_secs(3600)),
         watermark,
-        metrics: Arc::new(Metrics::new(&ROUTE_NAMES)),
+        metrics: Arc::new(Metrics::new()),
     });
     let mut seq = 0;
     c.bench_function("invalidation_apply", |b| {

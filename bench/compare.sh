@@ -3,11 +3,14 @@
 #
 # On loopback, with the servers pinned to CPU 0 and wrk to CPU 1 (taskset), it measures
 # in alternating rounds:
-#   (a) ceiling  bench/ceiling.rs: a minimal hyper server returning the same bytes for
-#                every request: a document of the demo catalog, of about its mean size
+#   (a) ceiling  bench/ceiling.rs, the `ceiling` example: a minimal hyper server
+#                returning the same bytes for every request: a document of the demo
+#                catalog, of about its mean size
 #   (b) hits     catalogd reader, GET /products/{id}, ids uniform over 100,000 warm products
 #   (c) zipf     catalogd reader over 1,000,000 products with L1 budgeted to 10 % of the
-#                catalog's bytes (Redis as L2), ids drawn from Zipf(ZIPF, default 1.0)
+#                catalog's bytes (Redis as L2), ids drawn from Zipf(ZIPF, default 1.0) by
+#                the `zipf` example (bench/zipf.rs): a file of 1,000,000 ids per run, which
+#                wrk cycles through
 #   (d) cold     catalogd reader over 1,000,000 products, no Redis, a 1 MiB L1, ids
 #                uniform: almost every request is a miss read from the replica
 #   (e) batch50  catalogd reader, GET /products?ids=<50 random ids>, all warm
@@ -16,13 +19,14 @@
 # load generator is itself a bottleneck, so this is the fairer figure), each as a ratio
 # to (a), with the L1 hit ratio of each reader over the measured rounds. For (c) it also
 # prints the hit ratio an oracle holding the most popular products in the same number of
-# entries would reach, the bound for any eviction policy.
+# entries would reach (`zipf oracle`), the bound for any eviction policy.
 #
 # Usage: bench/compare.sh [rounds (3)] [seconds per run (10)] [connections (64)]
 # Environment: ZIPF (Zipf exponent of (c), 1.0).
 # Needs the local stack (ops/dev.sh up) with the demo catalog (ops/dev.sh run seeds it);
-# seeds a 1,000,000-product database (catalog_bench_1m) the first time (about a minute);
-# installs wrk from Debian's packages if missing. Runs about 1.5 + rounds*5*seconds/60 min.
+# seeds a 1,000,000-product database (catalog_bench_1m, bench/lib.sh) the first time
+# (about a minute); installs what is missing (wrk, curl: ops/dev.sh deps --bench); builds
+# catalogd and the ceiling and zipf examples. Runs about 1.5 + rounds*5*seconds/60 min.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -31,7 +35,7 @@ SECS=${2:-10}
 CONNS=${3:-64}
 ZIPF=${ZIPF:-1.0}
 PRODUCTS=100000
-LARGE=1000000
+ZIPF_IDS=1000000  # ids per run of (c)
 CEILING_ADDR=127.0.0.1:18080
 READER_ADDR=127.0.0.1:18081
 ZIPF_ADDR=127.0.0.1:18082
@@ -40,16 +44,13 @@ WORK=$(mktemp -d)
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 
-command -v wrk >/dev/null || {
-  log "installing wrk"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y wrk >/dev/null
-}
-
 cd "$ROOT"
+ops/dev.sh deps --bench
 ops/dev.sh up >/dev/null
 eval "$(ops/dev.sh env)"
-cargo build --release --bin catalogd --bin ceiling >&2
-BIN=target/release/catalogd
+cargo build --release --bin catalogd --example ceiling --example zipf >&2
+BIN=$RELEASE/catalogd
+ZIPF_BIN=$RELEASE/examples/zipf
 count=$(psql "$CATALOG_DATABASE_URL" -tAc 'select count(*) from products where active and deleted_at is null')
 if ((count < PRODUCTS * 9 / 10)); then
   log "the catalog has $count visible products; run ops/dev.sh run once to seed the demo catalog"
@@ -57,20 +58,7 @@ if ((count < PRODUCTS * 9 / 10)); then
 fi
 
 # The 1,000,000-product catalog of (c) and (d), in its own database on the same stack.
-large_catalog
-if ! psql "$LARGE_PRIMARY" -tAc 'select 1' >/dev/null 2>&1; then
-  psql "$CATALOG_DATABASE_URL" -qc "create database $LARGE_DB" >/dev/null
-fi
-if [[ $(psql "$LARGE_PRIMARY" -tAc "select to_regclass('products') is not null") != t ]] ||
-  (($(psql "$LARGE_PRIMARY" -tAc 'select count(*) from products') != LARGE)); then
-  log "seeding $LARGE_DB with $LARGE products (once)"
-  CATALOG_DATABASE_URL=$LARGE_PRIMARY "$BIN" migrate >&2
-  CATALOG_DATABASE_URL=$LARGE_PRIMARY "$BIN" seed --products $LARGE --categories 500 --seed 42 --replace >&2
-fi
-for _ in $(seq 1 600); do
-  (($(psql "$LARGE_REPLICA" -tAc "select count(*) from products" 2>/dev/null || echo 0) == LARGE)) && break
-  sleep 0.5
-done
+ensure_large_catalog "$BIN"
 
 cat >"$WORK/uniform.lua" <<LUA
 math.randomseed(os.time())
@@ -88,22 +76,22 @@ request = function()
   return wrk.format("GET", "/products?ids=" .. table.concat(ids, ","))
 end
 LUA
-# Zipf by inverse transform over a precomputed CDF: a binary search per request.
-cat >"$WORK/zipf.lua" <<LUA
-local n, s = $LARGE, $ZIPF
-local cdf, total = {}, 0
-for i = 1, n do total = total + i ^ -s; cdf[i] = total end
-math.randomseed(os.time())
+# (c)'s ids: for each of its runs (K = 0 the warm-up, then one per round) a file of
+# ZIPF_IDS ids drawn from Zipf(ZIPF) over the large catalog by `zipf ids` with seed K,
+# read by that run's script, which cycles through it. A file of its own per run: no run
+# replays the requests of another.
+for k in $(seq 0 "$ROUNDS"); do
+  "$ZIPF_BIN" ids --products $LARGE --exponent "$ZIPF" --count $ZIPF_IDS --seed "$k" >"$WORK/zipf.$k.ids"
+  cat >"$WORK/zipf.$k.lua" <<LUA
+local ids, n, i = {}, 0, 0
+for line in io.lines("$WORK/zipf.$k.ids") do n = n + 1; ids[n] = tonumber(line) end
+if n == 0 then error("no ids in $WORK/zipf.$k.ids") end
 request = function()
-  local u, lo, hi = math.random() * total, 1, n
-  while lo < hi do
-    local mid = math.floor((lo + hi) / 2)
-    if cdf[mid] < u then lo = mid + 1 else hi = mid end
-  end
-  return wrk.format("GET", "/products/" .. lo)
+  i = i % n + 1
+  return wrk.format("GET", "/products/" .. ids[i])
 end
 LUA
-
+done
 
 # start_reader NAME ADDR [env(1) arguments...]: a catalogd reader pinned to CPU 0; sets NAME_pid.
 start_reader() {
@@ -124,7 +112,7 @@ done | awk '$1 == 200 {n++; size[$3] = $2; sum += $2} END {
   mean = sum / n; for (id in size) { d = size[id] - mean; d = d < 0 ? -d : d; if (best == "" || d < bd) { best = id; bd = d } }
   print best }' >"$WORK/chosen"
 cp "$WORK/doc.$(cat "$WORK/chosen")" "$WORK/document.json"
-taskset -c 0 target/release/ceiling "$CEILING_ADDR" "$WORK/document.json" &
+taskset -c 0 "$RELEASE/examples/ceiling" "$CEILING_ADDR" "$WORK/document.json" &
 PIDS+=($!)
 ceiling_pid=$!
 wait_up "$CEILING_ADDR" /
@@ -151,7 +139,7 @@ start_reader cold "$COLD_ADDR" -u CATALOG_REDIS_URL CATALOG_DATABASE_URL="$LARGE
 
 log "warming: every product of (b) once, and (c) to its steady state"
 taskset -c 1 wrk -t1 -c"$CONNS" -d20s -s "$WORK/uniform.lua" "http://$READER_ADDR" >/dev/null
-taskset -c 1 wrk -t1 -c"$CONNS" -d20s -s "$WORK/zipf.lua" "http://$ZIPF_ADDR" >/dev/null
+taskset -c 1 wrk -t1 -c"$CONNS" -d20s -s "$WORK/zipf.0.lua" "http://$ZIPF_ADDR" >/dev/null
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
@@ -182,7 +170,7 @@ for round in $(seq 1 "$ROUNDS"); do
   log "round $round of $ROUNDS"
   echo "ceiling $(run "$ceiling_pid" "http://$CEILING_ADDR" "$WORK/uniform.lua")" >>"$WORK/results"
   echo "hits $(run "$hits_pid" "http://$READER_ADDR" "$WORK/uniform.lua")" >>"$WORK/results"
-  echo "zipf $(run "$zipf_pid" "http://$ZIPF_ADDR" "$WORK/zipf.lua")" >>"$WORK/results"
+  echo "zipf $(run "$zipf_pid" "http://$ZIPF_ADDR" "$WORK/zipf.$round.lua")" >>"$WORK/results"
   echo "cold $(run "$cold_pid" "http://$COLD_ADDR" "$WORK/cold.lua")" >>"$WORK/results"
   echo "batch50 $(run "$hits_pid" "http://$READER_ADDR" "$WORK/batch.lua")" >>"$WORK/results"
 done
@@ -191,8 +179,8 @@ zipf_ratio=$(ratio "${before_counts[$ZIPF_ADDR]}" "$(counts "$ZIPF_ADDR")")
 cold_ratio=$(ratio "${before_counts[$COLD_ADDR]}" "$(counts "$COLD_ADDR")")
 curl -s "http://$ZIPF_ADDR/metrics" >/dev/null # a scrape applies moka's pending work first
 zipf_entries=$(metric "$ZIPF_ADDR" catalog_l1_entries)
-oracle=$(awk -v n=$LARGE -v s="$ZIPF" -v k="$zipf_entries" \
-  'BEGIN {for (i = 1; i <= n; i++) {w = i ^ -s; t += w; if (i <= k) h += w}; printf "%.4f", h / t}')
+oracle=$("$ZIPF_BIN" oracle --products $LARGE --exponent "$ZIPF" --entries "$zipf_entries" |
+  awk '{printf "%.4f", $1}')
 
 echo
 echo "bench/compare.sh: $ROUNDS rounds x ${SECS}s, $CONNS connections, servers on CPU 0, wrk on CPU 1"

@@ -19,8 +19,7 @@ use catalog::cache::{L1, L1Config};
 use catalog::document::{Document, Lookup};
 use catalog::metrics::Metrics;
 use catalog::read::listing::batch_body;
-use catalog::read::route::ROUTE_NAMES;
-use catalog::read::{Freshness, Reader};
+use catalog::read::{Freshness, HttpCaching, Reader};
 use catalog::store::replicas::Databases;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::BodyExt as _;
@@ -58,7 +57,7 @@ fn setup(runtime: &tokio::runtime::Runtime) -> (Reader, Vec<Arc<Document>>) {
             .connect_lazy("postgres://bench@127.0.0.1:1/none")
             .expect("a lazy pool");
         let databases = Arc::new(Databases::new(pool, Vec::new(), true, 0));
-        let metrics = Arc::new(Metrics::new(&ROUTE_NAMES));
+        let metrics = Arc::new(Metrics::new());
         let floors = catalog::coherence::floors::Floors::new(1024, Duration::from_secs(60));
         let (_, applied) = tokio::sync::watch::channel(0);
         (
@@ -68,8 +67,10 @@ fn setup(runtime: &tokio::runtime::Runtime) -> (Reader, Vec<Arc<Document>>) {
                 Freshness { floors, applied },
                 databases,
                 metrics,
-                5,
-                30,
+                HttpCaching {
+                    max_age_secs: 5,
+                    stale_while_revalidate_secs: 30,
+                },
             ),
             docs,
         )

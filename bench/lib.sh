@@ -1,12 +1,19 @@
 # bench/lib.sh - what the benchmark scripts share; sourced, not run.
 #
 # Defines log, the cleanup of started servers (their pids in PIDS, killed on exit, and
-# $WORK removed if set), wait_up, metric, and LARGE_PRIMARY / LARGE_REPLICA: the URLs
-# of the 1,000,000-product catalog (database catalog_bench_1m) on the dev stack, once
-# `ops/dev.sh env` is in the environment.
+# $WORK removed if set), wait_up, metric, RELEASE (cargo's release directory: binaries
+# in it, examples in $RELEASE/examples), and for the 1,000,000-product catalog
+# (database catalog_bench_1m on the dev stack, LARGE products): large_catalog, which sets
+# its URLs LARGE_PRIMARY / LARGE_REPLICA once `ops/dev.sh env` is in the environment, and
+# ensure_large_catalog, which seeds it the first time and reuses it afterwards.
+# shellcheck shell=bash
 
 PIDS=()
+LARGE=1000000
 LARGE_DB=catalog_bench_1m
+# relative to the repository, where the scripts run cargo (as cargo itself reads it)
+# shellcheck disable=SC2034  # used by the scripts
+RELEASE=${CARGO_TARGET_DIR:-target}/release
 
 log() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }
 
@@ -35,4 +42,27 @@ large_catalog() {
   LARGE_PRIMARY=${CATALOG_DATABASE_URL%/*}/$LARGE_DB
   LARGE_REPLICA=${CATALOG_REPLICA_URLS%%,*}
   LARGE_REPLICA=${LARGE_REPLICA%/*}/$LARGE_DB
+}
+
+# ensure_large_catalog CATALOGD: calls large_catalog; the first time (no database, no
+# products table, or not exactly LARGE products) migrates and seeds it with CATALOGD
+# (about a minute), then waits until the replica has every product (bounded: 5 min).
+ensure_large_catalog() {
+  local bin=$1
+  large_catalog
+  if ! psql "$LARGE_PRIMARY" -tAc 'select 1' >/dev/null 2>&1; then
+    psql "$CATALOG_DATABASE_URL" -qc "create database $LARGE_DB" >/dev/null
+  fi
+  if [[ $(psql "$LARGE_PRIMARY" -tAc "select to_regclass('products') is not null") != t ]] ||
+    (($(psql "$LARGE_PRIMARY" -tAc 'select count(*) from products') != LARGE)); then
+    log "seeding $LARGE_DB with $LARGE products (once)"
+    CATALOG_DATABASE_URL=$LARGE_PRIMARY "$bin" migrate >&2
+    CATALOG_DATABASE_URL=$LARGE_PRIMARY "$bin" seed --products $LARGE --categories 500 --seed 42 --replace >&2
+  fi
+  for _ in $(seq 1 600); do
+    (($(psql "$LARGE_REPLICA" -tAc "select count(*) from products" 2>/dev/null || echo 0) == LARGE)) && return 0
+    sleep 0.5
+  done
+  log "the replica does not have the $LARGE products of $LARGE_DB after 5 minutes (ops/dev.sh status)"
+  exit 1
 }

@@ -2,8 +2,9 @@
 # bench/memory.sh - resident memory of L1 with every product of a 1,000,000-product
 # catalog cached, and the bytes each entry costs beyond its payload.
 #
-# Starts a reader over the large catalog of bench/compare.sh (catalog_bench_1m; run
-# compare.sh once to seed it) without Redis and with an L1 budget far above the catalog,
+# Starts a reader over the large catalog that bench/compare.sh uses too (catalog_bench_1m,
+# seeded by bench/lib.sh the first time, about a minute) without Redis and with an L1
+# budget far above the catalog,
 # reads its resident set (VmRSS), loads every product through batches of 200 ids (the
 # sum of the response bodies is the payload: every document once, plus a few bytes of
 # envelope per batch), reads VmRSS again and prints:
@@ -11,28 +12,26 @@
 #   (growth - payload, per entry) and the overhead as a share of the payload.
 #
 # Usage: bench/memory.sh
+# Needs the local stack (ops/dev.sh up; started if down); installs what is missing (curl:
+# ops/dev.sh deps --bench); builds catalogd.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
-LARGE=1000000
 ADDR=127.0.0.1:18084
 BATCH=200
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 
 cd "$ROOT"
+ops/dev.sh deps --bench
 ops/dev.sh up >/dev/null
 eval "$(ops/dev.sh env)"
 cargo build --release --bin catalogd >&2
-large_catalog
-if (($(psql "$LARGE_REPLICA" -tAc 'select count(*) from products' 2>/dev/null || echo 0) != LARGE)); then
-  log "$LARGE_DB is missing or incomplete: run bench/compare.sh once to seed it"
-  exit 1
-fi
+ensure_large_catalog "$RELEASE/catalogd"
 
 env -u CATALOG_REDIS_URL CATALOG_DATABASE_URL="$LARGE_PRIMARY" CATALOG_REPLICA_URLS="$LARGE_REPLICA" \
   CATALOG_READER_ADDR=$ADDR CATALOG_LOG=warn CATALOG_L1_BYTES=$((8 * 1024 * 1024 * 1024)) \
-  CATALOG_L1_TTL_SECS=3600 target/release/catalogd reader &
+  CATALOG_L1_TTL_SECS=3600 "$RELEASE/catalogd" reader &
 pid=$!
 PIDS+=("$pid")
 wait_up "$ADDR" /healthz

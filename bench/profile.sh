@@ -12,7 +12,9 @@
 # output directory for callgrind_annotate / kcachegrind.
 #
 # Usage: bench/profile.sh [seconds of load per server (20)] [output dir (target/profile)]
-# Needs the local stack with the demo catalog (ops/dev.sh run seeds it once).
+# Needs the local stack with the demo catalog (ops/dev.sh run seeds it once); installs
+# what is missing (wrk, valgrind: ops/dev.sh deps --bench); builds catalogd and the
+# ceiling example.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -24,18 +26,12 @@ READER_ADDR=127.0.0.1:18091
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 
-for tool in wrk valgrind; do
-  command -v "$tool" >/dev/null || {
-    log "installing $tool"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y "$tool" >/dev/null
-  }
-done
-
 cd "$ROOT"
+ops/dev.sh deps --bench
 mkdir -p "$OUT"
 ops/dev.sh up >/dev/null
 eval "$(ops/dev.sh env)"
-cargo build --release --bin catalogd --bin ceiling >&2
+cargo build --release --bin catalogd --example ceiling >&2
 
 cat >"$OUT/uniform.lua" <<LUA
 math.randomseed(42)
@@ -69,9 +65,9 @@ profile() {
   awk -v t="$total" -v n="$answered" 'BEGIN {printf "%.0f\n", t / n}'
 }
 
-ceiling=$(profile ceiling "$CEILING_ADDR" / target/release/ceiling "$CEILING_ADDR")
+ceiling=$(profile ceiling "$CEILING_ADDR" / "$RELEASE/examples/ceiling" "$CEILING_ADDR")
 reader=$(CATALOG_READER_ADDR=$READER_ADDR CATALOG_L1_BYTES=$((1024 * 1024 * 1024)) CATALOG_LOG=warn \
-  profile reader "$READER_ADDR" /healthz target/release/catalogd reader)
+  profile reader "$READER_ADDR" /healthz "$RELEASE/catalogd" reader)
 
 echo "bench/profile.sh: ${SECS}s of GET /products/{id}, 8 connections, instructions per request"
 printf '%-8s %10s %7s\n' target "instr/req" ratio

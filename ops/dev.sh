@@ -2,14 +2,23 @@
 # ops/dev.sh - the local development stack for catalogd, without containers.
 #
 # On 127.0.0.1 it runs:
-#   primary   PostgreSQL primary             port $CATALOG_DEV_PG_PORT      (default 55432)
-#   replica   PostgreSQL streaming replica   port $CATALOG_DEV_REPLICA_PORT (default 55433)
-#   redis     Redis, no persistence          port $CATALOG_DEV_REDIS_PORT   (default 56379)
-# All state (data, logs, pid files) lives in $CATALOG_DEV_DIR (default <repo>/.dev), so
-# two stacks with different ports and state dirs can run side by side. Missing Debian
-# packages (postgresql, redis-server) are installed with apt-get.
+#   primary   PostgreSQL primary             port $CATALOG_DEV_PG_PORT      (default 15432)
+#   replica   PostgreSQL streaming replica   port $CATALOG_DEV_REPLICA_PORT (default 15433)
+#   redis     Redis, no persistence          port $CATALOG_DEV_REDIS_PORT   (default 16379)
+# The defaults lie below Linux's ephemeral port range (32768-60999), so no outgoing
+# connection can be holding one of them. All state (data, logs, pid files) lives in
+# $CATALOG_DEV_DIR (default <repo>/.dev), so two stacks with different ports and state
+# dirs can run side by side. The PostgreSQL and Redis parts are in ops/lib/postgres.sh and
+# ops/lib/redis.sh, the packages in ops/lib/packages.sh, shared helpers in
+# ops/lib/common.sh; this file sources them and holds the commands.
 #
 # Usage: ops/dev.sh <command> [args]
+#   deps [--bench]      install the missing Debian packages: postgresql, redis-server,
+#                       util-linux (flock, runuser); --bench adds what bench/*.sh use
+#                       (curl, wrk, valgrind). apt-get runs as root, or through
+#                       `sudo -n` (never a password prompt: if sudo would ask, it says so
+#                       and stops). up, run and test do this first when something is
+#                       missing
 #   up                  start the stack; returns once all three accept connections and
 #                       the replica is streaming from the primary (idempotent)
 #   down                stop the stack, replica first; keeps the data
@@ -17,10 +26,14 @@
 #   status              one line per component (exit 0 if all three run, 3 otherwise)
 #   env                 print export lines:  eval "$(ops/dev.sh env)"
 #   psql [primary|replica] [psql args]   psql on that node (default primary)
-#   run                 up, build catalogd, migrate, seed if empty, run `catalogd all`
-#   test [--keep] [cargo test args]      up, cargo test --workspace --all-targets, then
-#                       stop what it started (unless --keep / CATALOG_DEV_KEEP=1);
-#                       exits with the suite's status
+#   run                 up, build catalogd, migrate, seed if empty, run `catalogd all`;
+#                       it listens on $CATALOG_READER_ADDR and $CATALOG_WRITER_ADDR
+#                       (default 127.0.0.1:8080 and 127.0.0.1:8081), which must be free
+#   test [--keep] [cargo test args]      up, drop the databases of finished test
+#                       processes, cargo test --workspace --all-targets; exits with the
+#                       suite's status. Then the last `test` run still using the stack
+#                       stops what test runs started (a stack that was up before stays
+#                       up); --keep / CATALOG_DEV_KEEP=1 leaves it all up
 #
 # Other environment: CATALOG_DEV_TIMEOUT (seconds for each bounded wait, default 60).
 #
@@ -31,12 +44,17 @@
 #   /var/tmp/catalog-dev-<hash of state dir>/ and <state dir>/pg is a symlink to it.
 # - The clusters run with fsync=off and full_page_writes=off: fast, but a crash of the
 #   machine can corrupt them. This is a throw-away dev stack; `clean` starts afresh.
+# - Concurrent invocations on one state dir take turns on a lock (<state dir>/.lock).
+#   Each running `test` registers in <state dir>/test-runs/; the components test runs
+#   started are listed in <state dir>/test-started, and only the last test run to
+#   finish stops them. `up` and `run` (and `test --keep`) adopt the stack: no test run
+#   stops it afterwards.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
-PG_PORT=${CATALOG_DEV_PG_PORT:-55432}
-REPLICA_PORT=${CATALOG_DEV_REPLICA_PORT:-55433}
-REDIS_PORT=${CATALOG_DEV_REDIS_PORT:-56379}
+PG_PORT=${CATALOG_DEV_PG_PORT:-15432}
+REPLICA_PORT=${CATALOG_DEV_REPLICA_PORT:-15433}
+REDIS_PORT=${CATALOG_DEV_REDIS_PORT:-16379}
 STATE_DIR=$(realpath -m -- "${CATALOG_DEV_DIR:-$ROOT/.dev}")
 TIMEOUT=${CATALOG_DEV_TIMEOUT:-60}
 
@@ -49,462 +67,31 @@ REDIS_DIR=$STATE_DIR/redis
 REDIS_PIDFILE=$REDIS_DIR/redis.pid
 PG_LINK=$STATE_DIR/pg
 FALLBACK_DIR=/var/tmp/catalog-dev-$(printf '%s' "$STATE_DIR" | sha256sum | cut -c1-12)
+TEST_RUNS=$STATE_DIR/test-runs        # one file per running `test`: <pid>, its start time inside
+TEST_STARTED=$STATE_DIR/test-started  # components started by test runs, one a line
 
 PG_USER=""      # OS user that runs PostgreSQL
 PG_AREA=""      # directory holding primary/, replica/, sock/ (maybe behind the symlink)
 PG_BIN=""       # /usr/lib/postgresql/<major>/bin
 LOCK_FD=""
 FRESH_PRIMARY=0
-STARTED=()      # components started by this invocation (test tears down only these)
+STARTED=()      # components started by this invocation
 
-# ---------------------------------------------------------------- helpers
-
-log() { printf 'dev.sh: %s\n' "$*" >&2; }
-die() { printf 'dev.sh: error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=ops/lib/common.sh
+source "$ROOT/ops/lib/common.sh"
+# shellcheck source=ops/lib/packages.sh
+source "$ROOT/ops/lib/packages.sh"
+# shellcheck source=ops/lib/postgres.sh
+source "$ROOT/ops/lib/postgres.sh"
+# shellcheck source=ops/lib/redis.sh
+source "$ROOT/ops/lib/redis.sh"
 
 usage() {
   sed -n '/^# Usage:/,/^# Other environment/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2
   exit 2
 }
 
-check_port_var() {
-  if ! [[ $2 =~ ^[0-9]+$ ]] || (($2 < 1 || $2 > 65535)); then
-    die "$1 must be a TCP port, got '$2'"
-  fi
-}
-
-# pid_alive PID: the process exists and is not a zombie.
-pid_alive() {
-  local stat
-  [[ $1 =~ ^[0-9]+$ ]] || return 1
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  [[ ${stat%% *} != Z ]]
-}
-
-# wait_gone PID SECONDS
-wait_gone() {
-  local deadline=$((SECONDS + $2))
-  while pid_alive "$1"; do
-    ((SECONDS < deadline)) || return 1
-    sleep 0.2
-  done
-}
-
-port_in_use() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
-
-require_port_free() {
-  if port_in_use "$1"; then
-    die "port $1 ($2) is already in use by another process; stop it or pick another port with $3"
-  fi
-}
-
-log_tail() {
-  local f=$1
-  [[ -f $f ]] || return 0
-  printf 'dev.sh: ---- last lines of %s ----\n' "$f" >&2
-  tail -n "${2:-30}" "$f" >&2 || true
-}
-
-# The lock is fd 9; every command started while it is held gets `9>&-`, or the
-# daemons would inherit it and hold the lock forever.
-lock_acquire() {
-  exec 9>>"$STATE_DIR/.lock"
-  LOCK_FD=9
-  flock -w "$TIMEOUT" 9 || die "another ops/dev.sh is working on $STATE_DIR (lock not free after ${TIMEOUT}s)"
-}
-
-lock_release() {
-  if [[ -n $LOCK_FD ]]; then
-    exec 9>&-
-    LOCK_FD=""
-  fi
-}
-
-# ---------------------------------------------------------------- packages
-
-apt_get() {
-  local sudo=()
-  if ((EUID != 0)); then
-    command -v sudo >/dev/null || die "not root and no sudo: install '$*' yourself"
-    sudo=(sudo)
-  fi
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@"
-}
-
-apt_install() {
-  command -v apt-get >/dev/null || die "apt-get not found: install $* yourself"
-  log "installing missing packages: $*"
-  if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
-    apt_get update -q || die "apt-get update failed"
-  fi
-  if ! apt_get install -y -q --no-install-recommends "$@"; then
-    log "apt-get install failed; running apt-get update and retrying"
-    apt_get update -q || die "apt-get update failed"
-    apt_get install -y -q --no-install-recommends "$@" || die "apt-get install $* failed"
-  fi
-}
-
-# find_pg_bin [MAJOR]: sets PG_BIN to the server binaries (highest version, or MAJOR).
-find_pg_bin() {
-  local d
-  PG_BIN=""
-  if [[ -n ${1:-} ]]; then
-    d=/usr/lib/postgresql/$1/bin
-    [[ -x $d/postgres ]] && PG_BIN=$d
-  else
-    d=$(printf '%s\n' /usr/lib/postgresql/*/bin/postgres | sort -V | tail -n 1)
-    [[ -x $d ]] && PG_BIN=${d%/postgres}
-  fi
-  [[ -n $PG_BIN ]]
-}
-
-ensure_packages() {
-  local pkgs=()
-  find_pg_bin || pkgs+=(postgresql)
-  command -v redis-server >/dev/null || pkgs+=(redis-server)
-  if ((${#pkgs[@]})); then
-    apt_install "${pkgs[@]}"
-    find_pg_bin || die "no PostgreSQL server found under /usr/lib/postgresql/*/bin after install"
-    command -v redis-server >/dev/null || die "redis-server not found after install"
-  fi
-}
-
-psql_bin() {
-  if [[ -n $PG_BIN && -x $PG_BIN/psql ]] || find_pg_bin; then
-    printf '%s\n' "$PG_BIN/psql"
-  elif command -v psql >/dev/null; then
-    command -v psql
-  else
-    die "psql not found (run 'ops/dev.sh up' first, it installs PostgreSQL)"
-  fi
-}
-
-# ---------------------------------------------------------------- PostgreSQL user & dirs
-
-# as_pg CMD...: run CMD as the PostgreSQL OS user (from /, which that user can enter).
-as_pg() {
-  if ((EUID == 0)); then
-    (cd / && runuser -u "$PG_USER" -- "$@" 9>&-)
-  else
-    "$@" 9>&-
-  fi
-}
-
-choose_pg_user() {
-  if ((EUID != 0)); then
-    PG_USER=$(id -un)
-  elif id -u postgres >/dev/null 2>&1; then
-    PG_USER=postgres
-  else
-    if ! id -u catalogdev >/dev/null 2>&1; then
-      log "creating system user 'catalogdev' to run PostgreSQL (it refuses to run as root)"
-      useradd --system --user-group --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin catalogdev || die "could not create user catalogdev"
-    fi
-    PG_USER=catalogdev
-  fi
-}
-
-# Sets PG_AREA from existing state (directory or symlink); empty if there is none yet.
-find_pg_area() {
-  PG_AREA=""
-  if [[ -L $PG_LINK ]]; then
-    PG_AREA=$(readlink -- "$PG_LINK")
-  elif [[ -d $PG_LINK ]]; then
-    PG_AREA=$PG_LINK
-  fi
-}
-
-# The existing clusters' owner runs them (matters for down/status when root).
-pg_user_from_area() {
-  if ((EUID != 0)); then
-    PG_USER=$(id -un)
-  elif [[ -n $PG_AREA && -d $PG_AREA ]]; then
-    PG_USER=$(stat -c %U -- "$PG_AREA")
-  fi
-}
-
-make_fallback_area() {
-  if [[ -L $FALLBACK_DIR ]] || { [[ -e $FALLBACK_DIR ]] && [[ $(stat -c %U -- "$FALLBACK_DIR") != "$PG_USER" ]]; }; then
-    die "$FALLBACK_DIR exists but is not a directory owned by $PG_USER; remove it"
-  fi
-  if [[ ! -d $FALLBACK_DIR ]]; then
-    mkdir -m 700 -- "$FALLBACK_DIR"
-    ((EUID != 0)) || chown -- "$PG_USER:" "$FALLBACK_DIR"
-  fi
-}
-
-# Creates (if needed) and sets PG_AREA: <state>/pg when PG_USER can use it, otherwise
-# the /var/tmp fallback with <state>/pg as a symlink to it.
-ensure_pg_area() {
-  find_pg_area
-  if [[ -L $PG_LINK && ! -d $PG_AREA ]]; then
-    log "PostgreSQL area $PG_AREA has vanished (data lost); starting with fresh clusters"
-    rm -f -- "$PG_LINK"
-    PG_AREA=""
-  fi
-  [[ -z $PG_AREA ]] || return 0
-  local reason=""
-  # A unix socket path must stay under ~107 bytes: <area>/sock/replica/.s.PGSQL.NNNNN
-  if ((${#PG_LINK} + 30 > 100)); then
-    reason="the state dir path is too long for PostgreSQL unix sockets"
-  elif ! as_pg test -x "$STATE_DIR"; then
-    reason="user $PG_USER cannot reach $STATE_DIR"
-  else
-    mkdir -m 700 -- "$PG_LINK"
-    ((EUID != 0)) || chown -- "$PG_USER:" "$PG_LINK"
-    if as_pg test -w "$PG_LINK" -a -x "$PG_LINK"; then
-      PG_AREA=$PG_LINK
-      return 0
-    fi
-    rmdir -- "$PG_LINK"
-    reason="user $PG_USER cannot write $PG_LINK"
-  fi
-  log "$reason: keeping the PostgreSQL data in $FALLBACK_DIR (linked from $PG_LINK)"
-  make_fallback_area
-  ln -s -- "$FALLBACK_DIR" "$PG_LINK"
-  PG_AREA=$FALLBACK_DIR
-}
-
-# pg_mkdir DIR: mkdir (parent must exist) owned by PG_USER
-pg_mkdir() {
-  [[ -d $1 ]] && return 0
-  mkdir -m 700 -- "$1"
-  ((EUID != 0)) || chown -- "$PG_USER:" "$1"
-}
-
-# ---------------------------------------------------------------- PostgreSQL
-
-# pg_sql PORT SQL [DB]: run SQL, print the unaligned result.
-pg_sql() {
-  PGCONNECT_TIMEOUT=5 timeout 30 "$PG_BIN/psql" -X -q -w -v ON_ERROR_STOP=1 -tA \
-    -h 127.0.0.1 -p "$1" -U "$DB_USER" -d "${3:-postgres}" -c "$2"
-}
-
-pg_ready() { timeout 10 "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$1" -U "$DB_USER" -d postgres -t 3; }
-
-# Pid of the postmaster running on data dir $1, or nothing (exit 1).
-pg_pid() {
-  local pid cwd
-  [[ -f $1/postmaster.pid ]] || return 1
-  pid=$(head -n 1 -- "$1/postmaster.pid" 2>/dev/null) || return 1
-  pid_alive "$pid" || return 1
-  [[ $(cat "/proc/$pid/comm" 2>/dev/null) == postgres ]] || return 1
-  # the postmaster's working directory is its data directory
-  cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null) || return 1
-  [[ $cwd == "$(realpath -- "$1")" ]] || return 1
-  printf '%s\n' "$pid"
-}
-
-clear_stale_pg_pid() {
-  if [[ -f $1/postmaster.pid ]] && ! pg_pid "$1" >/dev/null; then
-    log "removing stale $(basename -- "$1") postmaster.pid (pid $(head -n 1 -- "$1/postmaster.pid") is gone)"
-    rm -f -- "$1/postmaster.pid"
-  fi
-}
-
-# Sets PG_BIN: the binaries of the version the primary was created with, else the highest.
-try_select_pg_bin() {
-  local ver=""
-  [[ -f $PG_AREA/primary/PG_VERSION ]] && ver=$(<"$PG_AREA/primary/PG_VERSION")
-  find_pg_bin "$ver"
-}
-
-select_pg_bin() {
-  try_select_pg_bin && return 0
-  [[ -f $PG_AREA/primary/PG_VERSION ]] &&
-    die "the dev clusters were created with PostgreSQL $(<"$PG_AREA/primary/PG_VERSION"), which is not installed (install it or run 'ops/dev.sh clean')"
-  die "no PostgreSQL server binaries under /usr/lib/postgresql/*/bin"
-}
-
-init_primary() {
-  local tmp=$PG_AREA/primary.tmp
-  rm -rf -- "$tmp"
-  log "initialising primary cluster ($PG_BIN/initdb)"
-  if ! as_pg "$PG_BIN/initdb" -D "$tmp" -U "$DB_USER" --auth=trust --encoding=UTF8 --locale=C \
-    --no-sync >>"$LOG_DIR/primary.log" 2>&1; then
-    log_tail "$LOG_DIR/primary.log"
-    die "initdb failed"
-  fi
-  # port, listen_addresses and the socket dir are passed on the command line at start.
-  cat >>"$tmp/postgresql.conf" <<'EOF'
-
-# ---- ops/dev.sh (local development stack) ----
-wal_level = replica
-max_wal_senders = 10
-max_replication_slots = 10
-hot_standby = on
-max_connections = 300
-shared_buffers = 256MB
-# Development speed only: no durability. A machine crash can corrupt these clusters;
-# they are throw-away (ops/dev.sh clean).
-fsync = off
-full_page_writes = off
-EOF
-  cat >"$tmp/pg_hba.conf" <<'EOF'
-# ops/dev.sh: trust on loopback only (local development stack)
-local   all           all                 trust
-local   replication   all                 trust
-host    all           all   127.0.0.1/32  trust
-host    replication   all   127.0.0.1/32  trust
-EOF
-  mv -- "$tmp" "$PG_AREA/primary"
-  FRESH_PRIMARY=1
-}
-
-# pg_start NAME DATADIR PORT [extra postgres options]
-pg_start() {
-  local name=$1 data=$2 port=$3 extra=${4:-} sock=$PG_AREA/sock/$1 logf=$LOG_DIR/$1.log pid
-  if pid=$(pg_pid "$data"); then
-    log "$name already running (pid $pid, 127.0.0.1:$port)"
-    return 0
-  fi
-  clear_stale_pg_pid "$data"
-  require_port_free "$port" "$name" "CATALOG_DEV_$([[ $name == primary ]] && echo PG || echo REPLICA)_PORT"
-  pg_mkdir "$sock"
-  log "starting $name on 127.0.0.1:$port (log: $logf)"
-  # The log file is opened here (not by the PostgreSQL user), so it can live in the
-  # state dir even when that user cannot reach it.
-  if ! as_pg "$PG_BIN/pg_ctl" start -D "$data" -w -t "$TIMEOUT" \
-    -o "-c port=$port -c listen_addresses=127.0.0.1 -c unix_socket_directories='$sock' $extra" \
-    >>"$logf" 2>&1 </dev/null; then
-    log_tail "$logf"
-    die "$name did not start"
-  fi
-  STARTED+=("$name")
-}
-
-wait_pg_ready() {
-  local deadline=$((SECONDS + TIMEOUT))
-  until pg_ready "$1"; do
-    if ((SECONDS >= deadline)); then
-      log_tail "$LOG_DIR/$2.log"
-      die "$2 not accepting connections on 127.0.0.1:$1 after ${TIMEOUT}s"
-    fi
-    sleep 0.5
-  done
-}
-
-ensure_database() {
-  if [[ $(pg_sql "$PG_PORT" "select count(*) from pg_database where datname = '$DB_NAME'") == 0 ]]; then
-    log "creating database $DB_NAME"
-    pg_sql "$PG_PORT" "create database $DB_NAME" >/dev/null
-  fi
-}
-
-create_replica() {
-  local tmp=$PG_AREA/replica.tmp logf=$LOG_DIR/replica.log
-  rm -rf -- "$tmp"
-  if [[ $(pg_sql "$PG_PORT" "select count(*) from pg_replication_slots where slot_name = '$SLOT'") != 0 ]]; then
-    log "dropping leftover replication slot $SLOT on the primary"
-    pg_sql "$PG_PORT" "select pg_drop_replication_slot('$SLOT')" >/dev/null ||
-      die "could not drop replication slot $SLOT (is another replica using it?)"
-  fi
-  log "creating replica with pg_basebackup (slot $SLOT)"
-  if ! as_pg timeout $((TIMEOUT * 5)) "$PG_BIN/pg_basebackup" -w -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" \
-    -D "$tmp" -R -X stream -C -S "$SLOT" -c fast >>"$logf" 2>&1 </dev/null; then
-    log_tail "$logf"
-    rm -rf -- "$tmp"
-    die "pg_basebackup failed"
-  fi
-  printf '\n# ---- ops/dev.sh: replica ----\nhot_standby = on\nhot_standby_feedback = on\n' \
-    >>"$tmp/postgresql.conf"
-  mv -- "$tmp" "$PG_AREA/replica"
-}
-
-# pg_stop NAME DATADIR: fast shutdown, then immediate, then SIGKILL; bounded.
-pg_stop() {
-  local name=$1 data=$2 pid
-  if ! pid=$(pg_pid "$data"); then
-    [[ -d $data ]] && clear_stale_pg_pid "$data"
-    log "$name not running"
-    return 0
-  fi
-  log "stopping $name (pid $pid)"
-  if [[ -n $PG_BIN ]]; then
-    as_pg "$PG_BIN/pg_ctl" stop -D "$data" -m fast -w -t 30 >>"$LOG_DIR/$name.log" 2>&1 </dev/null || true
-  else
-    kill -INT "$pid" 2>/dev/null || true   # SIGINT = fast shutdown
-    wait_gone "$pid" 30 || true
-  fi
-  if ! wait_gone "$pid" 5; then
-    log "$name did not stop in time; immediate shutdown"
-    kill -QUIT "$pid" 2>/dev/null || true
-    if ! wait_gone "$pid" 10; then
-      kill -KILL "$pid" 2>/dev/null || true
-      wait_gone "$pid" 5 || die "could not stop $name (pid $pid)"
-    fi
-  fi
-}
-
-# ---------------------------------------------------------------- Redis
-
-redis_pid() {
-  local pid
-  [[ -f $REDIS_PIDFILE ]] || return 1
-  pid=$(head -n 1 -- "$REDIS_PIDFILE" 2>/dev/null) || return 1
-  pid_alive "$pid" || return 1
-  [[ $(cat "/proc/$pid/comm" 2>/dev/null) == redis-server ]] || return 1
-  printf '%s\n' "$pid"
-}
-
-redis_ping() {
-  if command -v redis-cli >/dev/null; then
-    [[ $(timeout 5 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]
-  else
-    # shellcheck disable=SC2016
-    timeout 5 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && printf "PING\r\n" >&3 &&
-      IFS= read -r line <&3 && [[ $line == "+PONG"* ]]' _ "$REDIS_PORT" 2>/dev/null
-  fi
-}
-
-redis_start() {
-  local pid
-  if pid=$(redis_pid); then
-    log "redis already running (pid $pid, 127.0.0.1:$REDIS_PORT)"
-    return 0
-  fi
-  if [[ -f $REDIS_PIDFILE ]]; then
-    log "removing stale redis pid file (pid $(head -n 1 -- "$REDIS_PIDFILE") is gone)"
-    rm -f -- "$REDIS_PIDFILE"
-  fi
-  require_port_free "$REDIS_PORT" redis CATALOG_DEV_REDIS_PORT
-  mkdir -p -- "$REDIS_DIR"
-  log "starting redis on 127.0.0.1:$REDIS_PORT (log: $LOG_DIR/redis.log)"
-  # shellcheck disable=SC2094  # redis appends to its own log; we only add its stdout
-  if ! redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes \
-    --pidfile "$REDIS_PIDFILE" --logfile "$LOG_DIR/redis.log" --dir "$REDIS_DIR" \
-    --save "" --appendonly no </dev/null >>"$LOG_DIR/redis.log" 2>&1 9>&-; then
-    log_tail "$LOG_DIR/redis.log"
-    die "redis-server did not start"
-  fi
-  STARTED+=(redis)
-}
-
-redis_stop() {
-  local pid
-  if ! pid=$(redis_pid); then
-    [[ -f $REDIS_PIDFILE ]] && rm -f -- "$REDIS_PIDFILE"
-    log "redis not running"
-    return 0
-  fi
-  log "stopping redis (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  if ! wait_gone "$pid" 15; then
-    kill -KILL "$pid" 2>/dev/null || true
-    wait_gone "$pid" 5 || die "could not stop redis (pid $pid)"
-  fi
-  rm -f -- "$REDIS_PIDFILE"
-}
-
 # ---------------------------------------------------------------- readiness
-
-replica_in_recovery() { [[ $(pg_sql "$REPLICA_PORT" 'select pg_is_in_recovery()' 2>/dev/null) == t ]]; }
-
-streaming_count() {
-  pg_sql "$PG_PORT" "select count(*) from pg_stat_replication where state = 'streaming'" 2>/dev/null || echo 0
-}
 
 # Waits until everything accepts connections and the replica streams; bounded.
 wait_stack_ready() {
@@ -543,6 +130,79 @@ prepare_state_dir() {
   [[ -f $STATE_DIR/.gitignore ]] || printf '*\n' >"$STATE_DIR/.gitignore"
 }
 
+# ---------------------------------------------------------------- test runs
+# What `test` runs share, so that one cannot stop a stack another still uses. The
+# caller holds the lock.
+
+# live_test_runs: pids of the other registered test runs still running; forgets those
+# that are gone (a pid now used by a later process counts as gone).
+live_test_runs() {
+  local f pid
+  for f in "$TEST_RUNS"/*; do
+    [[ -f $f ]] || continue
+    pid=${f##*/}
+    [[ $pid == "$$" ]] && continue
+    if pid_alive "$pid" && [[ $(proc_start "$pid") == "$(<"$f")" ]]; then
+      printf '%s\n' "$pid"
+    else
+      rm -f -- "$f"
+    fi
+  done
+}
+
+# note_test_started: adds what this invocation started to $TEST_STARTED.
+note_test_started() {
+  local c
+  for c in "${STARTED[@]}"; do
+    grep -qxF -- "$c" "$TEST_STARTED" 2>/dev/null || printf '%s\n' "$c" >>"$TEST_STARTED"
+  done
+}
+
+# adopt_stack: whatever test runs started stays up after them (up, run, test --keep).
+adopt_stack() {
+  if [[ -s $TEST_STARTED ]]; then
+    log "adopting the stack: test runs will no longer stop $(paste -sd ' ' -- "$TEST_STARTED")"
+  fi
+  rm -f -- "$TEST_STARTED"
+}
+
+# register_test_run KEEP
+register_test_run() {
+  mkdir -p -- "$TEST_RUNS"
+  proc_start $$ >"$TEST_RUNS/$$"
+  TEST_REGISTERED=1
+  if [[ $1 == 1 ]]; then adopt_stack; else note_test_started; fi
+}
+
+# finish_test_run KEEP: unregisters this run; the last test run still using the stack
+# stops what test runs started. Runs in a subshell (a `die` ends only that).
+finish_test_run() {
+  local others comps
+  lock_acquire
+  rm -f -- "$TEST_RUNS/$$"
+  if [[ $1 == 1 ]]; then
+    log "--keep: leaving the stack up"
+    return 0
+  fi
+  # what an `up` that failed before registering did start (once registered, an
+  # adoption may have cleared the list since)
+  ((TEST_REGISTERED)) || note_test_started
+  mapfile -t others < <(live_test_runs)
+  if ((${#others[@]})); then
+    log "other ops/dev.sh test runs still use the stack (pid ${others[*]}); leaving it up for the last of them to stop"
+    return 0
+  fi
+  comps=()
+  [[ -f $TEST_STARTED ]] && mapfile -t comps <"$TEST_STARTED"
+  if ((${#comps[@]} == 0)); then
+    log "the stack was already up before the test runs; leaving it up"
+    return 0
+  fi
+  log "stopping what test runs started: ${comps[*]}"
+  stop_components "${comps[@]}"
+  rm -f -- "$TEST_STARTED"
+}
+
 # ---------------------------------------------------------------- commands
 
 print_env() {
@@ -559,10 +219,8 @@ preflight_ports() {
   redis_pid >/dev/null || require_port_free "$REDIS_PORT" redis CATALOG_DEV_REDIS_PORT
 }
 
-cmd_up() {
-  ensure_packages
-  prepare_state_dir
-  lock_acquire
+# stack_up: starts what is not running and waits for all of it; the caller holds the lock.
+stack_up() {
   choose_pg_user
   find_pg_area
   [[ -n $PG_AREA && -d $PG_AREA ]] && pg_user_from_area
@@ -588,18 +246,27 @@ cmd_up() {
 
   redis_start
   wait_stack_ready
-  lock_release
+}
+
+stack_ready_log() {
   log "stack ready: primary 127.0.0.1:$PG_PORT, replica 127.0.0.1:$REPLICA_PORT (streaming), redis 127.0.0.1:$REDIS_PORT"
 }
 
+# up (and run): the stack started or adopted here stays up until `down`.
+cmd_up() {
+  ensure_packages
+  prepare_state_dir
+  lock_acquire
+  stack_up
+  adopt_stack
+  lock_release
+  stack_ready_log
+}
+
 # stop_components NAME...: stop the named components, in replica, primary, redis order.
+# The caller holds the lock.
 stop_components() {
   local want=" $* "
-  if [[ ! -d $STATE_DIR ]]; then
-    log "no state in $STATE_DIR; nothing to stop"
-    return 0
-  fi
-  lock_acquire
   find_pg_area
   if [[ -n $PG_AREA && -d $PG_AREA ]]; then
     pg_user_from_area
@@ -608,10 +275,21 @@ stop_components() {
     [[ $want != *" primary "* ]] || pg_stop primary "$PG_AREA/primary"
   fi
   [[ $want != *" redis "* ]] || redis_stop
-  lock_release
 }
 
-cmd_down() { stop_components replica primary redis; }
+cmd_down() {
+  local others
+  if [[ ! -d $STATE_DIR ]]; then
+    log "no state in $STATE_DIR; nothing to stop"
+    return 0
+  fi
+  lock_acquire
+  mapfile -t others < <(live_test_runs)
+  ((${#others[@]} == 0)) || log "warning: ops/dev.sh test runs still use the stack (pid ${others[*]})"
+  stop_components replica primary redis
+  rm -f -- "$TEST_STARTED"
+  lock_release
+}
 
 cmd_clean() {
   [[ $STATE_DIR != / && $STATE_DIR != "$ROOT" && $STATE_DIR != "${HOME:-/}" ]] ||
@@ -708,8 +386,49 @@ require_cargo() {
     die "cargo not found: install the Rust toolchain (https://rustup.rs) or put cargo on PATH"
 }
 
+LISTEN=""      # set by check_listen_addr: the address catalogd will listen on
+LISTEN_URL=""  # and the base URL a client on this machine uses for it
+
+# check_listen_addr VAR DEFAULT: $VAR (DEFAULT when unset or blank, trimmed, as catalogd
+# reads it) must be IP:PORT with a port from 1 to 65535, and nothing may listen on that
+# port yet. Sets LISTEN and LISTEN_URL.
+check_listen_addr() {
+  local var=$1 addr=${!1:-} host port
+  addr=${addr#"${addr%%[![:space:]]*}"}
+  addr=${addr%"${addr##*[![:space:]]}"}
+  [[ -n $addr ]] || addr=$2
+  host=${addr%:*}
+  port=${addr##*:}
+  if [[ $addr != *:* ]] || ! [[ $port =~ ^[0-9]{1,5}$ ]] || ((10#$port < 1 || 10#$port > 65535)) ||
+    ! [[ $host =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ || $host =~ ^\[[0-9A-Fa-f:.]+\]$ ]]; then
+    die "$var must be IP:PORT with a port from 1 to 65535 (e.g. 127.0.0.1:8080 or [::1]:8080), got '$addr'"
+  fi
+  port=$((10#$port))
+  if listen_addr_in_use "$host" "$port"; then
+    die "$var=$addr: port $port is already in use by another process (an earlier catalogd?); stop it or set $var to a free address"
+  fi
+  LISTEN=$addr
+  case $host in
+    0.0.0.0) LISTEN_URL=http://127.0.0.1:$port ;;
+    '[::]') LISTEN_URL="http://[::1]:$port" ;;
+    *) LISTEN_URL=http://$host:$port ;;
+  esac
+}
+
+# check_listen_addrs: both of catalogd's addresses, into READER/READER_URL and
+# WRITER/WRITER_URL.
+check_listen_addrs() {
+  check_listen_addr CATALOG_READER_ADDR 127.0.0.1:8080
+  READER=$LISTEN READER_URL=$LISTEN_URL
+  check_listen_addr CATALOG_WRITER_ADDR 127.0.0.1:8081
+  WRITER=$LISTEN WRITER_URL=$LISTEN_URL
+  [[ ${READER##*:} != "${WRITER##*:}" ]] ||
+    die "CATALOG_READER_ADDR ($READER) and CATALOG_WRITER_ADDR ($WRITER) use the same port; give them different ones"
+}
+
 cmd_run() {
   require_cargo
+  check_listen_addrs # before the stack and the build: fail early
   cmd_up
   eval "$(print_env)"
   cd "$ROOT"
@@ -726,44 +445,36 @@ cmd_run() {
   else
     log "products has $count rows; not seeding"
   fi
-  cat <<EOF
+  check_listen_addrs # again: the build and the seeding took a while
+  cat <<EOT
 
   catalogd is starting:
-    reader  http://127.0.0.1:8080
-    writer  http://127.0.0.1:8081
-  try:      curl -s http://127.0.0.1:8080/products/1
-            curl -s 'http://127.0.0.1:8080/products?ids=1,2,3'
-            curl -s http://127.0.0.1:8080/categories
+    reader  $READER_URL    (listens on $READER: CATALOG_READER_ADDR)
+    writer  $WRITER_URL    (listens on $WRITER: CATALOG_WRITER_ADDR)
+  try:      curl -s $READER_URL/products/1
+            curl -s '$READER_URL/products?ids=1,2,3'
+            curl -s $READER_URL/categories
             curl -s -X PATCH -H "Authorization: Bearer $CATALOG_ADMIN_TOKENS" \\
-                 -d '{"stock": 5}' http://127.0.0.1:8081/admin/products/1
-  more:     README.md, "Storefront API" and "Admin API"
+                 -d '{"stock": 5}' $WRITER_URL/admin/products/1
+  more:     docs/api.md
 
   Ctrl-C stops catalogd; the stack (PostgreSQL, Redis) stays up: 'ops/dev.sh down' stops it.
 
-EOF
+EOT
   exec "$bin" all
 }
+
+TEST_KEEP=0        # this run's --keep
+TEST_REGISTERED=0  # this run is in $TEST_RUNS
 
 test_teardown() {
   local rc=$?
   trap - EXIT INT TERM
   lock_release
-  if ((${#STARTED[@]})); then
-    log "stopping what this run started: ${STARTED[*]}"
-    stop_components "${STARTED[@]}" || log "warning: could not stop the stack cleanly"
-  else
-    log "the stack was already up before this run; leaving it up"
+  if [[ -d $STATE_DIR ]]; then
+    (finish_test_run "$TEST_KEEP") || log "warning: could not stop the stack cleanly"
   fi
   exit "$rc"
-}
-
-# Each integration test creates a database of its own named t_<pid>_<n>_<micros>;
-# drop those an earlier run left behind, so the stack does not grow run after run.
-drop_test_databases() {
-  local db
-  for db in $(pg_sql "$PG_PORT" "select datname from pg_database where datname like 't\\_%'"); do
-    pg_sql "$PG_PORT" "drop database if exists \"$db\" with (force)" >/dev/null
-  done
 }
 
 cmd_test() {
@@ -776,12 +487,17 @@ cmd_test() {
     esac
   done
   require_cargo
-  if [[ $keep != 1 ]]; then
-    trap test_teardown EXIT
-    trap 'exit 130' INT
-    trap 'exit 143' TERM
-  fi
-  cmd_up
+  TEST_KEEP=$keep
+  trap test_teardown EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  ensure_packages
+  prepare_state_dir
+  lock_acquire
+  stack_up
+  register_test_run "$keep"
+  lock_release
+  stack_ready_log
   drop_test_databases
   eval "$(print_env)"
   cd "$ROOT"
@@ -799,6 +515,7 @@ main() {
   local cmd=${1:-}
   (($#)) && shift
   case $cmd in
+    deps) cmd_deps "$@" ;;
     up) cmd_up ;;
     down) cmd_down ;;
     clean) cmd_clean ;;

@@ -4,7 +4,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// High-throughput cached product-catalog service.
 ///
-/// Configuration comes from `CATALOG_*` environment variables (see the README).
+/// Configuration comes from `CATALOG_*` environment variables (see `docs/configuration.md`).
 #[derive(Debug, Parser)]
 #[command(name = "catalogd", version, about)]
 pub struct Cli {

@@ -11,15 +11,20 @@
 //! - [`read`]: the storefront face: route → L1 → L2 → replicas → response bytes.
 //! - [`write`]: the admin face: auth, validation, one transaction with an outbox row.
 //! - [`coherence`]: outbox relay → Redis stream → consumer → floors and L1 evictions.
-//! - [`http`]: server plumbing shared by the faces (limits, drain, problem documents).
+//! - [`http`]: what both faces share: the server (limits, drain), no-store and problem
+//!   responses, and the parsing of ids, escapes and query parameters.
 //! - [`cache`]: L1, the byte-budgeted in-process cache with single-flight fills.
 //! - [`document`]: the pre-serialized product document every tier holds.
 //! - [`store`]: the PostgreSQL primary and replicas (health, lag), Redis (L2), the
-//!   read queries and the embedded migrations.
+//!   read queries and the embedded migrations (write SQL lives in `write::tx`).
 //! - [`metrics`]: Prometheus metrics with lock-free hot-path handles.
-//! - [`seed`]: a deterministic synthetic catalog for demos and load tests.
+//! - [`seed`]: a deterministic synthetic catalog for demos and load tests, and the
+//!   Zipf sampler the load test and benches share.
+//! - [`checker`]: the stale-read and propagation checker of the integration tests and
+//!   the goose consistency scenario.
 
 pub mod cache;
+pub mod checker;
 pub mod cli;
 pub mod coherence;
 pub mod config;

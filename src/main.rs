@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 /// mimalloc rather than glibc's malloc: a response's allocations cost a few dozen
 /// instructions instead of a few hundred, and a million cached documents allocated on
-/// one thread and freed on another fragment far less (`bench/memory.sh`, README).
+/// one thread and freed on another fragment far less (`bench/memory.sh`, `docs/performance.md`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

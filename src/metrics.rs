@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
-use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 /// Upper bounds (seconds) of the latency buckets: 50 µs to 2.5 s, finest around the
@@ -71,39 +71,104 @@ impl EncodeMetric for AtomicHistogram {
     }
 }
 
-/// Status codes counted individually; anything else is counted as `other`.
-const STATUSES: [u16; 12] = [200, 304, 400, 401, 403, 404, 405, 409, 412, 413, 422, 503];
-const STATUS_LABELS: [&str; 13] = [
-    "200", "304", "400", "401", "403", "404", "405", "409", "412", "413", "422", "503", "other",
-];
-
-/// Per-route request counters by status, and a latency histogram per route.
-#[derive(Debug)]
-pub struct HttpMetrics {
-    /// `requests[route][status index]`.
-    requests: Vec<Vec<Counter>>,
-    latency: Vec<AtomicHistogram>,
+impl TypedMetric for AtomicHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
 }
 
-impl HttpMetrics {
-    /// Records one answered request of route number `route` (an index into the names
-    /// given to [`Metrics::new`]).
-    pub fn record(&self, route: usize, status: u16, elapsed: Duration) {
+/// Status codes counted individually; anything else is counted as `other`. Every
+/// status either face answers on purpose is here.
+const STATUSES: [u16; 18] = [
+    200, 201, 202, 304, 400, 401, 403, 404, 405, 409, 412, 413, 414, 415, 422, 429, 500, 503,
+];
+const STATUS_LABELS: [&str; 19] = [
+    "200", "201", "202", "304", "400", "401", "403", "404", "405", "409", "412", "413", "414",
+    "415", "422", "429", "500", "503", "other",
+];
+
+/// The routes of one face, as metric labels: an enum whose variants index
+/// [`RouteLabel::ALL`].
+pub trait RouteLabel: Copy + Send + Sync + 'static {
+    /// Every route, in index order.
+    const ALL: &'static [Self];
+    /// The `route` label.
+    fn name(self) -> &'static str;
+    /// The route's position in [`RouteLabel::ALL`].
+    fn index(self) -> usize;
+}
+
+/// One route's pre-resolved handles: a counter per status, a latency histogram.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    requests: Box<[Counter]>,
+    latency: AtomicHistogram,
+}
+
+impl RouteMetrics {
+    /// Records one answered request.
+    pub fn record(&self, status: u16, elapsed: Duration) {
         let index = STATUSES
             .iter()
             .position(|&s| s == status)
             .unwrap_or(STATUSES.len());
-        self.requests[route][index].inc();
-        self.latency[route].observe(elapsed);
+        self.requests[index].inc();
+        self.latency.observe(elapsed);
     }
 }
+
+/// The HTTP metrics of one face: requests by route and status, latency by route.
+#[derive(Debug)]
+pub struct HttpMetrics<R> {
+    routes: Box<[RouteMetrics]>,
+    face: std::marker::PhantomData<fn(R)>,
+}
+
+impl<R: RouteLabel> HttpMetrics<R> {
+    /// Resolves the handles of every route of `R` in `metrics`' families.
+    pub fn new(metrics: &Metrics) -> Self {
+        let routes = R::ALL
+            .iter()
+            .map(|&route| {
+                let name = route.name();
+                RouteMetrics {
+                    requests: STATUS_LABELS
+                        .iter()
+                        .map(|&status| {
+                            metrics
+                                .http_requests
+                                .get_or_create(&vec![("route", name), ("status", status)])
+                                .clone()
+                        })
+                        .collect(),
+                    latency: metrics
+                        .http_latency
+                        .get_or_create(&vec![("route", name)])
+                        .clone(),
+                }
+            })
+            .collect();
+        Self {
+            routes,
+            face: std::marker::PhantomData,
+        }
+    }
+
+    /// The handles of `route`.
+    pub fn route(&self, route: R) -> &RouteMetrics {
+        &self.routes[route.index()]
+    }
+}
+
+/// Label set of the HTTP families.
+type Labels = Vec<(&'static str, &'static str)>;
 
 /// Every metric of the process.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// HTTP requests by route and status, and their latency.
-    pub http: HttpMetrics,
+    /// HTTP requests by route and status (faces resolve theirs with [`HttpMetrics`]).
+    http_requests: Family<Labels, Counter>,
+    /// HTTP latency by route.
+    http_latency: Family<Labels, AtomicHistogram, fn() -> AtomicHistogram>,
     /// Product lookups answered by L1.
     pub l1_hits: Counter,
     /// Product lookups L1 could not answer.
@@ -157,44 +222,30 @@ pub struct Metrics {
     l1_bytes: Gauge,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
-    /// Registers every metric; `routes` names the HTTP routes, in index order.
-    pub fn new(routes: &[&'static str]) -> Self {
+    /// Registers every metric; each face resolves its HTTP handles with
+    /// [`HttpMetrics::new`].
+    pub fn new() -> Self {
         let mut registry = Registry::with_prefix("catalog");
-        let family: Family<Vec<(&'static str, &'static str)>, Counter> = Family::default();
+        let http_requests: Family<Labels, Counter> = Family::default();
         registry.register(
             "http_requests",
             "HTTP requests answered, by route and status",
-            family.clone(),
+            http_requests.clone(),
         );
-        let requests = routes
-            .iter()
-            .map(|&route| {
-                STATUS_LABELS
-                    .iter()
-                    .map(|&status| {
-                        family
-                            .get_or_create(&vec![("route", route), ("status", status)])
-                            .clone()
-                    })
-                    .collect()
-            })
-            .collect();
-        let latency_sub = registry.sub_registry_with_prefix("http_request_duration");
-        let latency = routes
-            .iter()
-            .map(|&route| {
-                let histogram = AtomicHistogram::new(&LATENCY_BUCKETS);
-                latency_sub
-                    .sub_registry_with_label(("route".into(), route.into()))
-                    .register(
-                        "seconds",
-                        "Time from request head to response head",
-                        histogram.clone(),
-                    );
-                histogram
-            })
-            .collect();
+        let http_latency: Family<Labels, AtomicHistogram, fn() -> AtomicHistogram> =
+            Family::new_with_constructor(|| AtomicHistogram::new(&LATENCY_BUCKETS));
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request head to response head",
+            http_latency.clone(),
+        );
 
         let counter = |registry: &mut Registry, name: &str, help: &str| {
             let c = Counter::default();
@@ -269,7 +320,8 @@ impl Metrics {
         registry.register("l1_bytes", "Weighted bytes held by L1", l1_bytes.clone());
         Self {
             registry,
-            http: HttpMetrics { requests, latency },
+            http_requests,
+            http_latency,
             l1_hits,
             l1_misses,
             negative_hits,
@@ -317,12 +369,38 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    #[derive(Debug, Clone, Copy)]
+    enum Face {
+        Product,
+        Batch,
+    }
+
+    impl RouteLabel for Face {
+        const ALL: &'static [Self] = &[Self::Product, Self::Batch];
+        fn name(self) -> &'static str {
+            match self {
+                Self::Product => "product",
+                Self::Batch => "batch",
+            }
+        }
+        fn index(self) -> usize {
+            self as usize
+        }
+    }
+
     #[test]
     fn requests_and_latency_are_exposed_by_route_and_status() {
-        let metrics = Metrics::new(&["product", "batch"]);
-        metrics.http.record(0, 200, Duration::from_micros(70));
-        metrics.http.record(0, 200, Duration::from_millis(3));
-        metrics.http.record(1, 418, Duration::from_secs(9));
+        let metrics = Metrics::new();
+        let http = HttpMetrics::<Face>::new(&metrics);
+        http.route(Face::Product)
+            .record(200, Duration::from_micros(70));
+        http.route(Face::Product)
+            .record(200, Duration::from_millis(3));
+        http.route(Face::Batch).record(418, Duration::from_secs(9));
+        for status in [201, 202, 414, 500] {
+            http.route(Face::Batch)
+                .record(status, Duration::from_millis(1));
+        }
         metrics.l1_hits.inc();
         let text = metrics.render(Some((3, 4096)));
         assert!(
@@ -330,18 +408,31 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"catalog_http_requests_total{route="batch",status="other"} 1"#));
+        for status in [201, 202, 414, 500] {
+            let line =
+                format!(r#"catalog_http_requests_total{{route="batch",status="{status}"}} 1"#);
+            assert!(text.contains(&line), "{line}");
+        }
         assert!(
             text.contains(
-                r#"catalog_http_request_duration_seconds_bucket{route="product",le="0.0001"} 1"#
+                r#"catalog_http_request_duration_seconds_bucket{le="0.0001",route="product"} 1"#
             ),
             "{text}"
         );
         assert!(text.contains(r#"catalog_http_request_duration_seconds_count{route="product"} 2"#));
         assert!(text.contains(
-            r#"catalog_http_request_duration_seconds_bucket{route="batch",le="+Inf"} 1"#
+            r#"catalog_http_request_duration_seconds_bucket{le="+Inf",route="batch"} 5"#
         ));
         assert!(text.contains("catalog_l1_hits_total 1"));
         assert!(text.contains("catalog_l1_bytes 4096"));
         assert!(text.contains("catalog_l1_entries 3"));
+    }
+
+    #[test]
+    fn statuses_and_their_labels_agree() {
+        assert_eq!(STATUS_LABELS.len(), STATUSES.len() + 1);
+        for (status, label) in STATUSES.iter().zip(STATUS_LABELS) {
+            assert_eq!(status.to_string(), label);
+        }
     }
 }

@@ -25,11 +25,11 @@ use crate::coherence::stream::Invalidation;
 use crate::config::Config;
 use crate::http::{self, Limits};
 use crate::metrics::Metrics;
-use crate::read::{self, Freshness, Reader};
+use crate::read::{Freshness, HttpCaching, Reader};
 use crate::store::postgres;
 use crate::store::redis::{L2, L2Config};
 use crate::store::replicas::{self, Databases, Replica};
-use crate::write::{self, Writer};
+use crate::write::{Writer, WriterLimits};
 
 /// How long in-flight requests get to finish after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -99,12 +99,7 @@ impl Application {
         let primary = postgres::connect(&config.database_url, config.db_pool_size, None)
             .await
             .context("cannot connect to the primary (CATALOG_DATABASE_URL)")?;
-        let routes: Vec<&'static str> = read::route::ROUTE_NAMES
-            .iter()
-            .chain(write::ROUTE_NAMES.iter())
-            .copied()
-            .collect();
-        let metrics = Arc::new(Metrics::new(&routes));
+        let metrics = Arc::new(Metrics::new());
         let l2 = match &config.redis_url {
             Some(url) => {
                 let l2 = L2::connect(&L2Config {
@@ -216,8 +211,10 @@ impl Application {
             Freshness { floors, applied },
             Arc::clone(&databases),
             Arc::clone(metrics),
-            config.read.http_max_age_secs,
-            config.read.http_stale_while_revalidate_secs,
+            HttpCaching {
+                max_age_secs: config.read.http_max_age_secs,
+                stale_while_revalidate_secs: config.read.http_stale_while_revalidate_secs,
+            },
         ));
         let listener = TcpListener::bind(config.reader_addr)
             .await
@@ -267,8 +264,10 @@ impl Application {
             primary,
             config.admin_tokens.clone(),
             Arc::clone(metrics),
-            read::route::ROUTE_NAMES.len(),
-            (config.max_body_bytes, config.idempotency_ttl),
+            WriterLimits {
+                max_body: config.max_body_bytes,
+                idempotency_ttl: config.idempotency_ttl,
+            },
         ));
         let listener = TcpListener::bind(config.writer_addr)
             .await

@@ -111,7 +111,7 @@ async fn a_second_read_is_an_l1_hit() {
     assert!(app.metric("catalog_l1_entries").await >= 1.0);
     let metrics = app.get("/metrics").await.text();
     assert!(metrics.contains(r#"catalog_http_requests_total{route="product",status="200"} 2"#));
-    assert!(metrics.contains("catalog_http_request_duration_seconds_bucket{route=\"product\""));
+    assert!(metrics.contains("catalog_http_request_duration_seconds_count{route=\"product\"}"));
     app.shutdown().await;
 }
 

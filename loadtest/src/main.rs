@@ -30,13 +30,15 @@
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use catalog::checker::{Event, Report};
+use catalog::seed::zipf::Zipf;
 use goose::prelude::*;
 use rand::RngExt as _;
 
 /// Settings read once from the environment.
 struct Settings {
     products: u64,
-    zipf: Vec<f64>,
+    zipf: Zipf,
     writer: String,
     token: String,
     write_interval: Duration,
@@ -58,7 +60,7 @@ fn settings() -> &'static Settings {
         let exponent = env("LOADTEST_ZIPF", 1.0f64);
         Settings {
             products,
-            zipf: zipf_cdf(products, exponent),
+            zipf: Zipf::new(usize::try_from(products).unwrap_or(usize::MAX), exponent),
             writer: env("LOADTEST_WRITER", "http://127.0.0.1:8081".to_owned()),
             token: env("LOADTEST_TOKEN", "dev-admin-token".to_owned()),
             write_interval: Duration::from_millis(env("LOADTEST_WRITE_INTERVAL_MS", 100)),
@@ -68,22 +70,9 @@ fn settings() -> &'static Settings {
     })
 }
 
-/// Cumulative Zipf weights of ranks 1..=n (rank r has weight 1/r^s).
-fn zipf_cdf(n: u64, exponent: f64) -> Vec<f64> {
-    let mut total = 0.0;
-    (1..=n)
-        .map(|rank| {
-            total += 1.0 / (rank as f64).powf(exponent);
-            total
-        })
-        .collect()
-}
-
 /// A product id drawn from the Zipf distribution (id = rank: low ids are popular).
 fn zipf_id() -> u64 {
-    let cdf = &settings().zipf;
-    let x = rand::rng().random_range(0.0..cdf[cdf.len() - 1]);
-    cdf.partition_point(|&c| c <= x) as u64 + 1
+    settings().zipf.sample(&mut rand::rng()) as u64
 }
 
 async fn get_product(user: &mut GooseUser) -> TransactionResult {
@@ -177,14 +166,6 @@ async fn admin_write(user: &mut GooseUser) -> TransactionResult {
     Ok(())
 }
 
-/// One acknowledged write or one read, for the consistency check.
-#[derive(Clone, Copy)]
-struct Event {
-    id: i64,
-    version: i64,
-    at: Instant,
-}
-
 fn acks() -> &'static Mutex<Vec<Event>> {
     static ACKS: Mutex<Vec<Event>> = Mutex::new(Vec::new());
     &ACKS
@@ -242,41 +223,9 @@ fn check_consistency() -> bool {
     if acks.is_empty() {
         return true;
     }
-    let window = settings().window;
-    let stale = reads
-        .iter()
-        .filter(|r| {
-            acks.iter()
-                .any(|a| a.id == r.id && r.at > a.at + window && r.version < a.version)
-        })
-        .count();
-    let mut propagation: Vec<Duration> = acks
-        .iter()
-        .filter_map(|a| {
-            reads
-                .iter()
-                .filter(|r| r.id == a.id && r.version >= a.version && r.at >= a.at)
-                .map(|r| r.at - a.at)
-                .min()
-        })
-        .collect();
-    propagation.sort_unstable();
-    let quantile = |q: f64| {
-        propagation
-            .get(((propagation.len().max(1) - 1) as f64 * q) as usize)
-            .copied()
-            .unwrap_or_default()
-    };
-    eprintln!(
-        "consistency: {} reads, {} acknowledged writes, {stale} stale (window {window:?}); \
-         acknowledgement → first read of the new version: p50 {:?}, p99 {:?}, max {:?}",
-        reads.len(),
-        acks.len(),
-        quantile(0.5),
-        quantile(0.99),
-        propagation.last().copied().unwrap_or_default(),
-    );
-    stale == 0
+    let report = Report::check(&acks, &reads, settings().window);
+    eprintln!("consistency: {report}");
+    report.stale == 0
 }
 
 #[tokio::main]
@@ -302,19 +251,4 @@ async fn main() -> Result<(), GooseError> {
         std::process::exit(1);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn zipf_ranks_are_skewed_and_cover_the_catalog() {
-        let cdf = zipf_cdf(1000, 1.0);
-        assert_eq!(cdf.len(), 1000);
-        assert!(cdf.windows(2).all(|w| w[0] < w[1]));
-        // Rank 1 carries about 1/H(1000) ≈ 13% of the mass.
-        let first = cdf[0] / cdf[999];
-        assert!((0.12..0.15).contains(&first), "{first}");
-    }
 }

@@ -38,6 +38,20 @@ const BATCH: i64 = 256;
 /// Relay rounds run at least this often, notification or not.
 const POLL: Duration = Duration::from_secs(1);
 
+/// Why a relay round failed; the round rolled back and its rows are published again.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The primary failed (reading, marking or committing the outbox).
+    #[error("primary: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Redis failed (the epoch, `XADD`, or the write-through to L2).
+    #[error("Redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    /// A product row could not be rendered for L2.
+    #[error("rendering a document: {0}")]
+    Render(#[from] serde_json::Error),
+}
+
 /// The stream's key.
 pub fn stream_key(prefix: &str) -> String {
     format!("{prefix}invalidations")
@@ -168,7 +182,7 @@ impl Relay {
     }
 
     /// One round: publishes up to [`BATCH`] rows; returns how many.
-    pub async fn round(&self) -> anyhow::Result<usize> {
+    pub async fn round(&self) -> Result<usize, RelayError> {
         let mut tx = self.primary.begin().await?;
         let next_seq: i64 =
             sqlx::query_scalar("select next_seq from relay_state where id = 1 for update")

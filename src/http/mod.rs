@@ -15,7 +15,9 @@
 //! - hyper's `max_headers` option initialises a heap vector of that many header slots
 //!   for every request; its default (100, on the stack, uninitialised) is used instead.
 
+pub mod parse;
 pub mod problem;
+pub mod response;
 
 use std::convert::Infallible;
 use std::future::Future;

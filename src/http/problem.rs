@@ -5,9 +5,11 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
+
+use super::response::no_store;
 
 /// `Content-Type` of problem documents.
 pub const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
@@ -71,7 +73,7 @@ impl Problem {
         }
     }
 
-    /// 400 `invalid-id`: a path id that is not a positive 64-bit integer.
+    /// 400 `invalid-id`: a path id that is not a positive 64-bit integer (either face).
     pub fn invalid_id(id: &str) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
@@ -124,13 +126,11 @@ impl Problem {
             detail: &self.detail,
         })
         .unwrap_or_default();
-        let mut response = Response::new(Full::new(Bytes::from(body)));
-        *response.status_mut() = self.status;
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, PROBLEM_JSON);
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let mut response = no_store(self.status, PROBLEM_JSON, Bytes::from(body));
         if let Some(allow) = self.allow {
-            headers.insert(ALLOW, HeaderValue::from_static(allow));
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
         }
         response
     }
@@ -140,6 +140,7 @@ impl Problem {
 mod tests {
     use super::*;
     use http_body_util::BodyExt as _;
+    use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
 
     #[tokio::test]
     async fn problems_are_json_with_type_title_status_and_detail() {
@@ -148,6 +149,7 @@ mod tests {
         assert_eq!(response.status(), 405);
         assert_eq!(response.headers()[CONTENT_TYPE], "application/problem+json");
         assert_eq!(response.headers()[ALLOW], "GET, HEAD");
+        assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
         let body = response.into_body().collect().await.unwrap().to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["type"], "/problems/method-not-allowed");

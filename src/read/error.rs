@@ -1,8 +1,41 @@
 //! Everything a storefront request can fail with, and the status each one answers.
 
+use std::fmt;
+use std::sync::Arc;
+
 use hyper::StatusCode;
 
+use super::limits::{MAX_BATCH_IDS, MAX_LIMIT, MAX_SKU_CHARS, MAX_URI_BYTES};
 use crate::http::problem::Problem;
+
+/// A store's error, shared by every request that waited on the same fill (so
+/// [`ReadError`] stays `Clone`) and compared by identity.
+#[derive(Debug)]
+pub struct Shared<E>(pub Arc<E>);
+
+impl<E> Clone for Shared<E> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<E> PartialEq for Shared<E> {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Shared<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for Shared<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
 
 /// A failed storefront request.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -49,9 +82,9 @@ pub enum ReadError {
     /// No replica is healthy and the primary may not (or cannot) serve.
     #[error("no database available")]
     NoDatabase,
-    /// A query failed on the primary.
+    /// A query failed on the primary (or on a replica with no other to retry on).
     #[error("database error: {0}")]
-    Database(String),
+    Database(#[source] Shared<sqlx::Error>),
     /// A stored row could not be rendered (corrupt JSON in the database).
     #[error("render error: {0}")]
     Render(String),
@@ -59,7 +92,7 @@ pub enum ReadError {
 
 impl From<sqlx::Error> for ReadError {
     fn from(err: sqlx::Error) -> Self {
-        Self::Database(err.to_string())
+        Self::Database(Shared(Arc::new(err)))
     }
 }
 
@@ -69,15 +102,12 @@ impl From<serde_json::Error> for ReadError {
     }
 }
 
-/// Most ids one batch request may name.
-pub const MAX_BATCH_IDS: usize = 200;
-
 impl ReadError {
     /// The problem document this error answers with.
     pub fn problem(&self) -> Problem {
         use StatusCode as S;
         match self {
-            Self::RouteNotFound => Problem::no_route("no such resource; see the API in the README"),
+            Self::RouteNotFound => Problem::no_route("no such resource; see docs/api.md"),
             Self::MethodNotAllowed => Problem::method_not_allowed(
                 "GET, HEAD",
                 "the storefront API is read-only: use GET or HEAD",
@@ -86,20 +116,9 @@ impl ReadError {
                 S::URI_TOO_LONG,
                 "uri-too-long",
                 "URI too long",
-                format!(
-                    "the URI must be at most {} bytes",
-                    super::route::MAX_URI_BYTES
-                ),
+                format!("the URI must be at most {MAX_URI_BYTES} bytes"),
             ),
-            Self::InvalidId(id) => Problem::new(
-                S::BAD_REQUEST,
-                "invalid-id",
-                "Invalid product id",
-                format!(
-                    "{id:?} is not a product id: expected an integer from 1 to {}",
-                    i64::MAX
-                ),
-            ),
+            Self::InvalidId(id) => Problem::invalid_id(id),
             Self::InvalidIds(why) => Problem::new(
                 S::BAD_REQUEST,
                 "invalid-ids",
@@ -116,16 +135,13 @@ impl ReadError {
                 S::BAD_REQUEST,
                 "invalid-sku",
                 "Invalid SKU",
-                "a SKU is 1 to 64 characters, percent-encoded in the path",
+                format!("a SKU is 1 to {MAX_SKU_CHARS} characters, percent-encoded in the path"),
             ),
             Self::InvalidLimit(raw) => Problem::new(
                 S::BAD_REQUEST,
                 "invalid-limit",
                 "Invalid limit",
-                format!(
-                    "limit {raw:?} must be an integer from 1 to {}",
-                    super::listing::MAX_LIMIT
-                ),
+                format!("limit {raw:?} must be an integer from 1 to {MAX_LIMIT}"),
             ),
             Self::InvalidToken => Problem::new(
                 S::BAD_REQUEST,
@@ -183,7 +199,11 @@ mod tests {
             (ReadError::SkuNotFound, 404, "product-not-found"),
             (ReadError::CategoryNotFound, 404, "category-not-found"),
             (ReadError::NoDatabase, 503, "unavailable"),
-            (ReadError::Database("x".into()), 503, "unavailable"),
+            (
+                ReadError::from(sqlx::Error::PoolTimedOut),
+                503,
+                "unavailable",
+            ),
             (ReadError::Render("x".into()), 500, "internal"),
             (ReadError::InvalidId("\"q\"".into()), 400, "invalid-id"),
         ];

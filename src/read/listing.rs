@@ -1,34 +1,33 @@
 //! Batch and listing helpers: parsing `ids=`, `limit=` and opaque keyset cursors, and
 //! assembling response bodies by concatenating cached document bodies.
 //!
-//! A cursor is the last product id of the page, scrambled and tagged with a checksum
-//! of the category's slug: clients cannot forge one or carry it to another category,
-//! and the server needs no state to resume. Keyset pagination (`product_id > cursor`)
+//! A cursor is the last product id of the page, scrambled and tagged with a 16-bit
+//! checksum of the category's slug and the id: it is opaque, garbage and cursors
+//! carried to another category are refused (but it is not a cryptographic seal: a
+//! client that learns the scheme can make one, and gains nothing it could not get by
+//! paging), and the server needs no state to resume. Keyset pagination (`product_id > cursor`)
 //! returns every product of a category exactly once across pages, even while products
 //! are inserted or removed between page requests.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::error::{MAX_BATCH_IDS, ReadError};
+use super::error::ReadError;
+use super::limits::{DEFAULT_LIMIT, MAX_BATCH_IDS, MAX_LIMIT};
 use crate::document::Document;
+use crate::http::parse::{parse_id, percent_decode};
 
-/// Largest page of a category listing.
-pub const MAX_LIMIT: i64 = 200;
-/// Page size when `limit` is absent.
-pub const DEFAULT_LIMIT: i64 = 50;
-
-/// Makes cursors opaque; not a secret (the tag is what makes them unforgeable enough
-/// to reject garbage, which is all a cursor needs).
+/// Makes cursors opaque; not a secret (the tag is what rejects garbage, which is all a
+/// cursor needs).
 const SCRAMBLE: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// Parses `ids=1,2,3`: distinct ids in request order, 1 to [`MAX_BATCH_IDS`] of them.
 pub fn parse_ids(raw: Option<&str>) -> Result<Vec<i64>, ReadError> {
     let raw = raw.ok_or_else(|| ReadError::InvalidIds("the ids parameter is missing".into()))?;
-    let raw = super::route::percent_decode(raw)
-        .ok_or_else(|| ReadError::InvalidIds("bad percent-encoding".into()))?;
+    let raw =
+        percent_decode(raw).ok_or_else(|| ReadError::InvalidIds("bad percent-encoding".into()))?;
     let mut ids: Vec<i64> = Vec::new();
     for part in raw.split(',') {
-        let id = super::route::parse_id(part.trim())
+        let id = parse_id(part.trim())
             .map_err(|_| ReadError::InvalidIds(format!("{part:?} is not a product id").into()))?;
         if !ids.contains(&id) {
             if ids.len() == MAX_BATCH_IDS {

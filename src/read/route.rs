@@ -1,6 +1,9 @@
-//! Routing of storefront requests, by hand: a match on the path's bytes, no allocation.
+//! Routing of storefront requests, by hand: a match on the path's bytes, no allocation;
+//! and the routes' metric labels ([`ReadRoute`]).
 
 use super::error::ReadError;
+use crate::http::parse::parse_id;
+use crate::metrics::RouteLabel;
 
 /// A storefront route with its path parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,38 +26,73 @@ pub enum Route<'a> {
     Metrics,
 }
 
-/// Metric label of each route, indexed by [`Route::index`]; the last is for requests
-/// that matched no route.
-pub const ROUTE_NAMES: [&str; 9] = [
-    "product",
-    "product_by_sku",
-    "products_batch",
-    "categories",
-    "category_products",
-    "healthz",
-    "readyz",
-    "metrics",
-    "unmatched",
-];
+/// The storefront's routes as metric labels, with one for requests no route matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadRoute {
+    /// `/products/{id}`
+    Product,
+    /// `/products/by-sku/{sku}`
+    ProductBySku,
+    /// `/products?ids=`
+    Batch,
+    /// `/categories`
+    Categories,
+    /// `/categories/{slug}/products`
+    CategoryProducts,
+    /// `/healthz`
+    Healthz,
+    /// `/readyz`
+    Readyz,
+    /// `/metrics`
+    Metrics,
+    /// No route matched.
+    Unmatched,
+}
 
-/// Index of "no route" in [`ROUTE_NAMES`].
-pub const UNMATCHED: usize = 8;
+impl RouteLabel for ReadRoute {
+    const ALL: &'static [Self] = &[
+        Self::Product,
+        Self::ProductBySku,
+        Self::Batch,
+        Self::Categories,
+        Self::CategoryProducts,
+        Self::Healthz,
+        Self::Readyz,
+        Self::Metrics,
+        Self::Unmatched,
+    ];
 
-/// Longest URI served; longer is answered 414.
-pub const MAX_URI_BYTES: usize = 4096;
+    fn name(self) -> &'static str {
+        match self {
+            Self::Product => "product",
+            Self::ProductBySku => "product_by_sku",
+            Self::Batch => "products_batch",
+            Self::Categories => "categories",
+            Self::CategoryProducts => "category_products",
+            Self::Healthz => "healthz",
+            Self::Readyz => "readyz",
+            Self::Metrics => "metrics",
+            Self::Unmatched => "unmatched",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
 
 impl<'a> Route<'a> {
-    /// The route's index into [`ROUTE_NAMES`].
-    pub fn index(self) -> usize {
+    /// The route's metric label.
+    pub fn label(self) -> ReadRoute {
         match self {
-            Self::Product(_) => 0,
-            Self::ProductBySku(_) => 1,
-            Self::Batch => 2,
-            Self::Categories => 3,
-            Self::CategoryProducts(_) => 4,
-            Self::Healthz => 5,
-            Self::Readyz => 6,
-            Self::Metrics => 7,
+            Self::Product(_) => ReadRoute::Product,
+            Self::ProductBySku(_) => ReadRoute::ProductBySku,
+            Self::Batch => ReadRoute::Batch,
+            Self::Categories => ReadRoute::Categories,
+            Self::CategoryProducts(_) => ReadRoute::CategoryProducts,
+            Self::Healthz => ReadRoute::Healthz,
+            Self::Readyz => ReadRoute::Readyz,
+            Self::Metrics => ReadRoute::Metrics,
         }
     }
 
@@ -79,7 +117,9 @@ impl<'a> Route<'a> {
             if rest.contains('/') {
                 return Err(ReadError::RouteNotFound);
             }
-            return parse_id(rest).map(Self::Product);
+            return parse_id(rest)
+                .map(Self::Product)
+                .map_err(|_| ReadError::InvalidId(rest.into()));
         }
         if let Some(slug) = path
             .strip_prefix("/categories/")
@@ -90,47 +130,6 @@ impl<'a> Route<'a> {
         }
         Err(ReadError::RouteNotFound)
     }
-}
-
-/// Parses a product id: decimal digits, 1 to `i64::MAX`.
-pub fn parse_id(text: &str) -> Result<i64, ReadError> {
-    if text.is_empty() || text.len() > 19 || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ReadError::InvalidId(text.into()));
-    }
-    match text.parse::<i64>() {
-        Ok(id) if id > 0 => Ok(id),
-        _ => Err(ReadError::InvalidId(text.into())),
-    }
-}
-
-/// The value of query parameter `name`, still percent-encoded.
-pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
-    query?.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == name).then_some(value)
-    })
-}
-
-/// Decodes `%XX` escapes (and `+` as a space in queries is not used by any parameter
-/// here, so `+` stays `+`). `None` for a malformed escape or invalid UTF-8.
-pub fn percent_decode(text: &str) -> Option<std::borrow::Cow<'_, str>> {
-    if !text.contains('%') {
-        return Some(std::borrow::Cow::Borrowed(text));
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok().map(std::borrow::Cow::Owned)
 }
 
 #[cfg(test)]
@@ -156,7 +155,7 @@ mod tests {
             ("/metrics", Route::Metrics),
         ] {
             assert_eq!(Route::parse(path), Ok(route));
-            assert_eq!(ROUTE_NAMES[route.index()], &path[1..]);
+            assert_eq!(route.label().name(), &path[1..]);
         }
     }
 
@@ -208,30 +207,19 @@ mod tests {
                 .map(|_| char::from(alphabet[rng.random_range(0..alphabet.len())]))
                 .collect();
             let _ = Route::parse(&text);
-            let _ = percent_decode(&text);
+            let _ = crate::http::parse::percent_decode(&text);
             let _ = super::super::listing::parse_ids(Some(&text));
             let _ = super::super::listing::parse_limit(Some(&text));
             let _ = super::super::listing::decode_cursor("slug", Some(&text));
-            let _ = query_param(Some(&text), "ids");
+            let _ = crate::http::parse::query_param(Some(&text), "ids");
         }
     }
 
     #[test]
-    fn query_parameters_are_found_by_name() {
-        let q = Some("limit=5&cursor=abc&flag");
-        assert_eq!(query_param(q, "limit"), Some("5"));
-        assert_eq!(query_param(q, "cursor"), Some("abc"));
-        assert_eq!(query_param(q, "flag"), Some(""));
-        assert_eq!(query_param(q, "ids"), None);
-        assert_eq!(query_param(None, "ids"), None);
-    }
-
-    #[test]
-    fn percent_escapes_decode() {
-        assert_eq!(percent_decode("a%2Cb").as_deref(), Some("a,b"));
-        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%4"), None);
-        assert_eq!(percent_decode("%ff"), None);
+    fn route_labels_are_distinct_and_indexed_in_order() {
+        for (i, route) in ReadRoute::ALL.iter().enumerate() {
+            assert_eq!(route.index(), i);
+            assert!(ReadRoute::ALL[..i].iter().all(|r| r.name() != route.name()));
+        }
     }
 }

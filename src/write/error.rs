@@ -89,30 +89,11 @@ impl WriteError {
                 "Forbidden",
                 "this token is not an admin token",
             ),
-            Self::RouteNotFound => Problem::new(
-                S::NOT_FOUND,
-                "not-found",
-                "Not found",
-                "no such admin resource; see the API in the README",
-            ),
-            Self::MethodNotAllowed(allow) => Problem {
-                allow: Some(allow),
-                ..Problem::new(
-                    S::METHOD_NOT_ALLOWED,
-                    "method-not-allowed",
-                    "Method not allowed",
-                    format!("this resource accepts {allow}"),
-                )
-            },
-            Self::InvalidId(id) => Problem::new(
-                S::BAD_REQUEST,
-                "invalid-id",
-                "Invalid product id",
-                format!(
-                    "{id:?} is not a product id: expected an integer from 1 to {}",
-                    i64::MAX
-                ),
-            ),
+            Self::RouteNotFound => Problem::no_route("no such admin resource; see docs/api.md"),
+            Self::MethodNotAllowed(allow) => {
+                Problem::method_not_allowed(allow, format!("this resource accepts {allow}"))
+            }
+            Self::InvalidId(id) => Problem::invalid_id(id),
             Self::MalformedJson(detail) => Problem::new(
                 S::BAD_REQUEST,
                 "malformed-json",

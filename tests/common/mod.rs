@@ -5,6 +5,8 @@
 //! exports; tests read them but never set them.
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part
 
+pub mod admin;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -399,38 +401,84 @@ pub struct OwnRedis {
 }
 
 impl OwnRedis {
+    /// Starts `redis-server` on a free port below the ephemeral range. The port is not
+    /// probed and released first (another process could take it in between): the
+    /// server binds it itself, and a server that cannot (it exits) is retried on
+    /// another port; the one that answers must report this child's process id.
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (installed by ops/dev.sh)");
-        poll(|| async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-        })
-        .await;
-        Self { child, port }
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        for _ in 0..20 {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = 20_000 + ((std::process::id() * 31 + n * 7919) % 10_000) as u16;
+            let mut child = std::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                ])
+                .args(["--appendonly", "no"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server (installed by ops/dev.sh)");
+            let deadline = Instant::now() + DEADLINE;
+            let ours = loop {
+                if child.try_wait().ok().flatten().is_some() {
+                    break false; // it could not bind the port: try another
+                }
+                if let Some(pid) = redis_pid(port).await {
+                    break pid == child.id();
+                }
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            if ours {
+                return Self { child, port };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("no free port for a test's own redis-server after 20 tries");
     }
 
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The process id a Redis server on `port` reports, if one answers.
+async fn redis_pid(port: u16) -> Option<u32> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream.write_all(b"INFO server\r\n").await.ok()?;
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // The reply is one bulk string; the line after `process_id:` is all we need.
+    loop {
+        let text = String::from_utf8_lossy(&reply);
+        if let Some((_, after)) = text.split_once("process_id:")
+            && after.contains("\r\n")
+        {
+            break;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut chunk))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&reply);
+    text.lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
 }
 
 impl Drop for OwnRedis {

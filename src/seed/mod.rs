@@ -9,12 +9,16 @@
 //! Rows go in with `COPY ... FROM STDIN` in one transaction, so a million products
 //! load in seconds and a failure leaves the database as it was.
 
+pub mod zipf;
+
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sqlx::PgPool;
+
+use zipf::Zipf;
 
 /// What to generate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,8 +175,8 @@ struct Category {
 struct Generator {
     rng: ChaCha8Rng,
     spec: SeedSpec,
-    /// Cumulative Zipf weights over category ranks.
-    popularity: Vec<f64>,
+    /// Category popularity by rank.
+    popularity: Zipf,
     /// Category id (1-based) at each popularity rank.
     rank_to_category: Vec<i64>,
 }
@@ -180,13 +184,7 @@ struct Generator {
 impl Generator {
     fn new(spec: SeedSpec) -> Self {
         let n = spec.categories.max(1) as usize;
-        let mut total = 0.0;
-        let popularity = (1..=n)
-            .map(|rank| {
-                total += 1.0 / (rank as f64).powf(CATEGORY_SKEW);
-                total
-            })
-            .collect();
+        let popularity = Zipf::new(n, CATEGORY_SKEW);
         let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
         let mut rank_to_category: Vec<i64> = (1..=n as i64).collect();
         // Fisher-Yates, so the biggest categories are not simply the first ids.
@@ -281,10 +279,8 @@ impl Generator {
         let count = self.rng.random_range(1..=3usize).min(n);
         let first = out.len();
         while out.len() - first < count {
-            let total = self.popularity[n - 1];
-            let x = self.rng.random_range(0.0..total);
-            let rank = self.popularity.partition_point(|&c| c <= x).min(n - 1);
-            let category = self.rank_to_category[rank];
+            let rank = self.popularity.sample(&mut self.rng);
+            let category = self.rank_to_category[rank - 1];
             if !out[first..].iter().any(|&(c, _)| c == category) {
                 out.push((category, id as i64));
             }

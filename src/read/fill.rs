@@ -1,0 +1,247 @@
+//! The read through the tiers, for reads without a token: L1, else one coalesced fill
+//! per key (single-flight) from L2 (Redis), else a healthy replica (or the primary).
+//!
+//! Consistency: eventual, bounded by the invalidation window. Every fill respects the
+//! product's freshness floor (raised by the invalidation consumer): a Redis value or
+//! replica row older than the floor is not used, the row is read from the primary
+//! instead, and L1 keeps a fill only if the floor still allows it when it lands. A
+//! database fill is written back to L2 by version. Unknown ids are cached briefly as
+//! negative entries.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+use super::Reader;
+use super::error::ReadError;
+use crate::document::{Lookup, ProductRow};
+use crate::store::catalog;
+use crate::store::replicas::Target;
+
+/// A boxed query future, so one retry loop can run any query on any pool.
+pub(super) type Query<'p, T> = Pin<Box<dyn Future<Output = Result<T, sqlx::Error>> + Send + 'p>>;
+
+impl Reader {
+    /// The state of one product: L1, else one coalesced fill.
+    pub(super) async fn l1_or_fill(&self, id: i64) -> Result<Lookup, ReadError> {
+        if let Some(lookup) = self.l1_hit(id) {
+            return Ok(lookup);
+        }
+        self.metrics.l1_misses.inc();
+        let (lookup, ran) = self
+            .flight
+            .run(id, Box::pin(self.fill_from_l2_or_db(id)))
+            .await;
+        if !ran {
+            self.metrics.coalesced.inc();
+        }
+        lookup
+    }
+
+    /// The state of one product if L1 holds it, counted as a hit.
+    pub(super) fn l1_hit(&self, id: i64) -> Option<Lookup> {
+        let lookup = self.l1.product(id)?;
+        self.metrics.l1_hits.inc();
+        if lookup == Lookup::Unknown {
+            self.metrics.negative_hits.inc();
+        }
+        Some(lookup)
+    }
+
+    /// The state of each of `ids`, in order: L1, then L2 and the databases for the rest
+    /// (one `MGET`, one query), caching what was loaded.
+    pub(super) async fn l1_or_fill_many(&self, ids: &[i64]) -> Result<Vec<Lookup>, ReadError> {
+        let mut out: Vec<Option<Lookup>> = Vec::with_capacity(ids.len());
+        let mut misses: Vec<usize> = Vec::new();
+        for (i, &id) in ids.iter().enumerate() {
+            let cached = self.l1.product(id);
+            if cached.is_none() {
+                misses.push(i);
+            }
+            out.push(cached);
+        }
+        self.metrics
+            .l1_hits
+            .inc_by((ids.len() - misses.len()) as u64);
+        self.metrics.l1_misses.inc_by(misses.len() as u64);
+        if !misses.is_empty() {
+            let mut from_db: Vec<i64> = Vec::new();
+            let l2_answers = match &self.l2 {
+                Some(l2) => {
+                    let miss_ids: Vec<i64> = misses.iter().map(|&i| ids[i]).collect();
+                    l2.get_many(&miss_ids).await.unwrap_or_else(|err| {
+                        self.l2_failed(&err);
+                        vec![None; miss_ids.len()]
+                    })
+                }
+                None => vec![None; misses.len()],
+            };
+            for (&i, answer) in misses.iter().zip(l2_answers) {
+                match answer {
+                    Some(lookup) if lookup.version() >= self.floors.get(ids[i]) => {
+                        self.metrics.l2_hits.inc();
+                        out[i] = Some(self.keep_in_l1(ids[i], lookup).await?);
+                    }
+                    _ => from_db.push(ids[i]),
+                }
+            }
+            if self.l2.is_some() {
+                self.metrics.l2_misses.inc_by(from_db.len() as u64);
+            }
+            if !from_db.is_empty() {
+                let mut loaded = self.read_replica_or_primary(from_db.clone()).await?;
+                for id in from_db {
+                    let lookup = self.settle_db_fill(id, take(&mut loaded, id)).await?;
+                    if let Some(i) = ids.iter().position(|&x| x == id) {
+                        out[i] = Some(lookup);
+                    }
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|l| l.unwrap_or(Lookup::Unknown))
+            .collect())
+    }
+
+    /// Loads one product from L2, else the databases, never older than its floor;
+    /// caches it in L1 and writes a database fill back to L2.
+    async fn fill_from_l2_or_db(&self, id: i64) -> Result<Lookup, ReadError> {
+        let floor = self.floors.get(id);
+        if let Some(l2) = &self.l2 {
+            match l2.get(id).await {
+                Ok(Some(lookup)) if lookup.version() >= floor => {
+                    self.metrics.l2_hits.inc();
+                    return self.keep_in_l1(id, lookup).await;
+                }
+                Ok(_) => {
+                    self.metrics.l2_misses.inc();
+                }
+                Err(err) => self.l2_failed(&err),
+            }
+        }
+        let mut loaded = self.read_replica_or_primary(vec![id]).await?;
+        self.settle_db_fill(id, take(&mut loaded, id)).await
+    }
+
+    /// Finishes a database fill: a row older than the product's floor is read again
+    /// from the primary; the result is written back to L2 and kept in L1.
+    async fn settle_db_fill(&self, id: i64, lookup: Lookup) -> Result<Lookup, ReadError> {
+        let lookup = if lookup.version() < self.floors.get(id) {
+            self.read_primary(id).await?
+        } else {
+            lookup
+        };
+        self.write_back_l2(id, &lookup).await;
+        self.keep_in_l1(id, lookup).await
+    }
+
+    /// Stores a fill in L1 if its floor allows; if the floor rose while it was being
+    /// read (an invalidation arrived), the primary's row is used instead.
+    async fn keep_in_l1(&self, id: i64, lookup: Lookup) -> Result<Lookup, ReadError> {
+        if self
+            .l1
+            .insert_fresh(id, lookup.clone(), || self.floors.get(id))
+            || lookup.version() >= self.floors.get(id)
+        {
+            return Ok(lookup);
+        }
+        let fresh = self.read_primary(id).await?;
+        self.write_back_l2(id, &fresh).await;
+        self.l1
+            .insert_fresh(id, fresh.clone(), || self.floors.get(id));
+        Ok(fresh)
+    }
+
+    /// Reads one product from the primary, after a replica or Redis was older than the
+    /// product's floor.
+    async fn read_primary(&self, id: i64) -> Result<Lookup, ReadError> {
+        self.metrics.stale_fills.inc();
+        let rows = catalog::products_by_ids(self.db.primary(), &[id]).await?;
+        self.metrics.db_reads_primary.inc();
+        match rows.into_iter().next() {
+            Some(row) => Ok(row.into_lookup()?),
+            None => Ok(Lookup::Unknown),
+        }
+    }
+
+    /// Reads and renders the rows of `ids` that exist, from a healthy replica or the
+    /// primary (no freshness promise: the caller checks floors).
+    async fn read_replica_or_primary(
+        &self,
+        ids: Vec<i64>,
+    ) -> Result<Vec<(i64, Lookup)>, ReadError> {
+        let ids = Arc::new(ids);
+        let rows: Vec<ProductRow> = self
+            .query_replica_or_primary(move |pool| {
+                let ids = Arc::clone(&ids);
+                Box::pin(async move { catalog::products_by_ids(pool, &ids).await })
+            })
+            .await?;
+        rows.into_iter()
+            .map(|row| Ok((row.id, row.into_lookup()?)))
+            .collect()
+    }
+
+    async fn write_back_l2(&self, id: i64, lookup: &Lookup) {
+        if let Some(l2) = &self.l2
+            && let Err(err) = l2.put(id, lookup).await
+        {
+            self.l2_failed(&err);
+        }
+    }
+
+    pub(super) fn l2_failed(&self, err: &fred::error::Error) {
+        self.metrics.l2_errors.inc();
+        tracing::debug!(error = %err, "Redis command failed; reading on without L2");
+    }
+
+    /// Runs a query on a healthy replica (or the primary); a replica that fails is taken
+    /// out of the healthy set and the query is retried once elsewhere.
+    pub(super) async fn query_replica_or_primary<T, F>(&self, run: F) -> Result<T, ReadError>
+    where
+        F: for<'p> Fn(&'p PgPool) -> Query<'p, T>,
+    {
+        let mut last_error = ReadError::NoDatabase;
+        for _ in 0..2 {
+            let target = self.db.pick().ok_or(ReadError::NoDatabase)?;
+            match run(target.pool()).await {
+                Ok(value) => {
+                    self.count_read(target);
+                    return Ok(value);
+                }
+                Err(err) => {
+                    self.metrics.db_errors.inc();
+                    match target {
+                        Target::Replica(index, _) => {
+                            tracing::warn!(error = %err, replica = index, "replica query failed");
+                            self.db.mark_failed(index, &self.metrics);
+                            last_error = ReadError::from(err);
+                        }
+                        Target::Primary(_) => return Err(err.into()),
+                    }
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Counts one read on the tier it ran on.
+    pub(super) fn count_read(&self, target: Target<'_>) {
+        let counter = match target {
+            Target::Replica(..) => &self.metrics.db_reads_replica,
+            Target::Primary(_) => &self.metrics.db_reads_primary,
+        };
+        counter.inc();
+    }
+}
+
+/// Removes and returns `id`'s state from rows just loaded; `Unknown` if no row had it.
+pub(super) fn take(loaded: &mut Vec<(i64, Lookup)>, id: i64) -> Lookup {
+    match loaded.iter().position(|(found, _)| *found == id) {
+        Some(at) => loaded.swap_remove(at).1,
+        None => Lookup::Unknown,
+    }
+}
