@@ -103,37 +103,18 @@ mod tests {
     fn a_read_after_the_window_that_misses_a_write_is_stale() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
+        let event = |id, version, after| Event {
+            id,
+            version,
+            at: t0 + ms(after),
+        };
         let window = ms(100);
-        let acks = [Event {
-            id: 1,
-            version: 2,
-            at: t0,
-        }];
+        let acks = [event(1, 2, 0)];
         let reads = [
-            // Within the window: old is allowed.
-            Event {
-                id: 1,
-                version: 1,
-                at: t0 + ms(50),
-            },
-            // Sees the write 80 ms after its acknowledgement.
-            Event {
-                id: 1,
-                version: 2,
-                at: t0 + ms(80),
-            },
-            // Past the window and old: stale.
-            Event {
-                id: 1,
-                version: 1,
-                at: t0 + ms(150),
-            },
-            // Another product: not judged against this write.
-            Event {
-                id: 2,
-                version: 1,
-                at: t0 + ms(150),
-            },
+            event(1, 1, 50),  // within the window: old is allowed
+            event(1, 2, 80),  // sees the write 80 ms after its acknowledgement
+            event(1, 1, 150), // past the window and old: stale
+            event(2, 1, 150), // another product: not judged against this write
         ];
         let report = Report::check(&acks, &reads, window);
         assert_eq!(report.stale, 1);

@@ -184,23 +184,17 @@ async fn idempotency_keys_replay_refuse_reuse_and_expire() {
     .assert_problem(400, "invalid-idempotency-key");
 
     // Refusals are stored too: a retry of a refused request is refused the same way.
-    let bad = app
-        .admin(
+    let refused = || {
+        app.admin(
             "PATCH",
             "/admin/products/700001",
             &[("idempotency-key", "bad-1")],
             r#"{"stock": -1}"#,
         )
-        .await;
+    };
+    let bad = refused().await;
     bad.assert_problem(400, "invalid-product");
-    let bad_again = app
-        .admin(
-            "PATCH",
-            "/admin/products/700001",
-            &[("idempotency-key", "bad-1")],
-            r#"{"stock": -1}"#,
-        )
-        .await;
+    let bad_again = refused().await;
     assert_eq!(bad_again.header("idempotent-replayed"), Some("true"));
     assert_eq!(bad_again.body, bad.body);
 
