@@ -392,3 +392,70 @@ async fn all_in_one_without_redis_invalidates_over_the_in_process_bus() {
     assert_eq!(doc["stock"], 32);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_relay_round_stopped_at_its_batch_limit_carries_no_watermark() {
+    use catalog::coherence::relay::{Relay, Sink};
+    use catalog::store::redis::{L2, L2Config};
+
+    let db = seeded(10, 4).await;
+    let config = TestApp::config(&db);
+    // A reader alone: nothing publishes until this test runs the relay's rounds.
+    let app = TestApp::spawn(&config).await;
+    let (id, _) = product_in_category(&db).await;
+    assert_eq!(
+        app.get(&format!("/products/{id}")).await.json()["version"],
+        1
+    );
+    // A backlog: more unpublished rows than one round takes, then the product's write.
+    sqlx::query(
+        "insert into outbox (product_id, version, categories, created_at) \
+         select g, 1, '{}', clock_timestamp() from generate_series(900001, 900300) g",
+    )
+    .execute(&db.primary)
+    .await
+    .unwrap();
+    let committed =
+        catalog::write::tx::product::patch(&db.primary, id, br#"{"stock": 77}"#, None)
+            .await
+            .unwrap();
+    assert_eq!(committed.written.version, 2);
+    // Later writes move the primary's WAL position past the token, as a busy primary's do.
+    let other = if id == 1 { 2 } else { 1 };
+    catalog::write::tx::product::patch(&db.primary, other, br#"{"stock": 1}"#, None)
+        .await
+        .unwrap();
+
+    let l2 = L2::connect(&L2Config {
+        url: config.redis_url.clone().unwrap(),
+        prefix: config.redis_prefix.clone(),
+        ttl: config.l2_ttl,
+        command_timeout: config.redis_timeout,
+    })
+    .unwrap();
+    l2.wait_connected(Duration::from_secs(5)).await.unwrap();
+    let relay = Relay::new(
+        db.primary.clone(),
+        Sink::redis(l2, &config.redis_prefix, config.stream_max_len),
+        Arc::new(catalog::metrics::Metrics::new()),
+    );
+    // One round: the oldest 256 rows, not the product's.
+    assert_eq!(relay.round().await.unwrap(), 256);
+    poll(|| async { (app.metric("catalog_invalidations_total").await >= 256.0).then_some(()) })
+        .await;
+    // The reader has applied everything the round published, and nothing that covers
+    // the write: a read with its token must not be answered from the stale L1 entry.
+    let read = app
+        .request(
+            "GET",
+            &format!("/products/{id}"),
+            &[("min-catalog-token", &committed.token)],
+        )
+        .await;
+    assert_eq!(read.json()["version"], 2, "token {}", committed.token);
+    assert_eq!(read.json()["stock"], 77);
+    // The next round drains the backlog and carries the watermark again.
+    assert_eq!(relay.round().await.unwrap(), 46);
+    wait_for_version(&app, id, 2).await;
+    app.shutdown().await;
+}

@@ -9,9 +9,10 @@
 //! stays dense), take the oldest unpublished rows, `XADD` each to
 //! `<prefix>invalidations` (`MAXLEN ~`) with the next sequence number and the stream's
 //! epoch, write each product's current document (or tombstone) to L2 by version, then
-//! mark the rows published and advance the sequence. The round's last entry carries the
-//! WAL position read before the rows were taken: the readers' watermark for
-//! read-your-writes tokens. If anything fails the transaction
+//! mark the rows published and advance the sequence. When the round took every
+//! unpublished row, its last entry carries the WAL position read before the rows were
+//! taken: the readers' watermark for read-your-writes tokens; a round stopped at its
+//! batch limit carries none, since older rows still wait. If anything fails the transaction
 //! rolls back and the rows are published again later: delivery is at least once, and
 //! applying an invalidation twice is harmless. Rows left by a writer that stopped
 //! between commit and publish are published by the next relay round, on restart.
@@ -205,6 +206,10 @@ impl Relay {
             self.metrics.outbox_backlog.set(0);
             return Ok(0);
         }
+        // The position read before the select covers every row committed before it only
+        // if the select took them all: a round stopped at its limit leaves older rows
+        // unpublished, so it carries no watermark.
+        let drained = rows.len() < BATCH as usize;
         let epoch = match &self.sink {
             Sink::Redis { l2, epoch_key, .. } => {
                 super::stream::ensure_epoch(l2.client(), epoch_key).await?
@@ -222,7 +227,7 @@ impl Relay {
                 committed_at_micros: row.created_micros,
                 seq: next_seq + i as i64,
                 epoch: epoch.clone(),
-                watermark: watermark.filter(|_| i + 1 == rows.len()),
+                watermark: watermark.filter(|_| drained && i + 1 == rows.len()),
             })
             .collect();
         match &self.sink {
