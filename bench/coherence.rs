@@ -76,6 +76,7 @@ fn entry(seq: i64, product: i64, version: i64) -> Invalidation {
         seq,
         epoch: "bench".to_owned(),
         watermark: Some(seq as u64 * 1000),
+        heartbeat: false,
     }
 }
 
@@ -102,6 +103,7 @@ fn invalidation(c: &mut Criterion) {
         l1: l1.clone(),
         floors: Floors::new(1 << 20, Duration::from_secs(3600)),
         watermark,
+        feed: catalog::coherence::feed::Feed::new(Duration::from_secs(3600)),
         metrics: Arc::new(Metrics::new()),
     });
     let mut seq = 0;

@@ -19,7 +19,7 @@ use catalog::cache::{L1, L1Config};
 use catalog::document::{Document, Lookup};
 use catalog::metrics::Metrics;
 use catalog::read::listing::batch_body;
-use catalog::read::{Freshness, HttpCaching, Reader};
+use catalog::read::{Freshness, HttpCaching, Reader, ReaderSettings};
 use catalog::store::replicas::Databases;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::BodyExt as _;
@@ -64,12 +64,21 @@ fn setup(runtime: &tokio::runtime::Runtime) -> (Reader, Vec<Arc<Document>>) {
             Reader::new(
                 l1,
                 None,
-                Freshness { floors, applied },
+                Freshness {
+                    floors,
+                    applied,
+                    feed: catalog::coherence::feed::Feed::new(Duration::from_secs(3600)),
+                },
                 databases,
                 metrics,
-                HttpCaching {
-                    max_age_secs: 5,
-                    stale_while_revalidate_secs: 30,
+                ReaderSettings {
+                    caching: HttpCaching {
+                        max_age_secs: 5,
+                        stale_while_revalidate_secs: 30,
+                    },
+                    db_timeout: Duration::from_secs(2),
+                    request_timeout: Duration::from_secs(5),
+                    token_bypass_max: 32,
                 },
             ),
             docs,

@@ -111,6 +111,12 @@ pub struct Config {
     pub synchronous_commit: Option<String>,
     /// `CATALOG_IDEMPOTENCY_TTL_SECS`: how long a stored `Idempotency-Key` response is kept.
     pub idempotency_ttl: Duration,
+    /// `CATALOG_SWEEP_INTERVAL_SECS`: time between the writer's sweeper rounds, which
+    /// delete expired idempotency keys and old published outbox rows.
+    pub sweep_interval: Duration,
+    /// `CATALOG_OUTBOX_RETENTION_SECS`: how long a published outbox row is kept before
+    /// the sweeper deletes it (unpublished rows are never deleted).
+    pub outbox_retention: Duration,
     /// `CATALOG_READER_ADDR`: where the storefront (read) face listens.
     pub reader_addr: SocketAddr,
     /// `CATALOG_WRITER_ADDR`: where the admin (write) face listens.
@@ -119,6 +125,15 @@ pub struct Config {
     pub admin_tokens: Vec<Secret>,
     /// `CATALOG_DB_POOL_SIZE`: connections per PostgreSQL pool (primary, and each replica).
     pub db_pool_size: u32,
+    /// `CATALOG_HEARTBEAT_MS`: the relay publishes a heartbeat when this long passes
+    /// without an entry, so readers can tell a quiet feed from a dead one.
+    pub heartbeat: Duration,
+    /// `CATALOG_FEED_SILENCE_MS`: a reader that hears no entry (not even a heartbeat) for
+    /// this long treats its feed as lost: it flushes L1 and caps entries' life at this.
+    pub feed_silence: Duration,
+    /// `CATALOG_DB_TIMEOUT_MS`: deadline of every database call (a query, or a write's
+    /// transaction), enforced by the server (`statement_timeout`) and by the client.
+    pub db_timeout: Duration,
     /// `CATALOG_LOG`: a `tracing` filter such as `info` or `catalog=debug`.
     pub log_filter: String,
     /// `CATALOG_LOG_FORMAT`: `text` or `json`.
@@ -153,6 +168,12 @@ pub struct ReadConfig {
     pub max_connections: usize,
     /// `CATALOG_HEADER_TIMEOUT_MS`: a client must send its request head within this time.
     pub header_read_timeout: Duration,
+    /// `CATALOG_REQUEST_TIMEOUT_MS`: deadline of a storefront request from its head to
+    /// its answer; past it the request is answered 503.
+    pub request_timeout: Duration,
+    /// `CATALOG_TOKEN_BYPASS_MAX`: token reads that may go around the caches at once;
+    /// more are answered 503.
+    pub token_bypass_max: usize,
 }
 
 impl Default for ReadConfig {
@@ -168,6 +189,8 @@ impl Default for ReadConfig {
             primary_fallback: true,
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            token_bypass_max: 32,
         }
     }
 }
@@ -185,11 +208,16 @@ impl Config {
             stream_max_len: 100_000,
             max_body_bytes: 1024 * 1024,
             idempotency_ttl: Duration::from_secs(86_400),
+            sweep_interval: Duration::from_secs(60),
+            outbox_retention: Duration::from_secs(3600),
             synchronous_commit: None,
             reader_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             writer_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             admin_tokens: Vec::new(),
             db_pool_size: 16,
+            db_timeout: Duration::from_secs(2),
+            heartbeat: Duration::from_secs(1),
+            feed_silence: Duration::from_secs(5),
             log_filter: "info".to_owned(),
             log_format: LogFormat::Text,
             read: ReadConfig::default(),
@@ -235,6 +263,16 @@ impl Config {
             config.idempotency_ttl,
             |raw| parse_in_range(raw, 1..=2_592_000).map(Duration::from_secs),
         )?;
+        config.sweep_interval = var.or(
+            "CATALOG_SWEEP_INTERVAL_SECS",
+            config.sweep_interval,
+            |raw| parse_in_range(raw, 1..=86_400).map(Duration::from_secs),
+        )?;
+        config.outbox_retention = var.or(
+            "CATALOG_OUTBOX_RETENTION_SECS",
+            config.outbox_retention,
+            |raw| parse_in_range(raw, 0..=31_536_000).map(Duration::from_secs),
+        )?;
         config.synchronous_commit =
             var.optional("CATALOG_SYNCHRONOUS_COMMIT", |raw| match raw {
                 "on" | "off" | "local" | "remote_write" | "remote_apply" => Ok(raw.to_owned()),
@@ -246,6 +284,25 @@ impl Config {
         config.db_pool_size = var.or("CATALOG_DB_POOL_SIZE", 16, |raw| {
             parse_in_range(raw, 1..=1000)
         })?;
+        config.db_timeout = var.or("CATALOG_DB_TIMEOUT_MS", config.db_timeout, |raw| {
+            parse_in_range(raw, 10..=600_000).map(Duration::from_millis)
+        })?;
+        config.heartbeat = var.or("CATALOG_HEARTBEAT_MS", config.heartbeat, |raw| {
+            parse_in_range(raw, 10..=60_000).map(Duration::from_millis)
+        })?;
+        config.feed_silence = var.or("CATALOG_FEED_SILENCE_MS", config.feed_silence, |raw| {
+            parse_in_range(raw, 20..=3_600_000).map(Duration::from_millis)
+        })?;
+        if config.feed_silence <= config.heartbeat {
+            return Err(ConfigError {
+                var: "CATALOG_FEED_SILENCE_MS",
+                reason: format!(
+                    "must be longer than CATALOG_HEARTBEAT_MS ({} ms), or every reader would \
+                     think its feed lost between two heartbeats",
+                    config.heartbeat.as_millis()
+                ),
+            });
+        }
         config.log_filter = var.or("CATALOG_LOG", config.log_filter, |raw| Ok(raw.to_owned()))?;
         config.log_format = var.or("CATALOG_LOG_FORMAT", LogFormat::Text, |raw| match raw {
             "text" => Ok(LogFormat::Text),
@@ -289,6 +346,12 @@ impl Config {
                 d.header_read_timeout,
                 |raw| parse_in_range(raw, 1..=600_000).map(Duration::from_millis),
             )?,
+            request_timeout: var.or("CATALOG_REQUEST_TIMEOUT_MS", d.request_timeout, |raw| {
+                parse_in_range(raw, 10..=600_000).map(Duration::from_millis)
+            })?,
+            token_bypass_max: var.or("CATALOG_TOKEN_BYPASS_MAX", d.token_bypass_max, |raw| {
+                parse_in_range(raw, 1..=100_000)
+            })?,
         };
         Ok(config)
     }
@@ -446,6 +509,8 @@ mod tests {
             ("CATALOG_STREAM_MAXLEN", "10"),
             ("CATALOG_MAX_BODY_BYTES", "big"),
             ("CATALOG_IDEMPOTENCY_TTL_SECS", "0"),
+            ("CATALOG_SWEEP_INTERVAL_SECS", "0"),
+            ("CATALOG_OUTBOX_RETENTION_SECS", "-1"),
             ("CATALOG_SYNCHRONOUS_COMMIT", "always"),
             ("CATALOG_READER_ADDR", "not-an-address"),
             ("CATALOG_WRITER_ADDR", "127.0.0.1:99999"),

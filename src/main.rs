@@ -1,6 +1,7 @@
 //! `catalogd`: parses the command line and configuration, then hands over to the library.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -54,7 +55,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::All => return serve(&config, Role::All).await,
         Command::Migrate | Command::Seed(_) => {}
     }
-    let pool = postgres::connect(&config.database_url, 2, None)
+    let settings = postgres::PoolSettings {
+        max_connections: 2,
+        statement_timeout: Duration::ZERO,
+        synchronous_commit: None,
+    };
+    let pool = postgres::connect(&config.database_url, &settings)
         .await
         .context("cannot connect to the primary (CATALOG_DATABASE_URL)")?;
     match command {

@@ -183,6 +183,10 @@ pub struct Metrics {
     pub l2_misses: Counter,
     /// Redis commands that failed (the read went on without L2).
     pub l2_errors: Counter,
+    /// Openings of L2's circuit breaker (Redis kept failing).
+    pub l2_breaker_trips: Counter,
+    /// Write-backs to L2 skipped because too many were in flight.
+    pub l2_write_backs_skipped: Counter,
     /// Product rows read from a replica.
     pub db_reads_replica: Counter,
     /// Product rows read from the primary.
@@ -201,6 +205,12 @@ pub struct Metrics {
     pub l1_flushes: Counter,
     /// Stream reads that failed (the consumer reconnects with backoff).
     pub consumer_errors: Counter,
+    /// Times the invalidation feed went silent (no entry, not even a heartbeat).
+    pub feed_silences: Counter,
+    /// 1 while the invalidation feed is silent, else 0.
+    pub feed_silent: Gauge,
+    /// Heartbeats published by the relay.
+    pub relay_heartbeats: Counter,
     /// Commit on the primary to invalidation applied here, in seconds.
     pub propagation: AtomicHistogram,
     /// Reads with a `Min-Catalog-Token` the caches could not prove fresh enough, served
@@ -214,6 +224,14 @@ pub struct Metrics {
     pub relay_errors: Counter,
     /// Outbox rows not yet published.
     pub outbox_backlog: Gauge,
+    /// Sweeper rounds run (each deletes what it finds).
+    pub sweeper_rounds: Counter,
+    /// Expired idempotency keys the sweeper deleted.
+    pub sweeper_keys_deleted: Counter,
+    /// Published outbox rows past their retention the sweeper deleted.
+    pub sweeper_outbox_deleted: Counter,
+    /// Sweeper rounds that failed (retried at the next round).
+    pub sweeper_errors: Counter,
     /// 1 when a replica is in the healthy set, else 0, by replica.
     pub replica_healthy: Family<Vec<(&'static str, String)>, Gauge>,
     /// Replay lag of each replica behind the primary's WAL position, in bytes.
@@ -264,6 +282,16 @@ impl Metrics {
         let l2_hits = counter(r, "l2_hits", "Redis lookups that found the product");
         let l2_misses = counter(r, "l2_misses", "Redis lookups that found nothing");
         let l2_errors = counter(r, "l2_errors", "Redis commands that failed");
+        let l2_breaker_trips = counter(
+            r,
+            "l2_breaker_trips",
+            "Openings of the Redis circuit breaker",
+        );
+        let l2_write_backs_skipped = counter(
+            r,
+            "l2_write_backs_skipped",
+            "Write-backs to Redis skipped while too many were in flight",
+        );
         let db_reads_replica = counter(r, "db_reads_replica", "Product rows read from a replica");
         let db_reads_primary = counter(r, "db_reads_primary", "Product rows read from the primary");
         let db_errors = counter(r, "db_errors", "Database queries that failed");
@@ -277,6 +305,18 @@ impl Metrics {
         let stream_resets = counter(r, "stream_resets", "Resets of the invalidation stream");
         let l1_flushes = counter(r, "l1_flushes", "Whole-L1 flushes after a gap or reset");
         let consumer_errors = counter(r, "consumer_errors", "Failed invalidation stream reads");
+        let feed_silences = counter(
+            r,
+            "feed_silences",
+            "Times the invalidation feed went silent past the limit",
+        );
+        let relay_heartbeats = counter(r, "relay_heartbeats", "Heartbeats published by the relay");
+        let feed_silent = Gauge::default();
+        r.register(
+            "feed_silent",
+            "1 while the invalidation feed is silent",
+            feed_silent.clone(),
+        );
         let relay_published = counter(r, "relay_published", "Outbox rows published");
         let token_bypasses = counter(
             r,
@@ -284,6 +324,18 @@ impl Metrics {
             "Token reads served around the caches (watermark behind the token)",
         );
         let relay_errors = counter(r, "relay_errors", "Failed relay rounds");
+        let sweeper_rounds = counter(r, "sweeper_rounds", "Sweeper rounds run");
+        let sweeper_keys_deleted = counter(
+            r,
+            "sweeper_idempotency_keys_deleted",
+            "Expired idempotency keys deleted by the sweeper",
+        );
+        let sweeper_outbox_deleted = counter(
+            r,
+            "sweeper_outbox_rows_deleted",
+            "Published outbox rows past their retention deleted by the sweeper",
+        );
+        let sweeper_errors = counter(r, "sweeper_errors", "Failed sweeper rounds");
         let propagation = AtomicHistogram::new(&LATENCY_BUCKETS);
         registry.register(
             "propagation_seconds",
@@ -329,6 +381,8 @@ impl Metrics {
             l2_hits,
             l2_misses,
             l2_errors,
+            l2_breaker_trips,
+            l2_write_backs_skipped,
             db_reads_replica,
             db_reads_primary,
             db_errors,
@@ -338,12 +392,19 @@ impl Metrics {
             stream_resets,
             l1_flushes,
             consumer_errors,
+            feed_silences,
+            feed_silent,
+            relay_heartbeats,
             propagation,
             token_bypasses,
             relay_published,
             relay_lag,
             relay_errors,
             outbox_backlog,
+            sweeper_rounds,
+            sweeper_keys_deleted,
+            sweeper_outbox_deleted,
+            sweeper_errors,
             replica_healthy,
             replica_lag_bytes,
             l1_entries,

@@ -12,23 +12,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{L1, L1Config};
 use crate::coherence::consumer::{Consumer, Source, Targets};
+use crate::coherence::feed::Feed;
 use crate::coherence::floors::Floors;
 use crate::coherence::relay::{Relay, Sink};
 use crate::coherence::stream::Invalidation;
 use crate::config::Config;
 use crate::http::{self, Limits};
 use crate::metrics::Metrics;
-use crate::read::{Freshness, HttpCaching, Reader};
-use crate::store::postgres;
+use crate::read::{Freshness, HttpCaching, Reader, ReaderSettings};
+use crate::store::postgres::{self, PoolSettings};
 use crate::store::redis::{L2, L2Config};
 use crate::store::replicas::{self, Databases, Replica};
+use crate::write::sweeper::{SweepSettings, Sweeper};
 use crate::write::{Writer, WriterLimits};
 
 /// How long in-flight requests get to finish after shutdown begins.
@@ -66,6 +67,15 @@ fn supervise(
     });
 }
 
+/// How every service pool connects: its size and the database calls' deadline.
+fn pool_settings(config: &Config, synchronous_commit: Option<String>) -> PoolSettings {
+    PoolSettings {
+        max_connections: config.db_pool_size,
+        statement_timeout: config.db_timeout,
+        synchronous_commit,
+    }
+}
+
 /// The reader's parts.
 #[derive(Debug)]
 struct ReadSide {
@@ -73,6 +83,8 @@ struct ReadSide {
     listener: TcpListener,
     databases: Arc<Databases>,
     consumer: Option<(Consumer, Source)>,
+    /// The feed's watchdog, with the L1 it flushes when the feed goes silent.
+    feed: (Feed, L1),
     check_interval: Duration,
 }
 
@@ -82,6 +94,7 @@ struct WriteSide {
     writer: Arc<Writer>,
     listener: TcpListener,
     relay: Option<Relay>,
+    sweeper: Sweeper,
 }
 
 /// The running service, built but not yet serving.
@@ -96,9 +109,6 @@ pub struct Application {
 impl Application {
     /// Connects to the stores and binds the listeners of `role`.
     pub async fn build(config: &Config, role: Role) -> anyhow::Result<Self> {
-        let primary = postgres::connect(&config.database_url, config.db_pool_size, None)
-            .await
-            .context("cannot connect to the primary (CATALOG_DATABASE_URL)")?;
         let metrics = Arc::new(Metrics::new());
         let l2 = match &config.redis_url {
             Some(url) => {
@@ -107,6 +117,7 @@ impl Application {
                     prefix: config.redis_prefix.clone(),
                     ttl: config.l2_ttl,
                     command_timeout: config.redis_timeout,
+                    breaker_trips: metrics.l2_breaker_trips.clone(),
                 })
                 .context("CATALOG_REDIS_URL")?;
                 if let Err(err) = l2.wait_connected(REDIS_STARTUP_WAIT).await {
@@ -132,7 +143,7 @@ impl Application {
                     (None, Some(rx)) => Some(Source::Local(rx)),
                     (None, None) => None,
                 };
-                Some(Self::read_side(config, primary.clone(), l2.clone(), source, &metrics).await?)
+                Some(Self::read_side(config, l2.clone(), source, &metrics).await?)
             }
             Role::Writer => None,
         };
@@ -145,7 +156,7 @@ impl Application {
                     (None, Some(bus)) => Some(Sink::local(bus)),
                     (None, None) => None,
                 };
-                Some(Self::write_side(config, primary, sink, &metrics).await?)
+                Some(Self::write_side(config, sink, &metrics).await?)
             }
             Role::Reader => None,
         };
@@ -161,25 +172,24 @@ impl Application {
         })
     }
 
+    /// The reader's pools: its own (the writer's stays the writer's), connected on
+    /// first use, so a reader starts, and serves its caches, while a database is down.
     async fn read_side(
         config: &Config,
-        primary: sqlx::PgPool,
         l2: Option<L2>,
         source: Option<Source>,
         metrics: &Arc<Metrics>,
     ) -> anyhow::Result<ReadSide> {
+        let settings = pool_settings(config, None);
+        let primary = postgres::connect_lazy(&config.database_url, &settings)
+            .context("CATALOG_DATABASE_URL")?;
         let replicas = config
             .replica_urls
             .iter()
             .map(|url| {
-                let options = url.parse().context("CATALOG_REPLICA_URLS")?;
-                Ok(Replica::new(
-                    replicas::display_name(url),
-                    PgPoolOptions::new()
-                        .max_connections(config.db_pool_size)
-                        .acquire_timeout(Duration::from_secs(2))
-                        .connect_lazy_with(options),
-                ))
+                let pool =
+                    postgres::connect_lazy(url, &settings).context("CATALOG_REPLICA_URLS")?;
+                Ok(Replica::new(replicas::display_name(url), pool))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let databases = Arc::new(Databases::new(
@@ -196,24 +206,36 @@ impl Application {
         });
         let floors = Floors::new(FLOORS_CAPACITY, config.read.l1_max_ttl);
         let (watermark, applied) = tokio::sync::watch::channel(0);
+        let feed = Feed::new(config.feed_silence);
         let consumer = source.map(|source| {
             let targets = Targets {
                 l1: l1.clone(),
                 floors: floors.clone(),
                 watermark,
+                feed: feed.clone(),
                 metrics: Arc::clone(metrics),
             };
             (Consumer::new(targets), source)
         });
+        let feed = (feed, l1.clone());
         let reader = Arc::new(Reader::new(
             l1,
             l2,
-            Freshness { floors, applied },
+            Freshness {
+                floors,
+                applied,
+                feed: feed.0.clone(),
+            },
             Arc::clone(&databases),
             Arc::clone(metrics),
-            HttpCaching {
-                max_age_secs: config.read.http_max_age_secs,
-                stale_while_revalidate_secs: config.read.http_stale_while_revalidate_secs,
+            ReaderSettings {
+                caching: HttpCaching {
+                    max_age_secs: config.read.http_max_age_secs,
+                    stale_while_revalidate_secs: config.read.http_stale_while_revalidate_secs,
+                },
+                db_timeout: config.db_timeout,
+                request_timeout: config.read.request_timeout,
+                token_bypass_max: config.read.token_bypass_max,
             },
         ));
         let listener = TcpListener::bind(config.reader_addr)
@@ -229,29 +251,31 @@ impl Application {
             listener,
             databases,
             consumer,
+            feed,
             check_interval: config.read.replica_check_interval,
         })
     }
 
+    /// The writer's pool, connected at once: a writer cannot work without the primary.
     async fn write_side(
         config: &Config,
-        primary: sqlx::PgPool,
         sink: Option<Sink>,
         metrics: &Arc<Metrics>,
     ) -> anyhow::Result<WriteSide> {
-        let primary = match &config.synchronous_commit {
-            Some(level) => {
-                postgres::connect(&config.database_url, config.db_pool_size, Some(level))
-                    .await
-                    .context("cannot connect to the primary (CATALOG_DATABASE_URL)")?
-            }
-            None => primary,
-        };
+        let settings = pool_settings(config, config.synchronous_commit.clone());
+        let primary = postgres::connect(&config.database_url, &settings)
+            .await
+            .context("cannot connect to the primary (CATALOG_DATABASE_URL)")?;
         if config.admin_tokens.is_empty() {
             tracing::warn!("CATALOG_ADMIN_TOKENS is empty: every admin request will be refused");
         }
         let relay = match sink {
-            Some(sink) => Some(Relay::new(primary.clone(), sink, Arc::clone(metrics))),
+            Some(sink) => Some(Relay::new(
+                primary.clone(),
+                sink,
+                Arc::clone(metrics),
+                config.heartbeat,
+            )),
             None => {
                 tracing::warn!(
                     "writer without CATALOG_REDIS_URL: writes are not broadcast to other \
@@ -260,6 +284,15 @@ impl Application {
                 None
             }
         };
+        let sweeper = Sweeper::new(
+            primary.clone(),
+            SweepSettings {
+                interval: config.sweep_interval,
+                outbox_retention: config.outbox_retention,
+                deadline: config.db_timeout,
+            },
+            Arc::clone(metrics),
+        );
         let writer = Arc::new(Writer::new(
             primary,
             config.admin_tokens.clone(),
@@ -267,6 +300,7 @@ impl Application {
             WriterLimits {
                 max_body: config.max_body_bytes,
                 idempotency_ttl: config.idempotency_ttl,
+                db_timeout: config.db_timeout,
             },
         ));
         let listener = TcpListener::bind(config.writer_addr)
@@ -281,6 +315,7 @@ impl Application {
             writer,
             listener,
             relay,
+            sweeper,
         })
     }
 
@@ -313,6 +348,9 @@ impl Application {
                 let run = consumer.run(source, stop.child_token());
                 supervise(&mut tasks, "invalidation consumer", run);
             }
+            let (feed, l1) = read.feed;
+            let watch = feed.watch(l1, Arc::clone(&self.metrics), stop.child_token());
+            supervise(&mut tasks, "feed watchdog", watch);
             let serve = http::serve(read.listener, read.reader, self.limits, stop.child_token());
             supervise(&mut tasks, "reader listener", serve);
         }
@@ -320,6 +358,7 @@ impl Application {
             if let Some(relay) = write.relay {
                 supervise(&mut tasks, "outbox relay", relay.run(stop.child_token()));
             }
+            supervise(&mut tasks, "sweeper", write.sweeper.run(stop.child_token()));
             let serve = http::serve(
                 write.listener,
                 write.writer,

@@ -415,10 +415,9 @@ async fn a_relay_round_stopped_at_its_batch_limit_carries_no_watermark() {
     .execute(&db.primary)
     .await
     .unwrap();
-    let committed =
-        catalog::write::tx::product::patch(&db.primary, id, br#"{"stock": 77}"#, None)
-            .await
-            .unwrap();
+    let committed = catalog::write::tx::product::patch(&db.primary, id, br#"{"stock": 77}"#, None)
+        .await
+        .unwrap();
     assert_eq!(committed.written.version, 2);
     // Later writes move the primary's WAL position past the token, as a busy primary's do.
     let other = if id == 1 { 2 } else { 1 };
@@ -431,6 +430,7 @@ async fn a_relay_round_stopped_at_its_batch_limit_carries_no_watermark() {
         prefix: config.redis_prefix.clone(),
         ttl: config.l2_ttl,
         command_timeout: config.redis_timeout,
+        breaker_trips: Default::default(),
     })
     .unwrap();
     l2.wait_connected(Duration::from_secs(5)).await.unwrap();
@@ -438,6 +438,7 @@ async fn a_relay_round_stopped_at_its_batch_limit_carries_no_watermark() {
         db.primary.clone(),
         Sink::redis(l2, &config.redis_prefix, config.stream_max_len),
         Arc::new(catalog::metrics::Metrics::new()),
+        config.heartbeat,
     );
     // One round: the oldest 256 rows, not the product's.
     assert_eq!(relay.round().await.unwrap(), 256);
@@ -457,5 +458,86 @@ async fn a_relay_round_stopped_at_its_batch_limit_carries_no_watermark() {
     // The next round drains the backlog and carries the watermark again.
     assert_eq!(relay.round().await.unwrap(), 46);
     wait_for_version(&app, id, 2).await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_frozen_redis_is_a_silent_feed_and_readers_stop_trusting_l1() {
+    let db = seeded(10, 4).await;
+    let redis = OwnRedis::start().await;
+    let mut config = TestApp::config(&db);
+    config.redis_url = Some(format!("redis://127.0.0.1:{}", redis.port));
+    config.heartbeat = Duration::from_millis(100);
+    config.feed_silence = Duration::from_millis(600);
+    let app = TestApp::spawn_as(&config, Role::All).await;
+    let (id, _) = product_in_category(&db).await;
+    assert_eq!(
+        app.get(&format!("/products/{id}")).await.json()["version"],
+        1
+    );
+    // Heartbeats flow while nothing changes: the feed is not silent.
+    poll(|| async { (app.metric("catalog_relay_heartbeats_total").await >= 3.0).then_some(()) })
+        .await;
+    assert_eq!(app.metric("catalog_feed_silent").await, 0.0);
+    assert_eq!(app.get("/readyz").await.text(), "ready\n");
+
+    redis.freeze();
+    let frozen = Instant::now();
+    // The write is acknowledged (the primary is fine); its invalidation cannot flow.
+    let version = patch_stock(&app, id, 41).await.json()["version"]
+        .as_i64()
+        .unwrap();
+    // Within the silence limit (and a watchdog tick) the reader stops serving the old
+    // copy from L1.
+    let doc = wait_for_version(&app, id, version).await;
+    eprintln!(
+        "Redis frozen: new version served after {:?}",
+        frozen.elapsed()
+    );
+    assert_eq!(doc["stock"], 41);
+    assert_eq!(app.metric("catalog_feed_silent").await, 1.0);
+    assert!(app.metric("catalog_feed_silences_total").await >= 1.0);
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status, 200);
+    assert!(
+        ready.text().contains("invalidation feed silent"),
+        "{}",
+        ready.text()
+    );
+
+    redis.thaw();
+    poll(|| async { (app.metric("catalog_feed_silent").await == 0.0).then_some(()) }).await;
+    assert_eq!(app.get("/readyz").await.text(), "ready\n");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_create_is_found_by_sku_with_its_token_at_once() {
+    let db = seeded(10, 2).await;
+    let app = TestApp::spawn_as(&TestApp::config(&db), Role::All).await;
+    // The reader learns that no product has this SKU (a cached negative entry).
+    app.get("/products/by-sku/NEW-SKU-1")
+        .await
+        .assert_problem(404, "product-not-found");
+    let body = serde_json::json!({
+        "sku": "NEW-SKU-1",
+        "name": "New lamp",
+        "price": {"amount": 1999, "currency": "EUR"},
+        "stock": 2,
+    })
+    .to_string();
+    let created = app.admin("PUT", "/admin/products/900100", &[], &body).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let token = created.header("catalog-token").unwrap().to_owned();
+    // No polling: the read carrying the create's token finds it.
+    let read = app
+        .request(
+            "GET",
+            "/products/by-sku/NEW-SKU-1",
+            &[("min-catalog-token", &token)],
+        )
+        .await;
+    assert_eq!(read.status, 200, "{}", read.text());
+    assert_eq!(read.json()["id"], 900100);
     app.shutdown().await;
 }

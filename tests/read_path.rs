@@ -3,9 +3,10 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{OwnRedis, TestApp, TestDb, seeded};
+use common::fault::{self, FaultProxy};
+use common::{OwnRedis, TestApp, TestDb, poll, replica_has_products, seeded};
 use serde_json::Value;
 
 async fn visible_product(db: &TestDb) -> (i64, String) {
@@ -155,6 +156,21 @@ async fn a_second_reader_is_served_from_redis() {
     let (id, _) = visible_product(&db).await;
     let first = TestApp::spawn(&config).await;
     let body = first.get(&format!("/products/{id}")).await.body;
+    // The write-back runs in the background: wait until Redis has the document.
+    use fred::prelude::{ClientLike as _, KeysInterface as _};
+    let redis = fred::prelude::Builder::from_config(
+        fred::prelude::Config::from_url(config.redis_url.as_deref().unwrap()).unwrap(),
+    )
+    .build()
+    .unwrap();
+    redis.init().await.unwrap();
+    let key = format!("{}p:{id}", config.redis_prefix);
+    poll(|| async {
+        let stored: i64 = redis.exists(&key).await.ok()?;
+        (stored == 1).then_some(())
+    })
+    .await;
+    redis.quit().await.unwrap();
     first.shutdown().await;
     let second = TestApp::spawn(&config).await;
     let reply = second.get(&format!("/products/{id}")).await;
@@ -513,5 +529,98 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
         .unwrap()
         .unwrap();
     assert_eq!(reply.status, 200);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_frozen_replica_costs_a_read_its_deadline_not_minutes() {
+    let db = seeded(20, 2).await;
+    replica_has_products(&db, 20).await;
+    let proxy = FaultProxy::start(fault::target(&db.replica_url)).await;
+    let mut config = TestApp::config(&db);
+    config.replica_urls = vec![fault::through(&db.replica_url, proxy.addr)];
+    config.redis_url = None;
+    config.db_timeout = Duration::from_millis(300);
+    // The health check must not take the replica out first: the read finds it frozen.
+    config.read.replica_check_interval = Duration::from_secs(600);
+    let app = TestApp::spawn(&config).await;
+    assert_eq!(app.get("/products/1").await.status, 200);
+    assert_eq!(app.metric("catalog_db_reads_replica_total").await, 1.0);
+
+    // Silent in the middle of the product query, after the pool's liveness check passed.
+    proxy.freeze_on(b"from products");
+    let started = Instant::now();
+    let reply = tokio::time::timeout(Duration::from_secs(15), app.get("/products/2"))
+        .await
+        .expect("a read must not wait on a replica that does not answer");
+    eprintln!("read with the replica frozen: {:?}", started.elapsed());
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["id"], 2);
+    assert!(app.metric("catalog_db_errors_total").await >= 1.0);
+    assert_eq!(app.metric("catalog_db_reads_primary_total").await, 1.0);
+    proxy.thaw();
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_token_ahead_of_the_primary_is_refused_without_a_primary_read() {
+    let db = seeded(5, 2).await;
+    let app = TestApp::spawn(&TestApp::config(&db)).await;
+    let current: String = sqlx::query_scalar("select pg_current_wal_lsn()::text")
+        .fetch_one(&db.primary)
+        .await
+        .unwrap();
+    let (high, low) = current.split_once('/').unwrap();
+    let ahead = format!("{:X}/{low}", u64::from_str_radix(high, 16).unwrap() + 1);
+    let reads = app.metric("catalog_db_reads_primary_total").await;
+    for token in ["FFFFFFFF/FFFFFFFF", ahead.as_str()] {
+        for path in ["/products/1", "/products?ids=1,2", "/products/by-sku/x"] {
+            let reply = app
+                .request("GET", path, &[("min-catalog-token", token)])
+                .await;
+            reply.assert_problem(400, "invalid-token");
+        }
+    }
+    assert_eq!(
+        app.metric("catalog_db_reads_primary_total").await,
+        reads,
+        "a refused token read the primary"
+    );
+    // A position the primary has reached is a token it may have issued.
+    let reply = app
+        .request("GET", "/products/1", &[("min-catalog-token", &current)])
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_frozen_redis_costs_cold_batches_no_write_back_waits() {
+    let db = seeded(400, 4).await;
+    let redis = OwnRedis::start().await;
+    let mut config = TestApp::config(&db);
+    config.redis_url = Some(format!("redis://127.0.0.1:{}", redis.port));
+    config.redis_timeout = Duration::from_millis(250);
+    config.read.request_timeout = Duration::from_secs(5);
+    let app = TestApp::spawn(&config).await;
+    assert_eq!(app.get("/products/1").await.status, 200);
+
+    redis.freeze();
+    // Two cold batches of 200 ids: each id's write-back would wait its own Redis timeout
+    // (200 × 250 ms) if the answer waited for them, far past the request deadline.
+    for ids in [(1..=200), (201..=400)] {
+        let list: Vec<String> = ids.map(|id: i64| id.to_string()).collect();
+        let started = Instant::now();
+        let reply = app.get(&format!("/products?ids={}", list.join(","))).await;
+        eprintln!(
+            "cold batch of 200 with Redis frozen: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.json()["items"].as_array().unwrap().len(), 200);
+    }
+    // Redis kept failing: the breaker opened, and reads stop waiting on it at all.
+    assert!(app.metric("catalog_l2_breaker_trips_total").await >= 1.0);
+    redis.thaw();
     app.shutdown().await;
 }

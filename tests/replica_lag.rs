@@ -365,3 +365,36 @@ async fn with_a_synchronous_standby_acknowledged_means_applied_on_it() {
     flushed.shutdown().await;
     std::sync::Arc::try_unwrap(writer).unwrap().shutdown().await;
 }
+
+/// `GET /categories` is read from a database that covers every invalidation the reader
+/// applied, so a lagging replica cannot put the old list back after a category change.
+#[tokio::test]
+async fn a_category_change_is_never_undone_by_a_lagging_replica() {
+    let _replay = REPLAY.lock().await;
+    let db = seeded(20, 2).await;
+    let replica = db.replica().await;
+    let app = TestApp::spawn_as(&TestApp::config(&db), Role::All).await;
+    let listed = |text: String| text.contains("\"slug\":\"late-arrivals\"");
+    assert!(!listed(app.get("/categories").await.text()));
+
+    let _resume = resume_on_drop(&db.replica_url);
+    sqlx::query("select pg_wal_replay_pause()")
+        .execute(&replica)
+        .await
+        .unwrap();
+    let reply = app
+        .admin(
+            "PUT",
+            "/admin/categories/late-arrivals",
+            &[],
+            r#"{"name": "Late arrivals"}"#,
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    // Once the change's invalidation is applied, the list shows it, and keeps showing it.
+    poll(|| async { listed(app.get("/categories").await.text()).then_some(()) }).await;
+    for _ in 0..20 {
+        assert!(listed(app.get("/categories").await.text()));
+    }
+    app.shutdown().await;
+}

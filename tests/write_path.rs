@@ -7,8 +7,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use catalog::startup::Role;
+use catalog::write::idempotency::{self, Claim, Lease};
+use catalog::write::payload::ProductInput;
+use catalog::write::sweeper::{SweepSettings, Sweeper, Swept};
+use catalog::write::tx::product::{self, Op};
 use common::admin::{lamp, primary_state, product_in_category, wait_for_version};
-use common::{TestApp, poll, seeded};
+use common::{TestApp, TestDb, poll, seeded};
 use serde_json::Value;
 
 #[tokio::test]
@@ -144,7 +148,12 @@ async fn idempotency_keys_replay_refuse_reuse_and_expire() {
     assert_eq!(retry.header("idempotent-replayed"), Some("true"));
     assert_eq!(retry.body, first.body);
     assert_eq!(retry.header("etag"), first.header("etag"));
-    assert_eq!(retry.header("catalog-token"), first.header("catalog-token"));
+    // A replay's token is read at replay time: at or past the write's own.
+    let lsn = |reply: &common::Reply| {
+        catalog::store::replicas::parse_lsn(reply.header("catalog-token").expect("a token"))
+            .expect("an LSN")
+    };
+    assert!(lsn(&retry) >= lsn(&first));
     let version: i64 = sqlx::query_scalar("select version from products where id = 700001")
         .fetch_one(&db.primary)
         .await
@@ -156,16 +165,12 @@ async fn idempotency_keys_replay_refuse_reuse_and_expire() {
         .await;
     other.assert_problem(422, "idempotency-key-reused");
 
-    // A key whose first request is still running.
+    // A key whose first request is still running (within its lease).
     let print = catalog::write::idempotency::fingerprint("PUT", "700002", body.as_bytes());
-    sqlx::query(
-        "insert into idempotency_keys (key, fingerprint, expires_at) \
-         values ('order-2', $1, now() + interval '1 hour')",
-    )
-    .bind(&print)
-    .execute(&db.primary)
-    .await
-    .unwrap();
+    let hour = Duration::from_secs(3600);
+    catalog::write::idempotency::claim(&db.primary, "order-2", &print, hour, hour)
+        .await
+        .unwrap();
     app.admin(
         "PUT",
         "/admin/products/700002",
@@ -498,5 +503,292 @@ async fn every_status_answered_is_counted_under_its_own_label() {
         !text.contains(r#"status="other"} 1"#),
         "a status was counted as other:\n{text}"
     );
+    app.shutdown().await;
+}
+
+/// `attributes` nested `depth` objects deep: `{"k":{"k":...{"k":1}}}`.
+fn nested(depth: usize) -> Value {
+    let mut value = Value::from(1);
+    for _ in 0..depth {
+        value = serde_json::json!({ "k": value });
+    }
+    value
+}
+
+/// A product body whose `attributes` nest `depth` levels.
+fn deep_lamp(depth: usize) -> String {
+    let mut product: Value = serde_json::from_str(&lamp("Deep lamp", &[])).unwrap();
+    product["attributes"] = nested(depth);
+    product.to_string()
+}
+
+#[tokio::test]
+async fn attributes_nest_at_most_32_levels_so_every_product_stays_writable() {
+    let db = seeded(3, 2).await;
+    let app = TestApp::spawn_as(&TestApp::config(&db), Role::Writer).await;
+    let path = "/admin/products/710001";
+
+    // Too deep: refused, nothing written. 200 levels is past serde_json's 128, the
+    // depth at which a stored product could no longer be locked and changed.
+    for depth in [33, 40, 200] {
+        let before = primary_state(&db, 710_001).await;
+        let refused = app.admin("PUT", path, &[], &deep_lamp(depth)).await;
+        refused.assert_problem(400, "invalid-product");
+        let detail = refused.json()["detail"].as_str().unwrap().to_owned();
+        assert!(detail.contains("32 levels"), "{depth}: {detail}");
+        assert_eq!(primary_state(&db, 710_001).await, before, "{depth}");
+    }
+    // A bulk line gets the same refusal.
+    let mut line: Value = serde_json::from_str(&deep_lamp(40)).unwrap();
+    line["id"] = Value::from(710_002);
+    let report = app
+        .admin("POST", "/admin/products/bulk", &[], &line.to_string())
+        .await;
+    assert_eq!(report.status, 200, "{}", report.text());
+    let first: Value = serde_json::from_str(report.text().lines().next().unwrap()).unwrap();
+    assert_eq!(first["status"], 400, "{first}");
+    assert_eq!(first["type"], "/problems/invalid-product", "{first}");
+
+    // At the limit: written, then changed and deleted like any product.
+    let created = app.admin("PUT", path, &[], &deep_lamp(32)).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let patched = app.admin("PATCH", path, &[], r#"{"stock": 9}"#).await;
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    assert_eq!(patched.json()["version"], 2);
+    // A patch may not push it past the limit.
+    let deeper = serde_json::json!({ "attributes": nested(33) }).to_string();
+    app.admin("PATCH", path, &[], &deeper)
+        .await
+        .assert_problem(400, "invalid-product");
+    let deleted = app.admin("DELETE", path, &[], "").await;
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    assert_eq!(deleted.json()["version"], 3);
+    app.shutdown().await;
+}
+
+/// Claims `key` for a `PUT` of `body` to product `id` as a handler would, holding it for
+/// `lease`; the test then plays a handler that was dropped, or one that goes on.
+async fn claim_put(db: &TestDb, key: &str, id: i64, body: &str, lease: Duration) -> Lease {
+    let print = idempotency::fingerprint("PUT", &id.to_string(), body.as_bytes());
+    let day = Duration::from_secs(86_400);
+    match idempotency::claim(&db.primary, key, &print, day, lease).await {
+        Ok(Claim::Owned(lease)) => lease,
+        other => panic!("claim {key}: {other:?}"),
+    }
+}
+
+/// Moves `key`'s lease into the past, as if its lease period had gone by.
+async fn expire_lease(db: &TestDb, key: &str) {
+    sqlx::query(
+        "update idempotency_keys set locked_until = now() - interval '1 ms' where key = $1",
+    )
+    .bind(key)
+    .execute(&db.primary)
+    .await
+    .unwrap();
+}
+
+async fn version_of(db: &TestDb, id: i64) -> Option<i64> {
+    sqlx::query_scalar("select version from products where id = $1")
+        .bind(id)
+        .fetch_optional(&db.primary)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_dropped_request_s_key_answers_409_within_its_lease_and_is_taken_over_after() {
+    let db = seeded(3, 2).await;
+    let app = TestApp::spawn_as(&TestApp::config(&db), Role::Writer).await;
+    let body = lamp("Dropped lamp", &[]);
+    let path = "/admin/products/720001";
+    let key = [("idempotency-key", "dropped-1")];
+    // The first request claimed the key, then its handler was dropped (the client went
+    // away, or the process died): nothing stores or releases it.
+    claim_put(&db, "dropped-1", 720_001, &body, Duration::from_secs(3600)).await;
+
+    // Within the lease: 409 with Retry-After (the lease's remaining seconds).
+    let early = app.admin("PUT", path, &key, &body).await;
+    early.assert_problem(409, "request-in-progress");
+    let wait: u64 = early.header("retry-after").unwrap().parse().unwrap();
+    assert!((3000..=3600).contains(&wait), "Retry-After: {wait}");
+    assert_eq!(version_of(&db, 720_001).await, None);
+
+    // After the lease: concurrent retries, one of which takes the key over and writes.
+    expire_lease(&db, "dropped-1").await;
+    let retries: Vec<common::Reply> =
+        futures_util::future::join_all((0..8).map(|_| app.admin("PUT", path, &key, &body))).await;
+    let ran: Vec<&common::Reply> = retries
+        .iter()
+        .filter(|r| r.status == 201 && r.header("idempotent-replayed").is_none())
+        .collect();
+    assert_eq!(ran.len(), 1, "exactly one retry runs the request");
+    let waited_or_replayed = retries
+        .iter()
+        .filter(|r| r.status == 409 || r.header("idempotent-replayed") == Some("true"))
+        .count();
+    assert_eq!(
+        waited_or_replayed,
+        retries.len() - 1,
+        "the others wait or replay"
+    );
+    assert_eq!(version_of(&db, 720_001).await, Some(1), "written once");
+    let replay = app.admin("PUT", path, &key, &body).await;
+    assert_eq!(replay.status, 201);
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.body, ran[0].body);
+    assert!(replay.header("catalog-token").is_some());
+    assert_eq!(replay.header("location"), Some("/products/720001"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_keyed_write_stores_its_response_as_it_commits_and_never_applies_twice() {
+    let db = seeded(3, 2).await;
+    let app = TestApp::spawn_as(&TestApp::config(&db), Role::Writer).await;
+    let body = lamp("Sealed lamp", &[]);
+    let input = ProductInput::parse(body.as_bytes()).unwrap();
+    let path = "/admin/products/730001";
+    let key = [("idempotency-key", "sealed-1")];
+
+    // The first request's lease runs out while it is still working; a retry takes the
+    // key over. The first request's write must then roll back ...
+    let slow = claim_put(&db, "sealed-1", 730_001, &body, Duration::ZERO).await;
+    let taker = claim_put(&db, "sealed-1", 730_001, &body, Duration::from_secs(3600)).await;
+    let lost = product::write(&db.primary, 730_001, Op::Put(&input), None, Some(&slow)).await;
+    assert!(
+        lost.is_err(),
+        "a write that lost its key committed: {lost:?}"
+    );
+    assert_eq!(version_of(&db, 730_001).await, None);
+
+    // ... while the taker's commits with its response. Its handler stops right after
+    // the commit (crashed, or dropped): the retry replays the stored response.
+    let committed = product::write(&db.primary, 730_001, Op::Put(&input), None, Some(&taker))
+        .await
+        .unwrap();
+    assert_eq!(committed.written.version, 1);
+    let retry = app.admin("PUT", path, &key, &body).await;
+    assert_eq!(retry.status, 201, "{}", retry.text());
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(
+        retry.json(),
+        serde_json::json!({"id": 730001, "version": 1})
+    );
+    assert_eq!(retry.header("etag"), Some("\"1\""));
+    let token = retry.header("catalog-token").expect("a token");
+    let lsn = catalog::store::replicas::parse_lsn;
+    assert!(
+        lsn(token) >= lsn(&committed.token),
+        "{token} < {}",
+        committed.token
+    );
+    assert_eq!(version_of(&db, 730_001).await, Some(1), "applied once");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sweeper_round_deletes_expired_keys_and_old_published_outbox_rows_only() {
+    let db = seeded(3, 2).await;
+    let run = |sql: &'static str| {
+        let pool = db.primary.clone();
+        async move { sqlx::query(sql).execute(&pool).await.unwrap() }
+    };
+    // Keys: 2,500 finished and expired (more than two batches), one expired but still
+    // held by a request, one live.
+    run(
+        "insert into idempotency_keys (key, fingerprint, status, body, expires_at, locked_until) \
+         select 'old-' || n, '\\x00', 200, '', now() - interval '1 minute', \
+                now() - interval '1 minute' from generate_series(1, 2500) n",
+    )
+    .await;
+    run(
+        "insert into idempotency_keys (key, fingerprint, expires_at, locked_until) values \
+         ('held', '\\x00', now() - interval '1 minute', now() + interval '1 hour'), \
+         ('live', '\\x00', now() + interval '1 hour', now() - interval '1 minute')",
+    )
+    .await;
+    // Outbox: 1,500 published two hours ago, one published a minute ago, and one never
+    // published although it is two days old.
+    run(
+        "insert into outbox (product_id, version, created_at, published_at) \
+         select 1, n, now() - interval '2 hours', now() - interval '2 hours' \
+         from generate_series(1, 1500) n",
+    )
+    .await;
+    run(
+        "insert into outbox (product_id, version, created_at, published_at) values \
+         (2, 1, now() - interval '1 minute', now() - interval '1 minute'), \
+         (3, 1, now() - interval '2 days', null)",
+    )
+    .await;
+
+    let metrics = std::sync::Arc::new(catalog::metrics::Metrics::new());
+    let settings = SweepSettings {
+        interval: Duration::from_secs(60),
+        outbox_retention: Duration::from_secs(3600),
+        deadline: Duration::from_secs(5),
+    };
+    let sweeper = Sweeper::new(db.primary.clone(), settings, metrics.clone());
+    let swept = sweeper.round().await.unwrap();
+    assert_eq!(
+        swept,
+        Swept {
+            keys: 2500,
+            outbox: 1500
+        }
+    );
+    let keys: Vec<String> = sqlx::query_scalar("select key from idempotency_keys order by key")
+        .fetch_all(&db.primary)
+        .await
+        .unwrap();
+    assert_eq!(keys, ["held", "live"]);
+    let outbox: Vec<(i64, bool)> = sqlx::query_as(
+        "select product_id, published_at is not null from outbox order by product_id",
+    )
+    .fetch_all(&db.primary)
+    .await
+    .unwrap();
+    assert_eq!(outbox, [(2, true), (3, false)]);
+    let text = metrics.render(None);
+    assert!(
+        text.contains("catalog_sweeper_idempotency_keys_deleted_total 2500"),
+        "{text}"
+    );
+    assert!(text.contains("catalog_sweeper_outbox_rows_deleted_total 1500"));
+    assert_eq!(
+        sweeper.round().await.unwrap(),
+        Swept::default(),
+        "idempotent"
+    );
+
+    // A writer runs the sweeper: its first round runs at start.
+    run("insert into idempotency_keys (key, fingerprint, status, body, expires_at, locked_until) \
+         values ('old-again', '\\x00', 200, '', now() - interval '1 minute', now() - interval '1 minute')")
+    .await;
+    run(
+        "insert into outbox (product_id, version, created_at, published_at) \
+         values (4, 1, now() - interval '2 hours', now() - interval '2 hours')",
+    )
+    .await;
+    let app = TestApp::spawn_as(&TestApp::config(&db), Role::Writer).await;
+    poll(|| async {
+        let left: i64 = sqlx::query_scalar(
+            "select (select count(*) from idempotency_keys where key = 'old-again') \
+                  + (select count(*) from outbox where product_id = 4)",
+        )
+        .fetch_one(&db.primary)
+        .await
+        .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    assert!(app.metric("catalog_sweeper_rounds_total").await >= 1.0);
+    let held: i64 =
+        sqlx::query_scalar("select count(*) from idempotency_keys where key in ('held', 'live')")
+            .fetch_one(&db.primary)
+            .await
+            .unwrap();
+    assert_eq!(held, 2);
     app.shutdown().await;
 }

@@ -13,6 +13,7 @@
 //! older document behind.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -73,18 +74,32 @@ pub struct L1Config {
 #[derive(Debug, Clone)]
 pub struct L1 {
     cache: Cache<Key, Cached, RandomState>,
+    /// A cap on the life of entries stored from now on, in milliseconds (0: none);
+    /// set while the invalidation feed is silent.
+    cap_millis: Arc<AtomicU64>,
+    /// Bumped by every invalidation of a cached body, before the body is dropped: a
+    /// fill that began before it must not store what it read.
+    generation: Arc<AtomicU64>,
 }
 
 /// Expiry policy: negative entries live `negative_ttl`, everything else `max_ttl`,
-/// counted from the last write of the entry.
-struct Ttl(L1Config);
+/// counted from the last write of the entry, and never longer than the cap in force
+/// when it was written.
+struct Ttl {
+    config: L1Config,
+    cap_millis: Arc<AtomicU64>,
+}
 
 impl Ttl {
     fn ttl(&self, value: &Cached) -> Duration {
-        if value.is_negative() {
-            self.0.negative_ttl.min(self.0.max_ttl)
+        let ttl = if value.is_negative() {
+            self.config.negative_ttl.min(self.config.max_ttl)
         } else {
-            self.0.max_ttl
+            self.config.max_ttl
+        };
+        match self.cap_millis.load(Ordering::Relaxed) {
+            0 => ttl,
+            cap => ttl.min(Duration::from_millis(cap)),
         }
     }
 }
@@ -123,12 +138,29 @@ fn weigh(key: &Key, value: &Cached) -> u32 {
 impl L1 {
     /// An empty cache.
     pub fn new(config: L1Config) -> Self {
+        let cap_millis = Arc::new(AtomicU64::new(0));
         let cache = Cache::builder()
             .max_capacity(config.budget_bytes)
             .weigher(weigh)
-            .expire_after(Ttl(config))
+            .expire_after(Ttl {
+                config,
+                cap_millis: Arc::clone(&cap_millis),
+            })
             .build_with_hasher(RandomState::default());
-        Self { cache }
+        Self {
+            cache,
+            cap_millis,
+            generation: Arc::default(),
+        }
+    }
+
+    /// Caps the life of entries stored from now on (`None`: no cap). Entries already
+    /// stored keep theirs.
+    pub fn limit_ttl(&self, cap: Option<Duration>) {
+        let millis = cap.map_or(0, |cap| {
+            u64::try_from(cap.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
+        self.cap_millis.store(millis, Ordering::Relaxed);
     }
 
     /// The cached state of a product, if L1 has it.
@@ -182,9 +214,16 @@ impl L1 {
         self.cache.invalidate(&Key::Product(id));
     }
 
-    /// Drops a cached response body.
+    /// Drops a cached response body; fills of bodies that began before this call will
+    /// not store theirs.
     pub fn invalidate(&self, key: &Key) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.cache.invalidate(key);
+    }
+
+    /// The generation of cached bodies: read it before reading a body's source.
+    pub fn body_generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Drops everything (after a gap or a reset of the invalidation stream).
@@ -218,9 +257,22 @@ impl L1 {
         }
     }
 
-    /// Caches a response body.
-    pub fn insert_body(&self, key: Key, body: Bytes) {
-        self.cache.insert(key, Cached::Body(body));
+    /// Caches a response body read when the generation was `generation`, unless an
+    /// invalidation came since (checked under the key's lock, which the invalidation's
+    /// removal also takes). Returns whether it stored.
+    pub fn insert_body(&self, key: Key, body: Bytes, generation: u64) -> bool {
+        let result = self.cache.entry(key).and_compute_with(|_| {
+            if self.generation.load(Ordering::SeqCst) == generation {
+                moka::ops::compute::Op::Put(Cached::Body(body))
+            } else {
+                moka::ops::compute::Op::Nop
+            }
+        });
+        matches!(
+            result,
+            moka::ops::compute::CompResult::Inserted(_)
+                | moka::ops::compute::CompResult::ReplacedWith(_)
+        )
     }
 
     /// Entries and weighted bytes, as of the last [`L1::sync`] (moka applies writes lazily).

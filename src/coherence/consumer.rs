@@ -23,6 +23,7 @@ use fred::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
+use super::feed::Feed;
 use super::floors::Floors;
 use super::stream::Invalidation;
 use crate::cache::{Key, L1};
@@ -32,6 +33,9 @@ use crate::metrics::Metrics;
 const BLOCK_MS: u64 = 1_000;
 /// Most entries taken per read.
 const BATCH: u64 = 512;
+/// Deadline of each command of the consumer's client, the blocking read included: a
+/// frozen Redis fails the read (and the connection is replaced) instead of holding it.
+const COMMAND_TIMEOUT: Duration = Duration::from_millis(BLOCK_MS + 2_000);
 
 /// Where the consumer is in the stream.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -102,7 +106,15 @@ impl Source {
     /// The Redis stream of the deployment with key `prefix`, on its own connection.
     pub fn redis(url: &str, prefix: &str) -> Result<Self, fred::error::Error> {
         let client = Builder::from_config(fred::prelude::Config::from_url(url)?)
-            .with_connection_config(|conn| conn.connection_timeout = Duration::from_secs(2))
+            .with_performance_config(|perf| perf.default_command_timeout = COMMAND_TIMEOUT)
+            .with_connection_config(|conn| {
+                conn.connection_timeout = Duration::from_secs(2);
+                conn.max_command_attempts = 1;
+                conn.unresponsive = fred::types::config::UnresponsiveConfig {
+                    max_timeout: Some(COMMAND_TIMEOUT),
+                    interval: Duration::from_millis(500),
+                };
+            })
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
             .build()?;
         client.connect();
@@ -123,6 +135,8 @@ pub struct Targets {
     pub floors: Floors,
     /// Where it publishes its watermark.
     pub watermark: tokio::sync::watch::Sender<u64>,
+    /// Where it records that the feed is alive.
+    pub feed: Feed,
     /// Its counters.
     pub metrics: Arc<Metrics>,
 }
@@ -135,6 +149,7 @@ pub struct Consumer {
     metrics: Arc<Metrics>,
     position: Position,
     watermark: tokio::sync::watch::Sender<u64>,
+    feed: Feed,
 }
 
 impl Consumer {
@@ -149,6 +164,7 @@ impl Consumer {
                 ..Position::default()
             },
             watermark: targets.watermark,
+            feed: targets.feed,
         }
     }
 
@@ -271,8 +287,9 @@ impl Consumer {
         }
     }
 
-    /// Applies one invalidation.
+    /// Applies one invalidation (or heartbeat).
     pub fn apply(&mut self, entry: &Invalidation) {
+        self.feed.heard();
         match self.position.advance(entry) {
             Step::InOrder | Step::Duplicate => {}
             Step::Gap => {
@@ -300,7 +317,6 @@ impl Consumer {
         if !entry.categories.is_empty() {
             self.l1.invalidate(&Key::Categories);
         }
-        self.metrics.invalidations.inc();
         if let Some(watermark) = entry.watermark {
             self.watermark.send_if_modified(|current| {
                 let raised = watermark > *current;
@@ -308,6 +324,10 @@ impl Consumer {
                 raised
             });
         }
+        if entry.heartbeat {
+            return;
+        }
+        self.metrics.invalidations.inc();
         let now = super::stream::now_micros();
         let micros = u64::try_from(now.saturating_sub(entry.committed_at_micros)).unwrap_or(0);
         self.metrics
@@ -364,6 +384,7 @@ mod tests {
             seq,
             epoch: epoch.to_owned(),
             watermark: None,
+            heartbeat: false,
         }
     }
 

@@ -18,11 +18,11 @@
 //! between commit and publish are published by the next relay round, on restart.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::prelude::*;
-use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
@@ -38,6 +38,16 @@ pub const CHANNEL: &str = "catalog_outbox";
 const BATCH: i64 = 256;
 /// Relay rounds run at least this often, notification or not.
 const POLL: Duration = Duration::from_secs(1);
+/// Pause after a round of changes before the heartbeat that follows it: that
+/// heartbeat's watermark is read after the round committed, so it covers the round's
+/// writes, and token reads of them are answered from the caches within a few
+/// milliseconds instead of waiting for the next change or the next regular heartbeat.
+const FOLLOW_UP: Duration = Duration::from_millis(5);
+/// Deadline of one round: long enough for [`BATCH`] `XADD`s and L2 writes, each bounded
+/// by the Redis command timeout, and its statements, each bounded by
+/// `statement_timeout`; past it the round is dropped (its transaction rolls back and its
+/// rows are published again), so a silent primary or Redis cannot stall the relay.
+const ROUND_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Why a relay round failed; the round rolled back and its rows are published again.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +61,9 @@ pub enum RelayError {
     /// A product row could not be rendered for L2.
     #[error("rendering a document: {0}")]
     Render(#[from] serde_json::Error),
+    /// The round did not finish within its deadline.
+    #[error("the round did not finish within {ROUND_DEADLINE:?}")]
+    Timeout,
 }
 
 /// The stream's key.
@@ -115,6 +128,11 @@ pub struct Relay {
     primary: PgPool,
     sink: Sink,
     metrics: Arc<Metrics>,
+    /// Longest time without a published entry; then a heartbeat goes out.
+    heartbeat: Duration,
+    /// When the last entry (change or heartbeat) was published, and whether it was a
+    /// round of changes whose watermark a follow-up heartbeat should cover.
+    last: std::sync::Mutex<(Instant, bool)>,
 }
 
 /// One outbox row.
@@ -129,12 +147,15 @@ struct OutboxRow {
 }
 
 impl Relay {
-    /// A relay publishing committed outbox rows to `sink`.
-    pub fn new(primary: PgPool, sink: Sink, metrics: Arc<Metrics>) -> Self {
+    /// A relay publishing committed outbox rows to `sink`, and a heartbeat whenever
+    /// `heartbeat` passes without one.
+    pub fn new(primary: PgPool, sink: Sink, metrics: Arc<Metrics>, heartbeat: Duration) -> Self {
         Self {
             primary,
             sink,
             metrics,
+            heartbeat,
+            last: std::sync::Mutex::new((Instant::now(), false)),
         }
     }
 
@@ -146,7 +167,8 @@ impl Relay {
             if listener.is_none() {
                 listener = self.listen().await;
             }
-            match self.round().await {
+            let round = tokio::time::timeout(ROUND_DEADLINE, self.round());
+            match round.await.unwrap_or(Err(RelayError::Timeout)) {
                 Ok(published) => {
                     backoff.reset();
                     if published == BATCH as usize {
@@ -168,10 +190,14 @@ impl Relay {
                     None => std::future::pending().await,
                 }
             };
+            let pause = match self.last() {
+                (_, true) => FOLLOW_UP,
+                (at, false) => self.heartbeat.saturating_sub(at.elapsed()).min(POLL),
+            };
             tokio::select! {
                 () = stop.cancelled() => return,
                 result = notified => if result.is_err() { listener = None },
-                () = tokio::time::sleep(POLL) => {}
+                () = tokio::time::sleep(pause) => {}
             }
         }
     }
@@ -182,7 +208,22 @@ impl Relay {
         Some(listener)
     }
 
-    /// One round: publishes up to [`BATCH`] rows; returns how many.
+    fn last(&self) -> (Instant, bool) {
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn published(&self, changes: bool) {
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (Instant::now(), changes);
+    }
+
+    /// One round: publishes up to [`BATCH`] rows and returns how many; with none to
+    /// publish, a heartbeat when one is due (returning 0).
     pub async fn round(&self) -> Result<usize, RelayError> {
         let mut tx = self.primary.begin().await?;
         let next_seq: i64 =
@@ -202,7 +243,28 @@ impl Relay {
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
+            let (at, follow_up) = self.last();
+            if !follow_up && at.elapsed() < self.heartbeat {
+                tx.commit().await?;
+                self.metrics.outbox_backlog.set(0);
+                return Ok(0);
+            }
+            let beat = Invalidation {
+                product_id: None,
+                version: 0,
+                purge: false,
+                categories: Vec::new(),
+                committed_at_micros: super::stream::now_micros(),
+                seq: next_seq,
+                epoch: self.epoch().await?,
+                watermark,
+                heartbeat: true,
+            };
+            self.append(std::slice::from_ref(&beat)).await?;
+            advance_sequence(&mut tx, next_seq + 1).await?;
             tx.commit().await?;
+            self.published(false);
+            self.metrics.relay_heartbeats.inc();
             self.metrics.outbox_backlog.set(0);
             return Ok(0);
         }
@@ -210,12 +272,7 @@ impl Relay {
         // if the select took them all: a round stopped at its limit leaves older rows
         // unpublished, so it carries no watermark.
         let drained = rows.len() < BATCH as usize;
-        let epoch = match &self.sink {
-            Sink::Redis { l2, epoch_key, .. } => {
-                super::stream::ensure_epoch(l2.client(), epoch_key).await?
-            }
-            Sink::Local { epoch, .. } => epoch.clone(),
-        };
+        let epoch = self.epoch().await?;
         let entries: Vec<Invalidation> = rows
             .iter()
             .enumerate()
@@ -228,44 +285,21 @@ impl Relay {
                 seq: next_seq + i as i64,
                 epoch: epoch.clone(),
                 watermark: watermark.filter(|_| drained && i + 1 == rows.len()),
+                heartbeat: false,
             })
             .collect();
-        match &self.sink {
-            Sink::Redis {
-                l2,
-                stream_key,
-                max_len,
-                ..
-            } => {
-                for entry in &entries {
-                    let _: String = l2
-                        .client()
-                        .xadd(
-                            stream_key.as_str(),
-                            false,
-                            ("MAXLEN", "~", *max_len as i64, None),
-                            "*",
-                            entry.fields(),
-                        )
-                        .await?;
-                }
-                let (purged, written): (Vec<&OutboxRow>, Vec<&OutboxRow>) =
-                    rows.iter().partition(|r| r.purge);
-                let ids: Vec<i64> = written.iter().filter_map(|r| r.product_id).collect();
-                for document in catalog::products_by_ids(&mut *tx, &ids).await? {
-                    let id = document.id;
-                    let lookup: Lookup = document.into_lookup()?;
-                    l2.put(id, &lookup).await?;
-                }
-                for id in purged.iter().filter_map(|r| r.product_id) {
-                    l2.remove(id).await?;
-                }
+        self.append(&entries).await?;
+        if let Sink::Redis { l2, .. } = &self.sink {
+            let (purged, written): (Vec<&OutboxRow>, Vec<&OutboxRow>) =
+                rows.iter().partition(|r| r.purge);
+            let ids: Vec<i64> = written.iter().filter_map(|r| r.product_id).collect();
+            for document in catalog::products_by_ids(&mut *tx, &ids).await? {
+                let id = document.id;
+                let lookup: Lookup = document.into_lookup()?;
+                l2.put(id, &lookup).await?;
             }
-            Sink::Local { bus, .. } => {
-                for entry in entries {
-                    // No receiver (no reader in this process) is fine: nothing to invalidate.
-                    let _ = bus.send(entry);
-                }
+            for id in purged.iter().filter_map(|r| r.product_id) {
+                l2.remove(id).await?;
             }
         }
         let outbox_ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
@@ -278,11 +312,9 @@ impl Relay {
         .bind(&seqs)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("update relay_state set next_seq = $1 where id = 1")
-            .bind(next_seq + rows.len() as i64)
-            .execute(&mut *tx)
-            .await?;
+        advance_sequence(&mut tx, next_seq + rows.len() as i64).await?;
         tx.commit().await?;
+        self.published(true);
         self.metrics.relay_published.inc_by(rows.len() as u64);
         let now = super::stream::now_micros();
         for row in &rows {
@@ -296,4 +328,59 @@ impl Relay {
         self.metrics.outbox_backlog.set(backlog);
         Ok(rows.len())
     }
+
+    /// The epoch entries carry: the stream's (created if Redis has none), or this
+    /// process's for the in-process bus.
+    async fn epoch(&self) -> Result<String, RelayError> {
+        Ok(match &self.sink {
+            Sink::Redis { l2, epoch_key, .. } => {
+                super::stream::ensure_epoch(l2.client(), epoch_key).await?
+            }
+            Sink::Local { epoch, .. } => epoch.clone(),
+        })
+    }
+
+    /// Appends `entries` to the stream (`XADD`, `MAXLEN ~`), or sends them on the bus.
+    async fn append(&self, entries: &[Invalidation]) -> Result<(), RelayError> {
+        match &self.sink {
+            Sink::Redis {
+                l2,
+                stream_key,
+                max_len,
+                ..
+            } => {
+                for entry in entries {
+                    let _: String = l2
+                        .client()
+                        .xadd(
+                            stream_key.as_str(),
+                            false,
+                            ("MAXLEN", "~", *max_len as i64, None),
+                            "*",
+                            entry.fields(),
+                        )
+                        .await?;
+                }
+            }
+            Sink::Local { bus, .. } => {
+                for entry in entries {
+                    // No receiver (no reader in this process) is fine: nothing to invalidate.
+                    let _ = bus.send(entry.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Moves the relay's sequence to `next`, inside the round's transaction.
+async fn advance_sequence(
+    tx: &mut Transaction<'_, Postgres>,
+    next: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("update relay_state set next_seq = $1 where id = 1")
+        .bind(next)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

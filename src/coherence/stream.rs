@@ -14,6 +14,7 @@ const SEQ: &str = "s";
 const EPOCH: &str = "e";
 const WATERMARK: &str = "w";
 const PURGE: &str = "x";
+const HEARTBEAT: &str = "h";
 
 /// Microseconds since the Unix epoch, the unit of [`Invalidation::committed_at_micros`].
 pub fn now_micros() -> i64 {
@@ -57,10 +58,12 @@ pub struct Invalidation {
     pub seq: i64,
     /// The stream's epoch; a new one means the stream was reset.
     pub epoch: String,
-    /// On the last entry of a relay round: the primary's WAL position read before the
-    /// round took its rows. Every write whose token is below it is published in this
-    /// round or an earlier one.
+    /// On the last entry of a relay round that drained the outbox (and on every
+    /// heartbeat): the primary's WAL position read before the round took its rows.
+    /// Every write whose token is below it is published in this round or an earlier one.
     pub watermark: Option<u64>,
+    /// A heartbeat: no change, only proof that the relay is alive and the feed flows.
+    pub heartbeat: bool,
 }
 
 impl Invalidation {
@@ -77,6 +80,7 @@ impl Invalidation {
         .chain(self.product_id.map(|id| (PRODUCT, id.to_string())))
         .chain(self.watermark.map(|w| (WATERMARK, w.to_string())))
         .chain(self.purge.then(|| (PURGE, "1".to_owned())))
+        .chain(self.heartbeat.then(|| (HEARTBEAT, "1".to_owned())))
         .collect()
     }
 
@@ -103,6 +107,7 @@ impl Invalidation {
                 Some(w) => Some(w.parse().ok()?),
                 None => None,
             },
+            heartbeat: fields.contains_key(HEARTBEAT),
         })
     }
 }
@@ -122,6 +127,7 @@ mod tests {
             seq: 42,
             epoch: "e1".into(),
             watermark: Some(99),
+            heartbeat: false,
         };
         let fields: HashMap<String, String> = entry
             .fields()
@@ -152,6 +158,13 @@ mod tests {
                 .collect()
         };
         assert_eq!(Invalidation::parse(&fields_of(&purge_all)), Some(purge_all));
+        let heartbeat = Invalidation {
+            product_id: None,
+            categories: Vec::new(),
+            heartbeat: true,
+            ..entry.clone()
+        };
+        assert_eq!(Invalidation::parse(&fields_of(&heartbeat)), Some(heartbeat));
         let mut broken = fields;
         broken.insert("s".into(), "x".into());
         assert_eq!(Invalidation::parse(&broken), None);

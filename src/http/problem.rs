@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{ALLOW, HeaderValue};
+use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
 
@@ -27,6 +27,8 @@ pub struct Problem {
     pub detail: Cow<'static, str>,
     /// Methods for the `Allow` header of a 405.
     pub allow: Option<&'static str>,
+    /// Seconds for the `Retry-After` header of a 503 or 429.
+    pub retry_after: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -52,6 +54,7 @@ impl Problem {
             title,
             detail: detail.into(),
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -106,14 +109,18 @@ impl Problem {
         )
     }
 
-    /// 503 `unavailable`: a store failed; retrying later may succeed.
+    /// 503 `unavailable`: a store failed or is saturated; retrying in a second may
+    /// succeed (`Retry-After: 1`).
     pub fn unavailable(detail: &'static str) -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "Service unavailable",
-            detail,
-        )
+        Self {
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+                detail,
+            )
+        }
     }
 
     /// The response: status, problem+json body, `no-store` so no cache keeps an error.
@@ -127,10 +134,12 @@ impl Problem {
         })
         .unwrap_or_default();
         let mut response = no_store(self.status, PROBLEM_JSON, Bytes::from(body));
+        let headers = response.headers_mut();
         if let Some(allow) = self.allow {
-            response
-                .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static(allow));
+            headers.insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        if let Some(seconds) = self.retry_after {
+            headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -156,5 +165,8 @@ mod tests {
         assert_eq!(json["title"], "Method not allowed");
         assert_eq!(json["status"], 405);
         assert_eq!(json["detail"], "POST \"x\" is not served here");
+        let busy = Problem::unavailable("retry").response();
+        assert_eq!(busy.status(), 503);
+        assert_eq!(busy.headers()[RETRY_AFTER], "1");
     }
 }

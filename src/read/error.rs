@@ -67,6 +67,16 @@ pub enum ReadError {
     /// A `Min-Catalog-Token` that is not a token this service issued.
     #[error("invalid token")]
     InvalidToken,
+    /// A well-formed token ahead of every position the primary has reached: not a
+    /// token this service issued.
+    #[error("token ahead of the primary")]
+    TokenAhead,
+    /// Too many token reads are going around the caches at once.
+    #[error("too many token reads around the caches")]
+    TokenBypassesBusy,
+    /// The request did not finish within `CATALOG_REQUEST_TIMEOUT_MS`.
+    #[error("request deadline passed")]
+    Timeout,
     /// A cursor this server did not issue for this category.
     #[error("invalid cursor")]
     InvalidCursor,
@@ -149,6 +159,19 @@ impl ReadError {
                 "Invalid token",
                 "Min-Catalog-Token must be a Catalog-Token returned by a write, such as 0/16B3F28",
             ),
+            Self::TokenAhead => Problem::new(
+                S::BAD_REQUEST,
+                "invalid-token",
+                "Invalid token",
+                "Min-Catalog-Token is ahead of every write the primary has made: it was not \
+                 returned by a write",
+            ),
+            Self::TokenBypassesBusy => Problem::unavailable(
+                "too many reads with a token are waiting for a database right now; retry shortly",
+            ),
+            Self::Timeout => {
+                Problem::unavailable("the read did not finish within its deadline; retry shortly")
+            }
             Self::InvalidCursor => Problem::new(
                 S::BAD_REQUEST,
                 "invalid-cursor",
@@ -184,8 +207,11 @@ mod tests {
 
     #[test]
     fn every_error_maps_to_its_status_and_type() {
-        let cases: [(ReadError, u16, &str); 17] = [
+        let cases: [(ReadError, u16, &str); 20] = [
             (ReadError::InvalidToken, 400, "invalid-token"),
+            (ReadError::TokenAhead, 400, "invalid-token"),
+            (ReadError::TokenBypassesBusy, 503, "unavailable"),
+            (ReadError::Timeout, 503, "unavailable"),
             (ReadError::RouteNotFound, 404, "not-found"),
             (ReadError::MethodNotAllowed, 405, "method-not-allowed"),
             (ReadError::UriTooLong, 414, "uri-too-long"),

@@ -18,7 +18,12 @@ use super::Reader;
 use super::error::ReadError;
 use crate::document::{Lookup, ProductRow};
 use crate::store::catalog;
+use crate::store::postgres::within;
+use crate::store::redis::L2;
 use crate::store::replicas::Target;
+
+/// Write-backs to L2 in flight at once, per reader.
+pub(super) const WRITE_BACKS: usize = 256;
 
 /// A boxed query future, so one retry loop can run any query on any pool.
 pub(super) type Query<'p, T> = Pin<Box<dyn Future<Output = Result<T, sqlx::Error>> + Send + 'p>>;
@@ -68,7 +73,7 @@ impl Reader {
         self.metrics.l1_misses.inc_by(misses.len() as u64);
         if !misses.is_empty() {
             let mut from_db: Vec<i64> = Vec::new();
-            let l2_answers = match &self.l2 {
+            let l2_answers = match self.live_l2() {
                 Some(l2) => {
                     let miss_ids: Vec<i64> = misses.iter().map(|&i| ids[i]).collect();
                     l2.get_many(&miss_ids).await.unwrap_or_else(|err| {
@@ -87,7 +92,7 @@ impl Reader {
                     _ => from_db.push(ids[i]),
                 }
             }
-            if self.l2.is_some() {
+            if self.live_l2().is_some() {
                 self.metrics.l2_misses.inc_by(from_db.len() as u64);
             }
             if !from_db.is_empty() {
@@ -110,7 +115,7 @@ impl Reader {
     /// caches it in L1 and writes a database fill back to L2.
     async fn fill_from_l2_or_db(&self, id: i64) -> Result<Lookup, ReadError> {
         let floor = self.floors.get(id);
-        if let Some(l2) = &self.l2 {
+        if let Some(l2) = self.live_l2() {
             match l2.get(id).await {
                 Ok(Some(lookup)) if lookup.version() >= floor => {
                     self.metrics.l2_hits.inc();
@@ -134,7 +139,7 @@ impl Reader {
         } else {
             lookup
         };
-        self.write_back_l2(id, &lookup).await;
+        self.write_back_l2(id, &lookup);
         self.keep_in_l1(id, lookup).await
     }
 
@@ -149,7 +154,7 @@ impl Reader {
             return Ok(lookup);
         }
         let fresh = self.read_primary(id).await?;
-        self.write_back_l2(id, &fresh).await;
+        self.write_back_l2(id, &fresh);
         self.l1
             .insert_fresh(id, fresh.clone(), || self.floors.get(id));
         Ok(fresh)
@@ -159,7 +164,11 @@ impl Reader {
     /// product's floor.
     async fn read_primary(&self, id: i64) -> Result<Lookup, ReadError> {
         self.metrics.stale_fills.inc();
-        let rows = catalog::products_by_ids(self.db.primary(), &[id]).await?;
+        let rows = within(
+            self.db_timeout,
+            catalog::products_by_ids(self.db.primary(), &[id]),
+        )
+        .await?;
         self.metrics.db_reads_primary.inc();
         match rows.into_iter().next() {
             Some(row) => Ok(row.into_lookup()?),
@@ -185,12 +194,32 @@ impl Reader {
             .collect()
     }
 
-    async fn write_back_l2(&self, id: i64, lookup: &Lookup) {
-        if let Some(l2) = &self.l2
-            && let Err(err) = l2.put(id, lookup).await
-        {
-            self.l2_failed(&err);
-        }
+    /// L2, unless there is none or the invalidation feed is silent (the relay, which
+    /// keeps L2 current, may be what stopped).
+    fn live_l2(&self) -> Option<&L2> {
+        self.l2.as_ref().filter(|_| !self.feed.is_silent())
+    }
+
+    /// Writes a database fill back to L2 in the background: the answer does not wait
+    /// for Redis. At most [`WRITE_BACKS`] run at once; past that (Redis slow) a
+    /// write-back is skipped and counted, since L2 is only a cache.
+    fn write_back_l2(&self, id: i64, lookup: &Lookup) {
+        let Some(l2) = self.live_l2() else {
+            return;
+        };
+        let Ok(permit) = Arc::clone(&self.write_backs).try_acquire_owned() else {
+            self.metrics.l2_write_backs_skipped.inc();
+            return;
+        };
+        let (l2, lookup, metrics) = (l2.clone(), lookup.clone(), Arc::clone(&self.metrics));
+        // Bounded by the permit and by the command timeout; nothing waits for it.
+        tokio::spawn(async move {
+            if let Err(err) = l2.put(id, &lookup).await {
+                metrics.l2_errors.inc();
+                tracing::debug!(error = %err, "write-back to Redis failed");
+            }
+            drop(permit);
+        });
     }
 
     pub(super) fn l2_failed(&self, err: &fred::error::Error) {
@@ -198,8 +227,9 @@ impl Reader {
         tracing::debug!(error = %err, "Redis command failed; reading on without L2");
     }
 
-    /// Runs a query on a healthy replica (or the primary); a replica that fails is taken
-    /// out of the healthy set and the query is retried once elsewhere.
+    /// Runs a query on a healthy replica (or the primary), under the database deadline;
+    /// a replica that fails or does not answer in time is taken out of the healthy set
+    /// and the query is retried once elsewhere.
     pub(super) async fn query_replica_or_primary<T, F>(&self, run: F) -> Result<T, ReadError>
     where
         F: for<'p> Fn(&'p PgPool) -> Query<'p, T>,
@@ -207,7 +237,7 @@ impl Reader {
         let mut last_error = ReadError::NoDatabase;
         for _ in 0..2 {
             let target = self.db.pick().ok_or(ReadError::NoDatabase)?;
-            match run(target.pool()).await {
+            match within(self.db_timeout, run(target.pool())).await {
                 Ok(value) => {
                     self.count_read(target);
                     return Ok(value);

@@ -29,15 +29,17 @@ pub mod token;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response};
+use sqlx::PgPool;
 use tokio_util::either::Either;
 
 use crate::cache::{Key, L1};
+use crate::coherence::feed::Feed;
 use crate::coherence::floors::Floors;
 use crate::document::{Document, Lookup};
 use crate::http::parse::{percent_decode, query_param};
@@ -46,7 +48,9 @@ use crate::metrics::{HttpMetrics, Metrics};
 use crate::store::catalog;
 use crate::store::redis::L2;
 use crate::store::replicas::Databases;
+use crate::store::replicas::parse_lsn;
 use error::ReadError;
+use fill::Query;
 use limits::{MAX_SKU_CHARS, MAX_URI_BYTES};
 use route::{ReadRoute, Route};
 use singleflight::SingleFlight;
@@ -65,6 +69,21 @@ pub struct Freshness {
     pub floors: Floors,
     /// WAL position up to which every write's invalidation has been applied here.
     pub applied: tokio::sync::watch::Receiver<u64>,
+    /// Whether the invalidation feed is alive; while it is silent, fills skip L2.
+    pub feed: Feed,
+}
+
+/// How the reader bounds its work and describes its answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReaderSettings {
+    /// `Cache-Control` of documents and listings.
+    pub caching: HttpCaching,
+    /// Deadline of each database call (`CATALOG_DB_TIMEOUT_MS`).
+    pub db_timeout: Duration,
+    /// Deadline of a request from head to answer (`CATALOG_REQUEST_TIMEOUT_MS`).
+    pub request_timeout: Duration,
+    /// Token reads that may go around the caches at once (`CATALOG_TOKEN_BYPASS_MAX`).
+    pub token_bypass_max: usize,
 }
 
 /// How documents and listings may be cached downstream.
@@ -84,12 +103,22 @@ pub struct Reader {
     floors: Floors,
     /// WAL position up to which every write's invalidation has been applied here.
     applied: tokio::sync::watch::Receiver<u64>,
+    feed: Feed,
     flight: SingleFlight<Result<Lookup, ReadError>>,
     db: Arc<Databases>,
     metrics: Arc<Metrics>,
     http: HttpMetrics<ReadRoute>,
     /// `Cache-Control` of documents and listings, built once from the configuration.
     cache_control: HeaderValue,
+    /// Deadline of each database call.
+    db_timeout: Duration,
+    /// Deadline of each request that is not an L1 hit.
+    request_timeout: Duration,
+    /// Permits for token reads around the caches, so tokens cannot pile reads onto
+    /// the primary.
+    bypasses: tokio::sync::Semaphore,
+    /// Permits for background write-backs to L2.
+    write_backs: Arc<tokio::sync::Semaphore>,
 }
 
 impl Reader {
@@ -100,18 +129,23 @@ impl Reader {
         freshness: Freshness,
         db: Arc<Databases>,
         metrics: Arc<Metrics>,
-        caching: HttpCaching,
+        settings: ReaderSettings,
     ) -> Self {
         Self {
             l1,
             l2,
             floors: freshness.floors,
             applied: freshness.applied,
+            feed: freshness.feed,
             flight: SingleFlight::default(),
             db,
             http: HttpMetrics::new(&metrics),
             metrics,
-            cache_control: response::cache_control(caching),
+            cache_control: response::cache_control(settings.caching),
+            db_timeout: settings.db_timeout,
+            request_timeout: settings.request_timeout,
+            bypasses: tokio::sync::Semaphore::new(settings.token_bypass_max),
+            write_backs: Arc::new(tokio::sync::Semaphore::new(fill::WRITE_BACKS)),
         }
     }
 
@@ -119,9 +153,9 @@ impl Reader {
     pub async fn handle<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let outcome = match Self::accept(request) {
-            Ok(route) => self
-                .dispatch(route, request)
+            Ok(route) => tokio::time::timeout(self.request_timeout, self.dispatch(route, request))
                 .await
+                .unwrap_or(Err(ReadError::Timeout))
                 .map(|response| (route.label(), response))
                 .map_err(|error| (route.label(), error)),
             Err(refused) => Err(refused),
@@ -185,8 +219,9 @@ impl Reader {
     ) -> Result<Response<Full<Bytes>>, ReadError> {
         let headers = request.headers();
         let query = request.uri().query();
-        let at = match headers.get(MIN_CATALOG_TOKEN) {
-            None => Consistency::Cached,
+        // A token read that goes around the caches holds a bypass permit until it ends.
+        let (at, _bypass) = match headers.get(MIN_CATALOG_TOKEN) {
+            None => (Consistency::Cached, None),
             Some(token) => Box::pin(self.consistency_for(token)).await?,
         };
         match route {
@@ -209,12 +244,22 @@ impl Reader {
         plain::metrics(self.metrics.render(Some(self.l1.usage())))
     }
 
+    /// Ready while some database can serve; a silent invalidation feed is said in the
+    /// body (the reader still serves, with caching reduced).
     fn readyz(&self) -> Result<Response<Full<Bytes>>, ReadError> {
-        if self.db.ready() {
-            Ok(plain::ready())
-        } else {
-            Err(ReadError::NoDatabase)
+        if !self.db.ready() {
+            return Err(ReadError::NoDatabase);
         }
+        if !self.feed.is_silent() {
+            return Ok(plain::ready());
+        }
+        let detail = format!(
+            "ready; invalidation feed silent for {} ms (limit {} ms): L1 flushed, entries \
+             live at most the limit, Redis skipped\n",
+            self.feed.quiet_for().as_millis(),
+            self.feed.limit().as_millis()
+        );
+        Ok(plain::no_store(hyper::StatusCode::OK, plain::TEXT, detail))
     }
 
     async fn product(
@@ -257,12 +302,22 @@ impl Reader {
         }
         let key: Arc<str> = Arc::from(&*sku);
         // The SKU → id mapping is cached; the document's own SKU confirms it, and a
-        // mismatch (the SKU moved to another product) re-resolves it once.
-        let cached = self.l1.sku(&key);
+        // mismatch (the SKU moved to another product) re-resolves it once. Invalidations
+        // name ids, not SKUs, so a read with a token resolves the SKU afresh, on a
+        // database that covers the token (a cached "no such SKU" may predate a create).
+        let token = headers
+            .get(MIN_CATALOG_TOKEN)
+            .and_then(|t| t.to_str().ok())
+            .and_then(parse_lsn);
+        let resolve_at = token.map_or(at, Consistency::AtLeast);
+        let cached = match token {
+            None => self.l1.sku(&key),
+            Some(_) => None,
+        };
         let resolved_now = cached.is_none();
         let id = match cached {
             Some(id) => id,
-            None => self.resolve_sku(&key).await?,
+            None => self.resolve_sku(&key, resolve_at).await?,
         };
         let Some(id) = id else {
             return Err(ReadError::SkuNotFound);
@@ -270,7 +325,7 @@ impl Reader {
         match self.product_at(id, at).await? {
             Lookup::Found(doc) if doc.sku() == &*sku => Ok(self.document_response(&doc, headers)),
             _ if resolved_now => Err(ReadError::SkuNotFound),
-            _ => match self.resolve_sku(&key).await? {
+            _ => match self.resolve_sku(&key, resolve_at).await? {
                 Some(id) => match self.product_at(id, at).await? {
                     Lookup::Found(doc) if doc.sku() == &*sku => {
                         Ok(self.document_response(&doc, headers))
@@ -282,14 +337,14 @@ impl Reader {
         }
     }
 
-    async fn resolve_sku(&self, sku: &Arc<str>) -> Result<Option<i64>, ReadError> {
-        let owned = Arc::clone(sku);
-        let id = self
-            .query_replica_or_primary(move |pool| {
-                let sku = Arc::clone(&owned);
-                Box::pin(async move { catalog::product_id_by_sku(pool, &sku).await })
-            })
-            .await?;
+    /// The id of the live product with `sku`, read with the given consistency, and
+    /// remembered in L1.
+    async fn resolve_sku(&self, sku: &Arc<str>, at: Consistency) -> Result<Option<i64>, ReadError> {
+        let run = id_by_sku(Arc::clone(sku));
+        let id = match at {
+            Consistency::Cached => self.query_replica_or_primary(run).await?,
+            Consistency::AtLeast(lsn) => self.query_covering(lsn, run).await?,
+        };
         self.l1.insert_sku(Arc::clone(sku), id);
         Ok(id)
     }
@@ -312,19 +367,25 @@ impl Reader {
         Ok(self.json(listing::batch_body(&docs, &missing)))
     }
 
+    /// `GET /categories`: from L1, else from a database that has replayed everything
+    /// this reader's watermark covers (so never older than an invalidation it applied),
+    /// stored only if no invalidation came while it was read.
     async fn categories(&self) -> Result<Response<Full<Bytes>>, ReadError> {
         if let Some(body) = self.l1.body(&Key::Categories) {
             return Ok(self.json(body));
         }
+        let generation = self.l1.body_generation();
+        let applied = *self.applied.borrow();
         let rows = self
-            .query_replica_or_primary(|pool| Box::pin(catalog::categories(pool)))
+            .query_covering(applied, |pool| Box::pin(catalog::categories(pool)))
             .await?;
         #[derive(serde::Serialize)]
         struct Items<'a> {
             items: &'a [catalog::CategoryRow],
         }
         let body = Bytes::from(serde_json::to_vec(&Items { items: &rows })?);
-        self.l1.insert_body(Key::Categories, body.clone());
+        self.l1
+            .insert_body(Key::Categories, body.clone(), generation);
         Ok(self.json(body))
     }
 
@@ -348,10 +409,13 @@ impl Reader {
                 .await?
             }
             Consistency::AtLeast(lsn) => {
-                let target = self.db.pick_covering(lsn);
-                let page = catalog::category_page(target.pool(), &slug, after, limit + 1).await?;
-                self.count_read(target);
-                page
+                self.query_covering(lsn, move |pool| {
+                    let slug = Arc::clone(&slug);
+                    Box::pin(
+                        async move { catalog::category_page(pool, &slug, after, limit + 1).await },
+                    )
+                })
+                .await?
             }
         };
         let mut ids = page.ok_or(ReadError::CategoryNotFound)?;
@@ -370,6 +434,14 @@ impl Reader {
             _ => None,
         };
         Ok(self.json(listing::page_body(&docs, cursor.as_deref())))
+    }
+}
+
+/// The query resolving `sku` to a live product's id, on any pool.
+fn id_by_sku(sku: Arc<str>) -> impl for<'p> Fn(&'p PgPool) -> Query<'p, Option<i64>> {
+    move |pool| {
+        let sku = Arc::clone(&sku);
+        Box::pin(async move { catalog::product_id_by_sku(pool, &sku).await })
     }
 }
 

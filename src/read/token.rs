@@ -4,16 +4,23 @@
 //! From the caches when this reader's watermark (published by the invalidation
 //! consumer) has passed T, after waiting up to [`TOKEN_WAIT`] for it; otherwise around
 //! the caches, from a replica that has replayed T, or the primary. What was read there
-//! is kept in L1 if the product's floor allows.
+//! is kept in L1 if the product's floor allows. A token ahead of the primary's position
+//! is refused, and reads around the caches are bounded (`CATALOG_TOKEN_BYPASS_MAX`), so
+//! tokens cannot be used to pile reads onto the primary.
+
+use std::sync::Arc;
 
 use hyper::header::HeaderValue;
+use sqlx::PgPool;
+use tokio::sync::SemaphorePermit;
 
 use super::Reader;
 use super::error::ReadError;
-use super::fill::take;
+use super::fill::{Query, take};
 use super::limits::TOKEN_WAIT;
 use crate::document::Lookup;
 use crate::store::catalog;
+use crate::store::postgres::within;
 use crate::store::replicas::{Target, parse_lsn};
 
 /// What a read must include.
@@ -28,11 +35,15 @@ pub enum Consistency {
 impl Reader {
     /// What a read with `Min-Catalog-Token` needs: [`Consistency::Cached`] when the
     /// caches include the token's commit (now or after a short wait), else the position
-    /// to read at, around them.
+    /// to read at, around them, with one of the bounded permits for such reads.
+    ///
+    /// A token is refused (400) when it is ahead of every position the primary has
+    /// reached: no write answered it, and it could never be covered, so it would
+    /// otherwise turn a public read into a primary read.
     pub(super) async fn consistency_for(
         &self,
         token: &HeaderValue,
-    ) -> Result<Consistency, ReadError> {
+    ) -> Result<(Consistency, Option<SemaphorePermit<'_>>), ReadError> {
         let lsn = token
             .to_str()
             .ok()
@@ -40,14 +51,23 @@ impl Reader {
             .ok_or(ReadError::InvalidToken)?;
         // Strictly past: a watermark equal to the token may predate the commit's visibility.
         if *self.applied.borrow() > lsn {
-            return Ok(Consistency::Cached);
+            return Ok((Consistency::Cached, None));
+        }
+        match self.db.reached(lsn).await {
+            Some(true) => {}
+            Some(false) => return Err(ReadError::TokenAhead),
+            None => return Err(ReadError::NoDatabase),
         }
         let mut applied = self.applied.clone();
         match tokio::time::timeout(TOKEN_WAIT, applied.wait_for(|w| *w > lsn)).await {
-            Ok(Ok(_)) => Ok(Consistency::Cached),
+            Ok(Ok(_)) => Ok((Consistency::Cached, None)),
             Ok(Err(_)) | Err(_) => {
+                let permit = self
+                    .bypasses
+                    .try_acquire()
+                    .map_err(|_| ReadError::TokenBypassesBusy)?;
                 self.metrics.token_bypasses.inc();
-                Ok(Consistency::AtLeast(lsn))
+                Ok((Consistency::AtLeast(lsn), Some(permit)))
             }
         }
     }
@@ -89,11 +109,30 @@ impl Reader {
         ids: Vec<i64>,
         lsn: u64,
     ) -> Result<Vec<(i64, Lookup)>, ReadError> {
+        let ids = Arc::new(ids);
+        let rows = self
+            .query_covering(lsn, move |pool| {
+                let ids = Arc::clone(&ids);
+                Box::pin(async move { catalog::products_by_ids(pool, &ids).await })
+            })
+            .await?;
+        rows.into_iter()
+            .map(|row| Ok((row.id, row.into_lookup()?)))
+            .collect()
+    }
+
+    /// Runs a query, under the database deadline, on a healthy replica that has
+    /// replayed `lsn`, else on the primary; a replica that fails is taken out of the
+    /// healthy set and the query is run on the primary.
+    pub(super) async fn query_covering<T, F>(&self, lsn: u64, run: F) -> Result<T, ReadError>
+    where
+        F: for<'p> Fn(&'p PgPool) -> Query<'p, T>,
+    {
         let target = self.db.pick_covering(lsn);
-        let rows = match catalog::products_by_ids(target.pool(), &ids).await {
-            Ok(rows) => {
+        match within(self.db_timeout, run(target.pool())).await {
+            Ok(value) => {
                 self.count_read(target);
-                rows
+                Ok(value)
             }
             Err(err) => {
                 self.metrics.db_errors.inc();
@@ -101,13 +140,10 @@ impl Reader {
                     return Err(err.into());
                 };
                 self.db.mark_failed(index, &self.metrics);
-                let rows = catalog::products_by_ids(self.db.primary(), &ids).await?;
+                let value = within(self.db_timeout, run(self.db.primary())).await?;
                 self.metrics.db_reads_primary.inc();
-                rows
+                Ok(value)
             }
-        };
-        rows.into_iter()
-            .map(|row| Ok((row.id, row.into_lookup()?)))
-            .collect()
+        }
     }
 }

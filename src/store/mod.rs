@@ -7,6 +7,7 @@
 //! This is the lowest floor of the crate: it knows nothing of HTTP or of the faces
 //! above it.
 
+pub mod breaker;
 pub mod catalog;
 pub mod postgres;
 pub mod redis;

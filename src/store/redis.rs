@@ -4,14 +4,19 @@
 //! `G<version>` for a tombstone. Writes go through a Lua script that compares versions,
 //! so an older document can never overwrite a newer one, whoever writes last. Every
 //! command has a short timeout: a slow or absent Redis costs a read a few milliseconds
-//! and a counted error, never a failed request.
+//! and a counted error, never a failed request; and a Redis that keeps failing opens a
+//! [`Breaker`], so reads stop waiting on it at all until it answers again.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use fred::prelude::*;
 use fred::types::scripts::Script;
+use prometheus_client::metrics::counter::Counter;
+
+use super::breaker::Breaker;
 
 use crate::document::{Document, Lookup};
 
@@ -28,7 +33,7 @@ return 1
 ";
 
 /// How to reach Redis and how long documents live there.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct L2Config {
     /// `redis://` URL.
     pub url: String,
@@ -38,6 +43,8 @@ pub struct L2Config {
     pub ttl: Duration,
     /// Timeout of each command.
     pub command_timeout: Duration,
+    /// Counts the openings of the circuit breaker.
+    pub breaker_trips: Counter,
 }
 
 /// The Redis tier.
@@ -47,6 +54,7 @@ pub struct L2 {
     prefix: Arc<str>,
     ttl_secs: u64,
     put_if_newer: Script,
+    breaker: Arc<Breaker>,
 }
 
 impl std::fmt::Debug for L2 {
@@ -78,6 +86,7 @@ impl L2 {
             prefix: config.prefix.as_str().into(),
             ttl_secs: config.ttl.as_secs().max(1),
             put_if_newer: Script::from_lua(PUT_IF_NEWER),
+            breaker: Arc::new(Breaker::new(config.breaker_trips.clone())),
         })
     }
 
@@ -105,9 +114,25 @@ impl L2 {
         key
     }
 
+    /// Runs one command unless the breaker is open, and tells the breaker how it went.
+    async fn guarded<T>(
+        &self,
+        command: impl Future<Output = Result<T, fred::error::Error>>,
+    ) -> Result<T, fred::error::Error> {
+        if !self.breaker.allows() {
+            return Err(fred::error::Error::new(
+                fred::error::ErrorKind::Unknown,
+                "circuit open: Redis kept failing",
+            ));
+        }
+        let result = command.await;
+        self.breaker.record(result.is_ok());
+        result
+    }
+
     /// What L2 holds for `id`: `Ok(None)` when nothing.
     pub async fn get(&self, id: i64) -> Result<Option<Lookup>, fred::error::Error> {
-        let raw: Option<Bytes> = self.client.get(self.key(id)).await?;
+        let raw: Option<Bytes> = self.guarded(self.client.get(self.key(id))).await?;
         Ok(raw.and_then(|raw| decode(id, raw)))
     }
 
@@ -117,7 +142,7 @@ impl L2 {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = ids.iter().map(|&id| self.key(id)).collect();
-        let raw: Vec<Option<Bytes>> = self.client.mget(keys).await?;
+        let raw: Vec<Option<Bytes>> = self.guarded(self.client.mget(keys)).await?;
         Ok(ids
             .iter()
             .zip(raw)
@@ -127,7 +152,7 @@ impl L2 {
 
     /// Drops what L2 holds for `id` (an operator's purge).
     pub async fn remove(&self, id: i64) -> Result<(), fred::error::Error> {
-        let _: i64 = self.client.del(self.key(id)).await?;
+        let _: i64 = self.guarded(self.client.del(self.key(id))).await?;
         Ok(())
     }
 
@@ -143,8 +168,10 @@ impl L2 {
             i64::try_from(self.ttl_secs).unwrap_or(i64::MAX).into(),
         ];
         let stored: i64 = self
-            .put_if_newer
-            .evalsha_with_reload(&self.client, vec![self.key(id)], args)
+            .guarded(
+                self.put_if_newer
+                    .evalsha_with_reload(&self.client, vec![self.key(id)], args),
+            )
             .await?;
         Ok(stored == 1)
     }

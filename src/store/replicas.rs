@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use sqlx::PgPool;
@@ -74,6 +74,10 @@ pub struct Databases {
     next: AtomicUsize,
     primary_fallback: bool,
     primary_up: AtomicBool,
+    /// The primary's WAL position at its last probe (it only grows), 0 before the first.
+    primary_position: AtomicU64,
+    /// When the last on-demand probe of the primary's position started.
+    position_probed: tokio::sync::Mutex<Option<Instant>>,
     max_lag_bytes: u64,
 }
 
@@ -93,6 +97,8 @@ impl Databases {
             next: AtomicUsize::new(0),
             primary_fallback,
             primary_up: AtomicBool::new(true),
+            primary_position: AtomicU64::new(0),
+            position_probed: tokio::sync::Mutex::new(None),
             max_lag_bytes,
         }
     }
@@ -128,6 +134,34 @@ impl Databases {
             })
     }
 
+    /// Whether WAL position `lsn` exists yet: some replica has replayed it, or the
+    /// primary had reached it at its last probe; if neither, after one more probe of
+    /// the primary that starts after this call (concurrent calls share one probe, so a
+    /// flood of made-up positions costs the primary one cheap query at a time).
+    /// `None` when the primary cannot be asked.
+    pub async fn reached(&self, lsn: u64) -> Option<bool> {
+        let known = |this: &Self| {
+            this.primary_position.load(Ordering::Relaxed) >= lsn
+                || this
+                    .replicas
+                    .iter()
+                    .any(|r| r.replayed.load(Ordering::Relaxed) >= lsn)
+        };
+        if known(self) {
+            return Some(true);
+        }
+        let asked = Instant::now();
+        let mut probed = self.position_probed.lock().await;
+        if probed.is_some_and(|started| started >= asked) {
+            return Some(known(self));
+        }
+        *probed = Some(Instant::now());
+        let position = probe(&self.primary, "select pg_current_wal_lsn()::text").await?;
+        let position = parse_lsn(&position)?;
+        self.primary_position.fetch_max(position, Ordering::Relaxed);
+        Some(position >= lsn)
+    }
+
     /// Takes replica `index` out of the healthy set after a failed query.
     pub fn mark_failed(&self, index: usize, metrics: &Metrics) {
         self.healthy.rcu(|set| {
@@ -155,6 +189,9 @@ impl Databases {
         self.primary_up
             .store(primary_lsn.is_some(), Ordering::Relaxed);
         let primary_lsn = primary_lsn.as_deref().and_then(parse_lsn);
+        if let Some(position) = primary_lsn {
+            self.primary_position.fetch_max(position, Ordering::Relaxed);
+        }
         let mut healthy = Vec::with_capacity(self.replicas.len());
         for (index, replica) in self.replicas.iter().enumerate() {
             let replay = probe(

@@ -3,6 +3,8 @@
 //! is an NDJSON report: one line per input line (its status and version, or its
 //! error), then a summary.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Body;
@@ -10,10 +12,10 @@ use hyper::header::HeaderValue;
 use hyper::{Response, StatusCode};
 use sqlx::PgPool;
 
-use super::CATALOG_TOKEN;
 use super::error::WriteError;
 use super::payload;
 use super::tx::bulk::{BulkItem, put_batch};
+use super::{CATALOG_TOKEN, WriterLimits};
 use crate::http::response::{NDJSON, no_store};
 
 /// Products written per transaction by a bulk import.
@@ -22,18 +24,23 @@ pub const BULK_BATCH: usize = 500;
 /// Largest bulk import body; each line is also bounded by `CATALOG_MAX_BODY_BYTES`.
 pub const MAX_BULK_BYTES: usize = 256 * 1024 * 1024;
 
-/// Reads `body` to its end, writing as it goes; lines longer than `max_line` are refused.
+/// Reads `body` to its end, writing as it goes; lines longer than the body limit are
+/// refused, and each batch's transaction runs under the database deadline.
 pub async fn import<B>(
     primary: &PgPool,
     body: B,
-    max_line: usize,
+    limits: WriterLimits,
 ) -> Result<Response<Full<Bytes>>, WriteError>
 where
     B: Body<Data = Bytes> + Send,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    let max_line = limits.max_body;
     let mut body = std::pin::pin!(body);
-    let mut import = BulkImport::default();
+    let mut import = BulkImport {
+        deadline: limits.db_timeout,
+        ..BulkImport::default()
+    };
     let mut pending: Vec<u8> = Vec::new();
     let mut received = 0usize;
     while let Some(frame) = body.frame().await {
@@ -75,6 +82,8 @@ struct BulkImport {
     written: usize,
     failed: usize,
     token: Option<String>,
+    /// Deadline of one batch's transaction.
+    deadline: Duration,
 }
 
 impl BulkImport {
@@ -102,7 +111,9 @@ impl BulkImport {
         }
         let batch = std::mem::take(&mut self.batch);
         let (lines, items): (Vec<usize>, Vec<BulkItem>) = batch.into_iter().unzip();
-        let committed = put_batch(primary, &items).await?;
+        let committed = tokio::time::timeout(self.deadline, put_batch(primary, &items))
+            .await
+            .unwrap_or(Err(WriteError::Timeout))?;
         for ((line, item), outcome) in lines.into_iter().zip(&items).zip(committed.outcomes) {
             match outcome {
                 Ok(written) => {

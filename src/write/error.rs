@@ -67,6 +67,9 @@ pub enum WriteError {
     /// The first request with this key is still running.
     #[error("request in progress")]
     RequestInProgress,
+    /// The primary did not finish the call within `CATALOG_DB_TIMEOUT_MS`.
+    #[error("the primary did not answer in time")]
+    Timeout,
     /// The primary failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -158,6 +161,10 @@ impl WriteError {
                 "Request in progress",
                 "the first request with this Idempotency-Key has not finished; retry shortly",
             ),
+            Self::Timeout => Problem::unavailable(
+                "the primary did not answer in time; the write may or may not have been \
+                 applied: retry with the same Idempotency-Key, or read the product first",
+            ),
             Self::Database(_) => Problem::unavailable(
                 "the primary failed to answer; the write was not applied, retry shortly",
             ),
@@ -214,6 +221,7 @@ mod tests {
                 503,
                 "unavailable",
             ),
+            (WriteError::Timeout, 503, "unavailable"),
         ];
         for (error, status, kind) in cases {
             let problem = error.problem();

@@ -18,6 +18,7 @@ pub mod error;
 pub mod idempotency;
 pub mod payload;
 pub mod route;
+pub mod sweeper;
 pub mod tx;
 
 use std::future::Future;
@@ -36,10 +37,11 @@ use crate::document::etag;
 use crate::http::parse::parse_id;
 use crate::http::response::{self as plain, JSON, no_store};
 use crate::metrics::{HttpMetrics, Metrics};
+use crate::store::postgres::within;
 use error::WriteError;
 use payload::ProductInput;
 use route::{AdminRoute, WriteRoute};
-use tx::Committed;
+use tx::{Committed, Written};
 
 /// The header naming a retry-safe request.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -54,6 +56,9 @@ pub struct WriterLimits {
     pub max_body: usize,
     /// How long a stored `Idempotency-Key` response is replayed.
     pub idempotency_ttl: Duration,
+    /// Deadline of each call to the primary: a write's transaction, an idempotency
+    /// claim, one batch of a bulk import (`CATALOG_DB_TIMEOUT_MS`).
+    pub db_timeout: Duration,
 }
 
 /// Everything the admin face needs.
@@ -123,15 +128,16 @@ impl Writer {
                 Err(WriteError::MethodNotAllowed("GET, HEAD"))
             }
             AdminRoute::Healthz => Ok(plain::healthy()),
-            AdminRoute::Readyz => match sqlx::query("select 1").execute(&self.primary).await {
-                Ok(_) => Ok(plain::ready()),
-                Err(err) => Err(WriteError::Database(err)),
-            },
+            AdminRoute::Readyz => {
+                let probe = sqlx::query("select 1").execute(&self.primary);
+                within(self.limits.db_timeout, probe).await?;
+                Ok(plain::ready())
+            }
             AdminRoute::Metrics => Ok(plain::metrics(self.metrics.render(None))),
             AdminRoute::Product(raw_id) => self.product(request, raw_id).await,
             AdminRoute::Bulk => {
                 self.authorized_post(&request)?;
-                bulk::import(&self.primary, request.into_body(), self.limits.max_body).await
+                bulk::import(&self.primary, request.into_body(), self.limits).await
             }
             AdminRoute::Category(slug) => self.category(request, slug).await,
             AdminRoute::Purge => self.purge(request).await,
@@ -163,18 +169,28 @@ impl Writer {
             .transpose()?;
         let body = self.body(request).await?;
         let Some(key) = key else {
-            return self.apply(&method, id, &body, if_match).await;
+            return self.apply(&method, id, &body, if_match, None).await;
         };
         let print = idempotency::fingerprint(method.as_str(), raw_id, &body);
         let ttl = self.limits.idempotency_ttl;
-        match idempotency::claim(&self.primary, &key, &print, ttl).await? {
-            idempotency::Claim::Replay(response) => Ok(response),
-            idempotency::Claim::Owned => {
-                let response = self
-                    .apply(&method, id, &body, if_match)
-                    .await
-                    .unwrap_or_else(|error| error.problem().response());
-                idempotency::store(&self.primary, &key, response).await
+        let lease = idempotency::lease_for(self.limits.db_timeout);
+        let claim = idempotency::claim(&self.primary, &key, &print, ttl, lease);
+        let lease = match self.bounded(claim).await? {
+            idempotency::Claim::Owned(lease) => lease,
+            idempotency::Claim::Replay(response) => return Ok(response),
+            idempotency::Claim::InProgress { retry_after } => {
+                return Ok(idempotency::in_progress(retry_after));
+            }
+        };
+        match self.apply(&method, id, &body, if_match, Some(&lease)).await {
+            // Committed, with its response stored in the same transaction.
+            Ok(response) => Ok(response),
+            // A retry took the key over: this request's write rolled back.
+            Err(WriteError::RequestInProgress) => Ok(idempotency::in_progress(1)),
+            Err(error) => {
+                let response = error.problem().response();
+                let deadline = self.limits.db_timeout;
+                Ok(idempotency::finish(&self.primary, &lease, response, deadline).await)
             }
         }
     }
@@ -197,11 +213,14 @@ impl Writer {
             Method::PUT => {
                 let body = self.body(request).await?;
                 let input = payload::CategoryInput::parse(slug, &body)?;
-                tx::category::put(&self.primary, slug, &input).await?
+                self.bounded(tx::category::put(&self.primary, slug, &input))
+                    .await?
             }
             Method::DELETE => tx::category::CategoryCommitted {
                 created: false,
-                token: tx::category::delete(&self.primary, slug).await?,
+                token: self
+                    .bounded(tx::category::delete(&self.primary, slug))
+                    .await?,
             },
             _ => return Err(WriteError::MethodNotAllowed("PUT, DELETE")),
         };
@@ -236,7 +255,8 @@ impl Writer {
         self.authorized_post(&request)?;
         let body = self.body(request).await?;
         let input = payload::PurgeInput::parse(&body)?;
-        let token = tx::outbox::purge(&self.primary, input.category.as_deref()).await?;
+        let purge = tx::outbox::purge(&self.primary, input.category.as_deref());
+        let token = self.bounded(purge).await?;
         let scope = input.category.as_deref().unwrap_or("*");
         Ok(accepted(
             StatusCode::ACCEPTED,
@@ -245,23 +265,37 @@ impl Writer {
         ))
     }
 
-    /// Runs one product write.
+    /// Runs one product write; with `lease`, its response is stored in its transaction.
     async fn apply(
         &self,
         method: &Method,
         id: i64,
         body: &[u8],
         if_match: Option<i64>,
+        lease: Option<&idempotency::Lease>,
     ) -> Result<Response<Full<Bytes>>, WriteError> {
-        let committed = match *method {
+        let input;
+        let op = match *method {
             Method::PUT => {
-                let input = ProductInput::parse(body)?;
-                tx::product::put(&self.primary, id, &input, if_match).await?
+                input = ProductInput::parse(body)?;
+                tx::product::Op::Put(&input)
             }
-            Method::PATCH => tx::product::patch(&self.primary, id, body, if_match).await?,
-            _ => tx::product::delete(&self.primary, id, if_match).await?,
+            Method::PATCH => tx::product::Op::Patch(body),
+            _ => tx::product::Op::Delete,
         };
+        let write = tx::product::write(&self.primary, id, op, if_match, lease);
+        let committed = self.bounded(write).await?;
         Ok(committed_response(id, &committed))
+    }
+
+    /// Runs one call to the primary under the configured deadline.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, WriteError>>,
+    ) -> Result<T, WriteError> {
+        tokio::time::timeout(self.limits.db_timeout, call)
+            .await
+            .unwrap_or(Err(WriteError::Timeout))
     }
 
     /// The whole body, refused with 413 past the configured limit.
@@ -322,14 +356,21 @@ fn accepted(status: StatusCode, body: String, token: &str) -> Response<Full<Byte
 
 /// `{"id":..,"version":..}` with the new `ETag`, the token, and `Location` on create.
 fn committed_response(id: i64, committed: &Committed) -> Response<Full<Bytes>> {
-    let written = committed.written;
+    written_response(id, committed.written, Some(&committed.token))
+}
+
+/// A product write's answer; without the token when it is stored before the commit.
+fn written_response(id: i64, written: Written, token: Option<&str>) -> Response<Full<Bytes>> {
     let status = if written.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
     let body = format!("{{\"id\":{id},\"version\":{}}}", written.version);
-    let mut response = accepted(status, body, &committed.token);
+    let mut response = match token {
+        Some(token) => accepted(status, body, token),
+        None => no_store(status, JSON, body),
+    };
     let headers = response.headers_mut();
     headers.insert(ETAG, etag(written.version));
     if written.created

@@ -1,5 +1,10 @@
 //! Admin payloads: parsed with simd-json into typed values, unknown fields rejected,
 //! every field bounded; JSON merge patches (RFC 7396) applied to the current product.
+//!
+//! Nesting is bounded too: `attributes` at [`MAX_ATTRIBUTES_DEPTH`] levels, a merge patch
+//! or a bulk line at one level more. simd-json parses up to 1,024 levels, but a write
+//! decodes the stored `attributes` with serde_json, which stops at 128: a product stored
+//! deeper than that could never be changed again.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -13,6 +18,13 @@ const MAX_BRAND: usize = 200;
 const MAX_SKU: usize = 64;
 /// Largest `attributes` object, serialized.
 const MAX_ATTRIBUTES_BYTES: usize = 16 * 1024;
+/// Deepest nesting of `attributes`, in objects and arrays (the object itself is level 1).
+/// Far more than product attributes need, and far below serde_json's recursion limit of
+/// 128, which the writer meets when it decodes the stored row to change it.
+pub const MAX_ATTRIBUTES_DEPTH: usize = 32;
+/// Deepest nesting of a product payload (`PATCH` body, bulk line): the product object
+/// around its `attributes`.
+const MAX_PAYLOAD_DEPTH: usize = MAX_ATTRIBUTES_DEPTH + 1;
 const MAX_IMAGES: usize = 20;
 const MAX_URL: usize = 2048;
 const MAX_CATEGORIES: usize = 20;
@@ -136,6 +148,12 @@ impl ProductInput {
         if !self.attributes.is_object() {
             return Err(invalid("attributes", "must be a JSON object"));
         }
+        if !nests_within(&self.attributes, MAX_ATTRIBUTES_DEPTH) {
+            return Err(invalid(
+                "attributes",
+                format!("must nest at most {MAX_ATTRIBUTES_DEPTH} levels of objects and arrays"),
+            ));
+        }
         if self.attributes.to_string().len() > MAX_ATTRIBUTES_BYTES {
             return Err(invalid(
                 "attributes",
@@ -174,6 +192,7 @@ impl ProductInput {
         if !patch.is_object() {
             return Err(invalid("body", "a merge patch must be a JSON object"));
         }
+        bounded_depth(&patch)?;
         let mut current = serde_json::to_value(self).map_err(|e| invalid("body", e.to_string()))?;
         merge(&mut current, &patch);
         let patched: Self = serde_json::from_value(current).map_err(|e| WriteError::Invalid {
@@ -205,10 +224,37 @@ fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
+/// Whether `value` nests at most `max` levels of objects and arrays (a scalar is 0).
+/// The recursion stops one level past `max`, so its depth is bounded by `max`, not by
+/// the input's; and it allocates nothing.
+fn nests_within(value: &Value, max: usize) -> bool {
+    match value {
+        Value::Object(map) => max > 0 && map.values().all(|child| nests_within(child, max - 1)),
+        Value::Array(items) => max > 0 && items.iter().all(|child| nests_within(child, max - 1)),
+        _ => true,
+    }
+}
+
+/// Refuses a whole product payload nested deeper than [`MAX_PAYLOAD_DEPTH`].
+fn bounded_depth(payload: &Value) -> Result<(), WriteError> {
+    if nests_within(payload, MAX_PAYLOAD_DEPTH) {
+        Ok(())
+    } else {
+        Err(invalid(
+            "body",
+            format!(
+                "must nest at most {MAX_PAYLOAD_DEPTH} levels of objects and arrays \
+                 (attributes: at most {MAX_ATTRIBUTES_DEPTH} levels)"
+            ),
+        ))
+    }
+}
+
 /// Parses one line of a bulk import: a product object with its `id`.
 pub fn parse_bulk_line(line: &[u8]) -> Result<(i64, ProductInput), WriteError> {
     let mut bytes = line.to_vec();
     let mut value: Value = simd_json::serde::from_slice(&mut bytes).map_err(json_error)?;
+    bounded_depth(&value)?;
     let id = value
         .as_object_mut()
         .and_then(|object| object.remove("id"))
@@ -403,6 +449,54 @@ mod tests {
             Some("lamps")
         );
         assert!(PurgeInput::parse(br#"{"category":"Bad Slug"}"#).is_err());
+    }
+
+    /// `{"k":{"k":...1}}`, `depth` objects deep.
+    fn nested(depth: usize) -> Value {
+        (0..depth).fold(Value::from(1), |inner, _| serde_json::json!({ "k": inner }))
+    }
+
+    fn with_attributes(attributes: &Value) -> String {
+        let mut product: Value = serde_json::from_str(LAMP).unwrap();
+        product["attributes"] = attributes.clone();
+        product.to_string()
+    }
+
+    #[test]
+    fn nesting_is_bounded_in_puts_patches_and_bulk_lines() {
+        assert!(nests_within(&Value::from(1), 0));
+        assert!(nests_within(&nested(3), 3));
+        assert!(!nests_within(&nested(4), 3));
+        assert!(!nests_within(&serde_json::json!({"a": [1, [2, [3]]]}), 3));
+        let limit = MAX_ATTRIBUTES_DEPTH;
+        assert!(ProductInput::parse(with_attributes(&nested(limit)).as_bytes()).is_ok());
+        for depth in [limit + 1, 200, 1000] {
+            let err = ProductInput::parse(with_attributes(&nested(depth)).as_bytes()).unwrap_err();
+            assert!(err.to_string().contains("32 levels"), "{depth}: {err}");
+        }
+        // Arrays count as levels too.
+        let arrays = (1..limit).fold(Value::from(1), |inner, _| Value::Array(vec![inner]));
+        let deep_array = serde_json::json!({ "list": [arrays] });
+        assert!(ProductInput::parse(with_attributes(&deep_array).as_bytes()).is_err());
+
+        let lamp = ProductInput::parse(LAMP.as_bytes()).unwrap();
+        let patch = |attributes: Value| serde_json::json!({ "attributes": attributes }).to_string();
+        assert!(lamp.patched(patch(nested(limit)).as_bytes()).is_ok());
+        let err = lamp
+            .patched(patch(nested(limit + 1)).as_bytes())
+            .unwrap_err();
+        assert!(err.to_string().contains("32 levels"), "{err}");
+        assert!(lamp.patched(patch(nested(1000)).as_bytes()).is_err());
+
+        let line = |depth| {
+            let mut product: Value = serde_json::from_str(LAMP).unwrap();
+            product["attributes"] = nested(depth);
+            product["id"] = Value::from(5);
+            product.to_string()
+        };
+        assert!(parse_bulk_line(line(limit).as_bytes()).is_ok());
+        assert!(parse_bulk_line(line(limit + 1).as_bytes()).is_err());
+        assert!(parse_bulk_line(line(1000).as_bytes()).is_err());
     }
 
     #[test]

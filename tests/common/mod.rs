@@ -6,6 +6,7 @@
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part
 
 pub mod admin;
+pub mod fault;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -193,6 +194,9 @@ impl TestApp {
         config.admin_tokens = vec![catalog::config::Secret::new(ADMIN_TOKEN)];
         config.db_pool_size = 8;
         config.read.replica_check_interval = Duration::from_millis(100);
+        // Most tests run a reader without a writer (so without heartbeats): they must
+        // not see their feed go silent; the tests of silence set their own limit.
+        config.feed_silence = Duration::from_secs(600);
         config
     }
 
@@ -446,6 +450,24 @@ impl OwnRedis {
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Freezes the server (`SIGSTOP`): its sockets stay open and say nothing.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server run again (`SIGCONT`).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} failed");
     }
 }
 

@@ -1,5 +1,6 @@
 //! One product's transactions: create or replace (`PUT`), merge-patch (`PATCH`) and
-//! delete (a tombstone with a new version), each with its outbox row.
+//! delete (a tombstone with a new version), each with its outbox row, and, for a
+//! request with an `Idempotency-Key`, its stored response ([`idempotency::seal`]).
 
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -7,7 +8,48 @@ use sqlx::{PgPool, Postgres, Transaction};
 use super::outbox::{self, Change};
 use super::{Committed, Current, Written, begin, sku_conflict};
 use crate::write::error::WriteError;
+use crate::write::idempotency::{self, Lease};
 use crate::write::payload::ProductInput;
+
+/// What a product write does.
+#[derive(Debug, Clone, Copy)]
+pub enum Op<'a> {
+    /// Create or replace.
+    Put(&'a ProductInput),
+    /// Apply this JSON merge patch to the live product.
+    Patch(&'a [u8]),
+    /// Delete the live product.
+    Delete,
+}
+
+/// Runs `op` on product `id` in one transaction. With `lease`, the response is stored
+/// for the key in the same transaction, and the write rolls back if the lease's request
+/// no longer holds the key.
+pub async fn write(
+    pool: &PgPool,
+    id: i64,
+    op: Op<'_>,
+    if_match: Option<i64>,
+    lease: Option<&Lease>,
+) -> Result<Committed, WriteError> {
+    let (mut tx, current) = begin(pool, id, if_match).await?;
+    let written = match op {
+        Op::Put(input) => upsert(&mut tx, id, input, current).await?,
+        Op::Patch(patch) => {
+            let Some(current) = current.filter(Current::live) else {
+                return Err(WriteError::ProductNotFound(id));
+            };
+            let input = current.input().patched(patch)?;
+            upsert(&mut tx, id, &input, Some(current)).await?
+        }
+        Op::Delete => tombstone(&mut tx, id, current).await?,
+    };
+    if let Some(lease) = lease {
+        idempotency::seal(&mut tx, lease, id, written).await?;
+    }
+    let token = outbox::commit(tx, pool).await?;
+    Ok(Committed { written, token })
+}
 
 /// Creates or replaces product `id`.
 pub async fn put(
@@ -16,8 +58,7 @@ pub async fn put(
     input: &ProductInput,
     if_match: Option<i64>,
 ) -> Result<Committed, WriteError> {
-    let (tx, current) = begin(pool, id, if_match).await?;
-    store(tx, id, input, current, pool).await
+    write(pool, id, Op::Put(input), if_match, None).await
 }
 
 /// Applies a JSON merge patch to live product `id`.
@@ -27,12 +68,7 @@ pub async fn patch(
     patch: &[u8],
     if_match: Option<i64>,
 ) -> Result<Committed, WriteError> {
-    let (tx, current) = begin(pool, id, if_match).await?;
-    let Some(current) = current.filter(Current::live) else {
-        return Err(WriteError::ProductNotFound(id));
-    };
-    let input = current.input().patched(patch)?;
-    store(tx, id, &input, Some(current), pool).await
+    write(pool, id, Op::Patch(patch), if_match, None).await
 }
 
 /// Deletes live product `id`, leaving a tombstone with a new version.
@@ -41,7 +77,15 @@ pub async fn delete(
     id: i64,
     if_match: Option<i64>,
 ) -> Result<Committed, WriteError> {
-    let (mut tx, current) = begin(pool, id, if_match).await?;
+    write(pool, id, Op::Delete, if_match, None).await
+}
+
+/// Marks live product `id` (locked as `current`) deleted, and its outbox row.
+async fn tombstone(
+    tx: &mut Transaction<'_, Postgres>,
+    id: i64,
+    current: Option<Current>,
+) -> Result<Written, WriteError> {
     let Some(current) = current.filter(Current::live) else {
         return Err(WriteError::ProductNotFound(id));
     };
@@ -50,33 +94,18 @@ pub async fn delete(
          where id = $1 returning version",
     )
     .bind(id)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut **tx)
     .await?;
     let change = Change::Product {
         id,
         version,
         categories: &current.categories,
     };
-    outbox::insert(&mut tx, change).await?;
-    Ok(Committed {
-        written: Written {
-            version,
-            created: false,
-        },
-        token: outbox::commit(tx, pool).await?,
+    outbox::insert(tx, change).await?;
+    Ok(Written {
+        version,
+        created: false,
     })
-}
-
-async fn store(
-    mut tx: Transaction<'_, Postgres>,
-    id: i64,
-    input: &ProductInput,
-    current: Option<Current>,
-    pool: &PgPool,
-) -> Result<Committed, WriteError> {
-    let written = upsert(&mut tx, id, input, current).await?;
-    let token = outbox::commit(tx, pool).await?;
-    Ok(Committed { written, token })
 }
 
 /// Writes product `id` (locked as `current`) and its outbox row, inside `tx`.
