@@ -273,6 +273,16 @@ impl Config {
             config.outbox_retention,
             |raw| parse_in_range(raw, 0..=31_536_000).map(Duration::from_secs),
         )?;
+        if config.outbox_retention < config.l2_ttl {
+            return Err(ConfigError {
+                var: "CATALOG_OUTBOX_RETENTION_SECS",
+                reason: format!(
+                    "must be at least CATALOG_L2_TTL_SECS ({} s): after Redis rolls back, the \
+                     relay republishes the changes of one L2 lifetime from the outbox",
+                    config.l2_ttl.as_secs()
+                ),
+            });
+        }
         config.synchronous_commit =
             var.optional("CATALOG_SYNCHRONOUS_COMMIT", |raw| match raw {
                 "on" | "off" | "local" | "remote_write" | "remote_apply" => Ok(raw.to_owned()),
@@ -371,7 +381,10 @@ impl<S: Source + ?Sized> Vars<'_, S> {
             Some(raw) if raw.trim().is_empty() => Ok(None),
             Some(raw) => parse(raw.trim()).map(Some).map_err(|reason| ConfigError {
                 var,
-                reason: format!("invalid value {raw:?}: {reason}"),
+                reason: match shown(var, &raw) {
+                    Some(shown) => format!("invalid value {shown:?}: {reason}"),
+                    None => format!("invalid value (not shown: it holds secrets): {reason}"),
+                },
             }),
         }
     }
@@ -395,6 +408,70 @@ impl<S: Source + ?Sized> Vars<'_, S> {
             reason: "is not set (for the local stack: eval \"$(ops/dev.sh env)\")".to_owned(),
         })
     }
+}
+
+/// Variables whose values are never printed, not even in part.
+const SECRET_VARS: [&str; 1] = ["CATALOG_ADMIN_TOKENS"];
+
+/// Variables holding URLs, which may carry a password: printed with it masked.
+const URL_VARS: [&str; 3] = [
+    "CATALOG_DATABASE_URL",
+    "CATALOG_REPLICA_URLS",
+    "CATALOG_REDIS_URL",
+];
+
+/// What an error message may show of `var`'s value: nothing for secrets, URLs with
+/// their passwords masked, other values as they are.
+fn shown(var: &str, raw: &str) -> Option<String> {
+    if SECRET_VARS.contains(&var) {
+        None
+    } else if URL_VARS.contains(&var) {
+        Some(raw.split(',').map(mask_url).collect::<Vec<_>>().join(","))
+    } else {
+        Some(raw.to_owned())
+    }
+}
+
+/// `url` with the password of its user information and any `password` query parameter
+/// replaced by `***`. Everything up to the last `@` before the query is taken as user
+/// information, so a password holding `@`, `/` or `:` is masked whole.
+fn mask_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (path, query) = match rest.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (rest, None),
+    };
+    let mut masked = String::with_capacity(url.len());
+    if !scheme.is_empty() || url.contains("://") {
+        masked.push_str(scheme);
+        masked.push_str("://");
+    }
+    match path.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            match userinfo.split_once(':') {
+                Some((user, _)) => {
+                    masked.push_str(user);
+                    masked.push_str(":***");
+                }
+                None => masked.push_str(userinfo),
+            }
+            masked.push('@');
+            masked.push_str(host);
+        }
+        None => masked.push_str(path),
+    }
+    if let Some(query) = query {
+        masked.push('?');
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => param.to_owned(),
+            })
+            .collect();
+        masked.push_str(&params.join("&"));
+    }
+    masked
 }
 
 fn split_list(raw: &str) -> impl Iterator<Item = &str> {
@@ -536,6 +613,60 @@ mod tests {
             assert_eq!(err.var, var, "{value:?} was not refused as {var}");
             assert!(err.to_string().starts_with(var), "{err}");
         }
+    }
+
+    #[test]
+    fn errors_never_print_secrets() {
+        let cases = [
+            (
+                "CATALOG_DATABASE_URL",
+                "mysql://admin:hunter2-db@db.example/catalog",
+                "mysql://admin:***@db.example/catalog",
+            ),
+            (
+                "CATALOG_REPLICA_URLS",
+                "postgres://r:hunter2-a@a/x,http://r:p@ss:hunter2-b@b/x",
+                "postgres://r:***@a/x,http://r:***@b/x",
+            ),
+            (
+                "CATALOG_REDIS_URL",
+                "localhost:6379?password=hunter2-redis&db=1",
+                "localhost:6379?password=***&db=1",
+            ),
+        ];
+        for (var, value, masked) in cases {
+            let src = [DB, (var, value)];
+            let src = if var == DB.0 { &src[1..] } else { &src[..] };
+            let err = Config::from_source(src).unwrap_err().to_string();
+            assert!(!err.contains("hunter2"), "{var} printed a password: {err}");
+            assert!(err.contains(masked), "{var}: {err}");
+        }
+        let src = [DB, ("CATALOG_ADMIN_TOKENS", "a-long-admin-secret,short")];
+        let err = Config::from_source(&src[..]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "CATALOG_ADMIN_TOKENS: invalid value (not shown: it holds secrets): \
+             every token must be at least 8 characters"
+        );
+        // Values that hold no secret are still shown, to help the operator.
+        let src = [DB, ("CATALOG_READER_ADDR", "not-an-address")];
+        let err = Config::from_source(&src[..]).unwrap_err().to_string();
+        assert!(err.contains("\"not-an-address\""), "{err}");
+    }
+
+    #[test]
+    fn urls_are_masked_whole() {
+        assert_eq!(mask_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            mask_url("postgres://u:p/w@x@h:1/db"),
+            "postgres://u:***@h:1/db"
+        );
+        assert_eq!(mask_url("redis://:pw@h"), "redis://:***@h");
+        assert_eq!(
+            mask_url("postgres://h/db?PassWord=pw&sslmode=require"),
+            "postgres://h/db?PassWord=***&sslmode=require"
+        );
+        assert_eq!(mask_url("u:pw@h"), "u:***@h");
     }
 
     #[test]

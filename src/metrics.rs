@@ -201,6 +201,8 @@ pub struct Metrics {
     pub stream_gaps: Counter,
     /// Resets of the stream (a new epoch: Redis lost or replaced the stream).
     pub stream_resets: Counter,
+    /// Times the relay found the stream had lost published entries (Redis rolled back).
+    pub stream_rollbacks: Counter,
     /// Whole-L1 flushes (after a gap or a reset).
     pub l1_flushes: Counter,
     /// Stream reads that failed (the consumer reconnects with backoff).
@@ -303,6 +305,11 @@ impl Metrics {
         let invalidations = counter(r, "invalidations", "Invalidations applied");
         let stream_gaps = counter(r, "stream_gaps", "Breaks in the invalidation sequence");
         let stream_resets = counter(r, "stream_resets", "Resets of the invalidation stream");
+        let stream_rollbacks = counter(
+            r,
+            "stream_rollbacks",
+            "Streams found to have lost published entries (new epoch, republished)",
+        );
         let l1_flushes = counter(r, "l1_flushes", "Whole-L1 flushes after a gap or reset");
         let consumer_errors = counter(r, "consumer_errors", "Failed invalidation stream reads");
         let feed_silences = counter(
@@ -390,6 +397,7 @@ impl Metrics {
             invalidations,
             stream_gaps,
             stream_resets,
+            stream_rollbacks,
             l1_flushes,
             consumer_errors,
             feed_silences,

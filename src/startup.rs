@@ -4,9 +4,10 @@
 //! [`Application::build`] binds the listeners of the chosen [`Role`] (port 0 works, for
 //! tests) and exposes the bound addresses; [`Application::run_until_stopped`] serves
 //! until the token is cancelled, then drains connections for a bounded time. Every
-//! background task gets a child token; a task that exits early is logged and stops the
-//! process.
+//! background task gets a child token; a task that exits early, or panics, is logged
+//! and stops the process, after the listeners drained.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,16 +56,56 @@ pub enum Role {
     All,
 }
 
-/// Runs `task` in `tasks`; when it ends, its name tells the supervisor which one ended.
-fn supervise(
-    tasks: &mut JoinSet<&'static str>,
-    name: &'static str,
-    task: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    tasks.spawn(async move {
-        task.await;
-        name
-    });
+/// The background tasks of a process, each with a name: the first one that ends
+/// unexpectedly, or panics, cancels the root token, and [`Supervisor::wait`] still waits
+/// for the others, so the listeners drain their requests before the process exits.
+#[derive(Debug, Default)]
+struct Supervisor {
+    tasks: JoinSet<()>,
+    names: HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Supervisor {
+    /// Runs `task` under the name `name`.
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let handle = self.tasks.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Waits for every task. A task that ends before `stop` fires, or panics at any
+    /// time, is logged and cancels `stop` (so the others stop and drain); the result
+    /// then names the first such task.
+    async fn wait(mut self, stop: &CancellationToken) -> anyhow::Result<()> {
+        let mut failure: Option<String> = None;
+        while let Some(finished) = self.tasks.join_next_with_id().await {
+            let (id, panic) = match finished {
+                Ok((id, ())) => (id, None),
+                Err(err) => (err.id(), Some(err)),
+            };
+            let name = self.names.get(&id).copied().unwrap_or("a task");
+            match panic {
+                Some(err) => {
+                    tracing::error!(task = name, error = %err, "panicked; shutting down");
+                    failure.get_or_insert_with(|| format!("{name} panicked"));
+                    stop.cancel();
+                }
+                None if stop.is_cancelled() => tracing::info!(task = name, "stopped"),
+                None => {
+                    tracing::error!(task = name, "stopped unexpectedly; shutting down");
+                    failure.get_or_insert_with(|| format!("{name} stopped unexpectedly"));
+                    stop.cancel();
+                }
+            }
+        }
+        match failure {
+            Some(failure) => Err(anyhow::anyhow!(failure)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// How every service pool connects: its size and the database calls' deadline.
@@ -204,7 +245,8 @@ impl Application {
             max_ttl: config.read.l1_max_ttl,
             negative_ttl: config.read.negative_ttl,
         });
-        let floors = Floors::new(FLOORS_CAPACITY, config.read.l1_max_ttl);
+        // Floors outlive what they guard: L1 entries and L2 documents alike.
+        let floors = Floors::new(FLOORS_CAPACITY, config.read.l1_max_ttl.max(config.l2_ttl));
         let (watermark, applied) = tokio::sync::watch::channel(0);
         let feed = Feed::new(config.feed_silence);
         let consumer = source.map(|source| {
@@ -336,51 +378,92 @@ impl Application {
     /// Serves until `stop` is cancelled (or a task fails), then drains.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(reader = ?self.reader_addr(), writer = ?self.writer_addr(), "serving");
-        let mut tasks: JoinSet<&'static str> = JoinSet::new();
+        let mut tasks = Supervisor::default();
         if let Some(read) = self.read {
             let checks = Arc::clone(&read.databases).run_checks(
                 Arc::clone(&self.metrics),
                 read.check_interval,
                 stop.child_token(),
             );
-            supervise(&mut tasks, "replica checks", checks);
+            tasks.spawn("replica checks", checks);
             if let Some((consumer, source)) = read.consumer {
                 let run = consumer.run(source, stop.child_token());
-                supervise(&mut tasks, "invalidation consumer", run);
+                tasks.spawn("invalidation consumer", run);
             }
             let (feed, l1) = read.feed;
             let watch = feed.watch(l1, Arc::clone(&self.metrics), stop.child_token());
-            supervise(&mut tasks, "feed watchdog", watch);
+            tasks.spawn("feed watchdog", watch);
             let serve = http::serve(read.listener, read.reader, self.limits, stop.child_token());
-            supervise(&mut tasks, "reader listener", serve);
+            tasks.spawn("reader listener", serve);
         }
         if let Some(write) = self.write {
             if let Some(relay) = write.relay {
-                supervise(&mut tasks, "outbox relay", relay.run(stop.child_token()));
+                tasks.spawn("outbox relay", relay.run(stop.child_token()));
             }
-            supervise(&mut tasks, "sweeper", write.sweeper.run(stop.child_token()));
+            tasks.spawn("sweeper", write.sweeper.run(stop.child_token()));
             let serve = http::serve(
                 write.listener,
                 write.writer,
                 self.limits,
                 stop.child_token(),
             );
-            supervise(&mut tasks, "writer listener", serve);
+            tasks.spawn("writer listener", serve);
         }
-        let mut failure = None;
-        while let Some(finished) = tasks.join_next().await {
-            let name = finished.context("a task panicked")?;
-            if stop.is_cancelled() {
-                tracing::info!(task = name, "stopped");
-            } else {
-                tracing::error!(task = name, "stopped unexpectedly; shutting down");
-                failure.get_or_insert(name);
-                stop.cancel();
-            }
-        }
-        match failure {
-            Some(name) => anyhow::bail!("{name} stopped unexpectedly"),
-            None => Ok(()),
-        }
+        tasks.wait(&stop).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_task_stops_the_process_after_the_others_drain() {
+        let stop = CancellationToken::new();
+        let mut tasks = Supervisor::default();
+        let drained = Arc::new(AtomicBool::new(false));
+        let listener_stop = stop.child_token();
+        let listener_drained = Arc::clone(&drained);
+        // A listener whose in-flight request needs a second after the stop to finish.
+        tasks.spawn("listener", async move {
+            listener_stop.cancelled().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            listener_drained.store(true, Ordering::SeqCst);
+        });
+        tasks.spawn("doomed", async {
+            tokio::task::yield_now().await;
+            panic!("a bug in a background task");
+        });
+        let result = tasks.wait(&stop).await;
+        assert!(
+            stop.is_cancelled(),
+            "the panic did not cancel the root token"
+        );
+        assert!(
+            drained.load(Ordering::SeqCst),
+            "the process stopped before its listener drained"
+        );
+        let err = result.expect_err("a panic is a failure");
+        assert_eq!(err.to_string(), "doomed panicked");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_ending_early_fails_and_a_clean_stop_does_not() {
+        let stop = CancellationToken::new();
+        let mut tasks = Supervisor::default();
+        tasks.spawn("relay", async {});
+        let waiting = stop.child_token();
+        tasks.spawn("listener", async move { waiting.cancelled().await });
+        let err = tasks.wait(&stop).await.unwrap_err();
+        assert_eq!(err.to_string(), "relay stopped unexpectedly");
+
+        let stop = CancellationToken::new();
+        let mut tasks = Supervisor::default();
+        let waiting = stop.child_token();
+        tasks.spawn("listener", async move { waiting.cancelled().await });
+        stop.cancel();
+        tasks.wait(&stop).await.unwrap();
     }
 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -539,5 +540,67 @@ async fn a_create_is_found_by_sku_with_its_token_at_once() {
         .await;
     assert_eq!(read.status, 200, "{}", read.text());
     assert_eq!(read.json()["id"], 900100);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_redis_that_rolls_back_is_a_reset_and_its_old_documents_are_replaced() {
+    let db = seeded(10, 4).await;
+    let config = TestApp::config(&db);
+    let app = TestApp::spawn_as(&config, Role::All).await;
+    let (id, _) = product_in_category(&db).await;
+    let redis =
+        Builder::from_config(Config::from_url(config.redis_url.as_deref().unwrap()).unwrap())
+            .build()
+            .unwrap();
+    redis.init().await.unwrap();
+    let stream = format!("{}invalidations", config.redis_prefix);
+    let key = format!("{}p:{id}", config.redis_prefix);
+
+    // The "snapshot": version 1 in L2 (the reader's write-back), and the stream as it is.
+    assert_eq!(
+        app.get(&format!("/products/{id}")).await.json()["version"],
+        1
+    );
+    let snapshot: String =
+        poll(|| async { redis.get::<Option<String>, _>(&key).await.ok()? }).await;
+    let before: Vec<(String, HashMap<String, String>)> =
+        redis.xrange(&stream, "-", "+", None).await.unwrap();
+
+    // Changes after it: version 2, published and applied.
+    set_stock(&app, id, 55).await;
+    // Redis comes back from the snapshot: the entries published since are gone, L2 holds
+    // version 1 again, and the epoch key is the same.
+    let after: Vec<(String, HashMap<String, String>)> =
+        redis.xrange(&stream, "-", "+", None).await.unwrap();
+    let lost: Vec<String> = after
+        .iter()
+        .filter(|(id, _)| !before.iter().any(|(kept, _)| kept == id))
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(!lost.is_empty());
+    let _: i64 = redis.xdel(&stream, lost).await.unwrap();
+    let _: () = redis
+        .set(&key, snapshot.as_str(), None, None, false)
+        .await
+        .unwrap();
+
+    // The relay's next round (a heartbeat at the latest) notices, and every reader resets.
+    poll(|| async { (app.metric("catalog_stream_rollbacks_total").await >= 1.0).then_some(()) })
+        .await;
+    poll(|| async { (app.metric("catalog_stream_resets_total").await >= 1.0).then_some(()) }).await;
+    // The republished change put version 2 back into L2 over the restored copy.
+    poll(|| async {
+        let value: String = redis.get::<Option<String>, _>(&key).await.ok()??;
+        value.starts_with("F2|").then_some(())
+    })
+    .await;
+    // A reader started now has no floor from before: it must not get the old copy.
+    let late = TestApp::spawn(&config).await;
+    let doc = late.get(&format!("/products/{id}")).await.json();
+    assert_eq!(doc["version"], 2);
+    assert_eq!(doc["stock"], 55);
+    late.shutdown().await;
+    redis.quit().await.unwrap();
     app.shutdown().await;
 }

@@ -469,6 +469,115 @@ async fn a_slow_client_is_disconnected_after_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn a_slow_reader_of_a_large_response_receives_it_whole() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let db = seeded(200, 2).await;
+    let mut config = TestApp::config(&db);
+    let period = Duration::from_millis(200);
+    config.read.header_read_timeout = period;
+    let app = TestApp::spawn(&config).await;
+    let ids: Vec<String> = (1..=200).map(|id| id.to_string()).collect();
+    let path = format!("/products?ids={}", ids.join(","));
+    let whole = app.get(&path).await;
+    assert_eq!(whole.status, 200);
+    assert!(whole.body.len() > 60_000, "{} bytes", whole.body.len());
+
+    // A small receive window, so the server's writes wait on this client's reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(app.addr).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        received.extend_from_slice(&chunk[..n]);
+        // The client's pace, not a synchronisation: about 100 KB/s.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        started.elapsed() > period * 3,
+        "the read was not slow: {:?}",
+        started.elapsed()
+    );
+    let text = String::from_utf8_lossy(&received);
+    let (_, body) = text.split_once("\r\n\r\n").expect("a response head");
+    assert_eq!(
+        body.len(),
+        whole.body.len(),
+        "the watchdog cut a slow reader after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(body.as_bytes(), &whole.body[..]);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_prefix_of_the_h2_preface_is_cut_and_a_split_preface_is_served() {
+    use http_body_util::{BodyExt as _, Empty};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let db = seeded(5, 1).await;
+    let mut config = TestApp::config(&db);
+    config.read.header_read_timeout = Duration::from_millis(300);
+    let app = TestApp::spawn(&config).await;
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    // Ten bytes of the preface, then silence: closed after the header timeout.
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stream.write_all(&preface[..10]).await.unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a prefix of the preface kept its socket open");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    // The preface in two writes, then HTTP/2.
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream.write_all(&preface[..10]).await.unwrap();
+    let io = common::SkipWritten::new(stream, 10);
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .expect("HTTP/2 after a preface sent in two parts");
+    tokio::spawn(connection);
+    let request = hyper::Request::get(format!("http://{}/healthz", app.addr))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.starts_with(b"ok"), "{body:?}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn replica_metrics_are_labelled_by_index_not_by_host() {
+    let db = seeded(5, 1).await;
+    let app = TestApp::spawn(&TestApp::config(&db)).await;
+    poll(|| async {
+        (app.metric("catalog_replica_healthy{replica=\"0\"}").await == 1.0).then_some(())
+    })
+    .await;
+    let scrape = app.get("/metrics").await.text();
+    let host = catalog::store::replicas::display_name(&db.replica_url);
+    let (address, _) = host.split_once('/').unwrap();
+    for leak in [host.as_str(), address, db.name.as_str()] {
+        assert!(!scrape.contains(leak), "/metrics shows {leak:?}");
+    }
+    assert!(scrape.contains("catalog_replica_lag_bytes{replica=\"0\"}"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn reads_keep_answering_when_redis_stops() {
     let db = seeded(30, 2).await;
     let mut redis = OwnRedis::start().await;

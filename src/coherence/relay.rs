@@ -17,6 +17,7 @@
 //! applying an invalidation twice is harmless. Rows left by a writer that stopped
 //! between commit and publish are published by the next relay round, on restart.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -234,6 +235,16 @@ impl Relay {
             .fetch_one(&mut *tx)
             .await?;
         let watermark = crate::store::replicas::parse_lsn(&watermark);
+        if let Sink::Redis {
+            l2,
+            stream_key,
+            epoch_key,
+            ..
+        } = &self.sink
+            && rolled_back(l2, stream_key, next_seq).await?
+        {
+            self.recover_from_rollback(&mut tx, l2, epoch_key).await?;
+        }
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "select id, product_id, purge, coalesce(version, 0) as version, categories, \
              (extract(epoch from created_at) * 1000000)::bigint as created_micros \
@@ -329,6 +340,36 @@ impl Relay {
         Ok(rows.len())
     }
 
+    /// After Redis lost published entries: a new epoch (every reader flushes L1) and,
+    /// inside the round's transaction, every row published within L2's lifetime marked
+    /// unpublished again, so this round and the next publish them anew: their documents
+    /// go back to L2 by version (over whatever older copy Redis came back with) and
+    /// every reader, new ones included, gets their floors again.
+    async fn recover_from_rollback(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        l2: &L2,
+        epoch_key: &str,
+    ) -> Result<(), RelayError> {
+        let epoch = super::stream::new_epoch(l2.client(), epoch_key).await?;
+        let republished = sqlx::query(
+            "update outbox set published_at = null, seq = null \
+             where published_at > now() - make_interval(secs => $1)",
+        )
+        .bind(l2.ttl().as_secs_f64())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        self.metrics.stream_rollbacks.inc();
+        tracing::warn!(
+            %epoch,
+            republished,
+            "the invalidation stream lost entries it had (Redis failed over or was restored): \
+             new epoch, recent changes published again"
+        );
+        Ok(())
+    }
+
     /// The epoch entries carry: the stream's (created if Redis has none), or this
     /// process's for the in-process bus.
     async fn epoch(&self) -> Result<String, RelayError> {
@@ -371,6 +412,23 @@ impl Relay {
         }
         Ok(())
     }
+}
+
+/// Whether the stream has lost entries that the relay's sequence says were published:
+/// its newest entry is older than the last sequence number handed out, or it is gone
+/// (Redis failed over to an asynchronous replica, was restored from a snapshot, or
+/// restarted empty). Trimming never removes the newest entry.
+async fn rolled_back(l2: &L2, stream_key: &str, next_seq: i64) -> Result<bool, RelayError> {
+    if next_seq <= 1 {
+        return Ok(false);
+    }
+    let newest: Vec<(String, HashMap<String, String>)> =
+        l2.client().xrevrange(stream_key, "+", "-", Some(1)).await?;
+    let newest_seq = newest
+        .first()
+        .and_then(|(_, fields)| Invalidation::parse(fields))
+        .map(|entry| entry.seq);
+    Ok(newest_seq.is_none_or(|seq| seq < next_seq - 1))
 }
 
 /// Moves the relay's sequence to `next`, inside the round's transaction.

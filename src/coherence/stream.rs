@@ -40,6 +40,17 @@ pub async fn ensure_epoch(client: &Client, key: &str) -> Result<String, fred::er
     Ok(epoch.unwrap_or(fresh))
 }
 
+/// Replaces the stream's epoch with a new one: every reader sees a reset and flushes
+/// L1 (the relay's answer to a stream that lost entries it had published).
+pub async fn new_epoch(client: &Client, key: &str) -> Result<String, fred::error::Error> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let fresh = format!("{nanos:x}-{:x}", std::process::id());
+    let _: Option<String> = client.set(key, fresh.as_str(), None, None, false).await?;
+    Ok(fresh)
+}
+
 /// One published invalidation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalidation {

@@ -9,9 +9,12 @@
 //!
 //! - hyper's header read timeout arms a boxed timer in tokio's wheel for every request
 //!   and cancels it once the head is parsed. Here one [`watchdog`] per connection wakes
-//!   once per `header_read_timeout` and closes the connection if no request began in
-//!   that period and none is in flight: a slow or silent client is cut off after one to
-//!   two periods, for two relaxed atomic increments per request.
+//!   once per `header_read_timeout` and closes the connection if in that period no
+//!   request began, none is in flight and no byte of a response reached the socket: a
+//!   slow or silent client is cut off after one to two periods, for two relaxed atomic
+//!   increments per request and one per write. A slow reader of a large response is not
+//!   idle while it takes bytes (after its handler returned, hyper still writes the
+//!   body); one that takes none for a whole period is cut like a silent client.
 //! - hyper's `max_headers` option initialises a heap vector of that many header slots
 //!   for every request; its default (100, on the stack, uninitialised) is used instead.
 
@@ -24,6 +27,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,6 +36,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -52,10 +57,6 @@ pub struct Limits {
 
 /// Largest request head, in bytes (hyper's read buffer); a larger head is answered 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
-
-/// Pause between looks at a connection's first bytes while they are a prefix of
-/// HTTP/2's preface.
-const PREFACE_PAUSE: Duration = Duration::from_millis(1);
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
@@ -109,7 +110,7 @@ pub async fn serve<H: Handler>(
         let _ = stream.set_nodelay(true);
         let state = Arc::new(Connection {
             handler: Arc::clone(&handler),
-            activity: Activity::default(),
+            activity: Arc::new(Activity::default()),
         });
         let service = {
             let state = Arc::clone(&state);
@@ -133,7 +134,10 @@ pub async fn serve<H: Handler>(
                     Err(_) => return,
                 },
             };
-            let io = TokioIo::new(stream);
+            let io = TokioIo::new(Counted {
+                stream,
+                activity: Arc::clone(&state.activity),
+            });
             let watch = Watch {
                 activity: &state.activity,
                 period,
@@ -160,29 +164,93 @@ pub async fn serve<H: Handler>(
 }
 
 /// Whether a client opened with HTTP/2's connection preface (h2c with prior knowledge);
-/// the bytes stay in the socket for the protocol's own parser.
+/// the bytes stay in the socket for the protocol's own parser. The caller bounds the
+/// wait (a client that sends a prefix of the preface and stops is cut by the header
+/// timeout).
 async fn sends_h2_preface(stream: &TcpStream) -> bool {
     const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let mut head = [0u8; 24];
+    let Ok(mut n) = stream.peek(&mut head).await else {
+        return false;
+    };
     loop {
-        let Ok(n) = stream.peek(&mut head).await else {
-            return false;
-        };
         if n == 0 || head[..n] != PREFACE[..n] {
             return false;
         }
         if n == PREFACE.len() {
             return true;
         }
-        // A prefix of the preface: peek answers at once while bytes wait, so pause.
-        tokio::time::sleep(PREFACE_PAUSE).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        n = match stream.peek(&mut head).await { Ok(n) => n, Err(_) => return false };
+    }
+}
+
+/// A connection's socket, counting the response bytes it takes for the [`watchdog`].
+struct Counted {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl Counted {
+    fn wrote(&self, written: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = written
+            && *n > 0
+        {
+            self.activity
+                .written
+                .fetch_add(*n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.wrote(&written);
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.wrote(&written);
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
 /// What one connection's requests share: the face, and the requests' progress.
 struct Connection<H> {
     handler: Arc<H>,
-    activity: Activity,
+    activity: Arc<Activity>,
 }
 
 /// What a connection's requests have done, for its [`watchdog`].
@@ -190,8 +258,10 @@ struct Connection<H> {
 struct Activity {
     /// Requests whose head has been read.
     begun: AtomicU64,
-    /// Requests answered.
+    /// Requests whose handler returned (hyper may still be writing the body).
     answered: AtomicU64,
+    /// Response bytes the socket took.
+    written: AtomicU64,
 }
 
 /// The watchdog of one connection: cuts off clients too slow to send a request head
@@ -204,8 +274,8 @@ struct Watch<'a> {
 
 impl Watch<'_> {
     /// Drives `connection` to its end, closing it when a whole period passes in which
-    /// no request began while none was in flight; on stop, `shut_down` lets the
-    /// requests in flight finish first.
+    /// no request began and no response byte was written while none was in flight; on
+    /// stop, `shut_down` lets the requests in flight finish first.
     async fn run<C, E>(&self, connection: C, shut_down: impl Fn(Pin<&mut C>))
     where
         C: Future<Output = Result<(), E>>,
@@ -213,6 +283,7 @@ impl Watch<'_> {
     {
         let mut connection = std::pin::pin!(connection);
         let mut seen = 0;
+        let mut seen_written = 0;
         let mut stopping = false;
         loop {
             tokio::select! {
@@ -229,13 +300,78 @@ impl Watch<'_> {
                 }
                 () = tokio::time::sleep(self.period) => {
                     let begun = self.activity.begun.load(Ordering::Relaxed);
-                    if begun == seen && self.activity.answered.load(Ordering::Relaxed) == begun {
-                        tracing::debug!(period = ?self.period, "closing a connection that sent no request head in time");
+                    let written = self.activity.written.load(Ordering::Relaxed);
+                    if begun == seen
+                        && self.activity.answered.load(Ordering::Relaxed) == begun
+                    {
+                        tracing::debug!(period = ?self.period, "closing a connection idle for a whole period");
                         return;
                     }
                     seen = begun;
+                    seen_written = written;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::AsyncWriteExt as _;
+
+    use super::*;
+
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    /// A future that counts how often it is polled.
+    struct Polls<F> {
+        inner: Pin<Box<F>>,
+        polls: usize,
+    }
+
+    impl<F: Future> Future for Polls<F> {
+        type Output = F::Output;
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+            self.polls += 1;
+            self.inner.as_mut().poll(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_preface_in_two_parts_is_awaited_without_busy_polling() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        client.write_all(&PREFACE[..10]).await.unwrap();
+        let mut check = Polls {
+            inner: Box::pin(sends_h2_preface(&server)),
+            polls: 0,
+        };
+        // A prefix, then silence: still undecided, and woken only by arrivals.
+        let waited = tokio::time::timeout(Duration::from_millis(300), &mut check).await;
+        assert!(waited.is_err(), "decided on a prefix of the preface");
+        assert!(
+            check.polls <= 3,
+            "polled {} times in 300 ms while no byte came",
+            check.polls
+        );
+        client.write_all(&PREFACE[10..]).await.unwrap();
+        let sent = tokio::time::timeout(Duration::from_secs(5), &mut check).await;
+        assert_eq!(sent, Ok(true), "the rest of the preface was not seen");
+
+        // Anything else is HTTP/1.1 as soon as it differs.
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        client.write_all(b"PRI * HTTP/1.1").await.unwrap();
+        assert!(!sends_h2_preface(&server).await);
     }
 }

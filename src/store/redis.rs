@@ -101,6 +101,11 @@ impl L2 {
         }
     }
 
+    /// How long a stored document lives.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_secs)
+    }
+
     /// The underlying client, for the relay's stream commands.
     pub fn client(&self) -> &Client {
         &self.client

@@ -27,7 +27,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// One read replica.
 #[derive(Debug)]
 pub struct Replica {
-    /// `host:port/database`, for logs and metric labels (no credentials).
+    /// `host:port/database`, for logs (no credentials); metrics label it by index.
     pub name: String,
     /// Its connection pool (connected lazily).
     pub pool: PgPool,
@@ -90,6 +90,9 @@ impl Databases {
         max_lag_bytes: u64,
     ) -> Self {
         let all = (0..replicas.len()).collect();
+        for (index, replica) in replicas.iter().enumerate() {
+            tracing::info!(replica = index, name = %replica.name, "replica metric label");
+        }
         Self {
             primary,
             replicas,
@@ -170,11 +173,8 @@ impl Databases {
                 .filter(|&i| i != index)
                 .collect::<Vec<_>>()
         });
-        if let Some(replica) = self.replicas.get(index) {
-            metrics
-                .replica_healthy
-                .get_or_create(&label(replica))
-                .set(0);
+        if index < self.replicas.len() {
+            metrics.replica_healthy.get_or_create(&label(index)).set(0);
         }
     }
 
@@ -208,7 +208,7 @@ impl Databases {
                 _ => None,
             };
             let ok = replay.is_some() && lag.is_none_or(|lag| lag <= self.max_lag_bytes);
-            let labels = label(replica);
+            let labels = label(index);
             metrics
                 .replica_healthy
                 .get_or_create(&labels)
@@ -251,8 +251,11 @@ impl Databases {
     }
 }
 
-fn label(replica: &Replica) -> Vec<(&'static str, String)> {
-    vec![("replica", replica.name.clone())]
+/// A replica's metric labels: its index in `CATALOG_REPLICA_URLS`, never its address
+/// (host names are not for whoever can scrape `/metrics`); [`Databases::new`] logs
+/// which index is which replica once.
+fn label(index: usize) -> Vec<(&'static str, String)> {
+    vec![("replica", index.to_string())]
 }
 
 /// Runs a one-value probe with a timeout; `None` on any failure.

@@ -508,3 +508,56 @@ impl Drop for OwnRedis {
         self.stop();
     }
 }
+
+/// A client socket whose first `skip` written bytes were already sent by hand: a
+/// protocol client can then send its opening in two parts (e.g. HTTP/2's preface).
+#[derive(Debug)]
+pub struct SkipWritten {
+    stream: tokio::net::TcpStream,
+    skip: usize,
+}
+
+impl SkipWritten {
+    pub fn new(stream: tokio::net::TcpStream, skip: usize) -> Self {
+        Self { stream, skip }
+    }
+}
+
+impl tokio::io::AsyncRead for SkipWritten {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SkipWritten {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.skip > 0 {
+            let skipped = self.skip.min(buf.len());
+            self.skip -= skipped;
+            return std::task::Poll::Ready(Ok(skipped));
+        }
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
