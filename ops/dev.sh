@@ -24,6 +24,10 @@
 #   down                stop the stack, replica first; keeps the data
 #   clean               down, then delete all state
 #   status              one line per component (exit 0 if all three run, 3 otherwise)
+#   stop primary|replica|redis ...   stop only those components (bounded, as `down`
+#                       does); `up` starts them again
+#   crash primary|replica   immediate shutdown of that node (no shutdown checkpoint, as
+#                       if it crashed); `up` starts it again and it recovers
 #   env                 print export lines:  eval "$(ops/dev.sh env)"
 #   psql [primary|replica] [psql args]   psql on that node (default primary)
 #   run                 up, build catalogd, migrate, seed if empty, run `catalogd all`;
@@ -291,6 +295,40 @@ cmd_down() {
   lock_release
 }
 
+# check_components NAME...: each is primary, replica or redis; at least one.
+check_components() {
+  (($#)) || die "name at least one of: primary replica redis"
+  local c
+  for c in "$@"; do
+    case $c in
+      primary | replica | redis) ;;
+      *) die "unknown component '$c' (primary, replica or redis)" ;;
+    esac
+  done
+}
+
+cmd_stop() {
+  check_components "$@"
+  [[ -d $STATE_DIR ]] || { log "no state in $STATE_DIR; nothing to stop"; return 0; }
+  lock_acquire
+  stop_components "$@"
+  lock_release
+}
+
+cmd_crash() {
+  if (($# != 1)) || [[ $1 != primary && $1 != replica ]]; then
+    die "usage: crash primary|replica"
+  fi
+  [[ -d $STATE_DIR ]] || { log "no state in $STATE_DIR; nothing to crash"; return 0; }
+  lock_acquire
+  find_pg_area
+  [[ -n $PG_AREA && -d $PG_AREA ]] || die "no PostgreSQL clusters in $STATE_DIR"
+  pg_user_from_area
+  try_select_pg_bin || log "PostgreSQL binaries not found; stopping by signal"
+  pg_crash "$1" "$PG_AREA/$1"
+  lock_release
+}
+
 cmd_clean() {
   [[ $STATE_DIR != / && $STATE_DIR != "$ROOT" && $STATE_DIR != "${HOME:-/}" ]] ||
     die "refusing to delete $STATE_DIR"
@@ -520,6 +558,8 @@ main() {
     down) cmd_down ;;
     clean) cmd_clean ;;
     status) cmd_status ;;
+    stop) cmd_stop "$@" ;;
+    crash) cmd_crash "$@" ;;
     env) print_env ;;
     psql) cmd_psql "$@" ;;
     run) cmd_run ;;

@@ -174,6 +174,11 @@ pub struct ReadConfig {
     /// `CATALOG_TOKEN_BYPASS_MAX`: token reads that may go around the caches at once;
     /// more are answered 503.
     pub token_bypass_max: usize,
+    /// `CATALOG_AUDIT_INTERVAL_MS`: time between rounds of the consistency auditor;
+    /// `None` (0) turns it off.
+    pub audit_interval: Option<Duration>,
+    /// `CATALOG_AUDIT_SAMPLE`: L1 entries the auditor compares with the primary per round.
+    pub audit_sample: usize,
 }
 
 impl Default for ReadConfig {
@@ -191,6 +196,8 @@ impl Default for ReadConfig {
             header_read_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             token_bypass_max: 32,
+            audit_interval: Some(Duration::from_secs(10)),
+            audit_sample: 64,
         }
     }
 }
@@ -361,6 +368,13 @@ impl Config {
             })?,
             token_bypass_max: var.or("CATALOG_TOKEN_BYPASS_MAX", d.token_bypass_max, |raw| {
                 parse_in_range(raw, 1..=100_000)
+            })?,
+            audit_interval: var.or("CATALOG_AUDIT_INTERVAL_MS", d.audit_interval, |raw| {
+                parse_in_range(raw, 0..=86_400_000)
+                    .map(|ms| (ms > 0).then(|| Duration::from_millis(ms)))
+            })?,
+            audit_sample: var.or("CATALOG_AUDIT_SAMPLE", d.audit_sample, |raw| {
+                parse_in_range(raw, 1..=10_000)
             })?,
         };
         Ok(config)

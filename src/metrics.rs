@@ -207,6 +207,11 @@ pub struct Metrics {
     pub l1_flushes: Counter,
     /// Stream reads that failed (the consumer reconnects with backoff).
     pub consumer_errors: Counter,
+    /// L1 entries the auditor found older than a write made before its grace period.
+    pub stale_detected: Counter,
+    /// How long ago the newest version of the stalest entry of the last audit round
+    /// was written, in seconds (0: none stale).
+    pub stalest_entry_seconds: Gauge,
     /// Times the invalidation feed went silent (no entry, not even a heartbeat).
     pub feed_silences: Counter,
     /// 1 while the invalidation feed is silent, else 0.
@@ -312,6 +317,17 @@ impl Metrics {
         );
         let l1_flushes = counter(r, "l1_flushes", "Whole-L1 flushes after a gap or reset");
         let consumer_errors = counter(r, "consumer_errors", "Failed invalidation stream reads");
+        let stale_detected = counter(
+            r,
+            "stale_detected",
+            "L1 entries the auditor found older than the primary past the grace period",
+        );
+        let stalest_entry_seconds = Gauge::default();
+        r.register(
+            "stalest_entry_seconds",
+            "Age of the newest version of the stalest entry of the last audit round",
+            stalest_entry_seconds.clone(),
+        );
         let feed_silences = counter(
             r,
             "feed_silences",
@@ -400,6 +416,8 @@ impl Metrics {
             stream_rollbacks,
             l1_flushes,
             consumer_errors,
+            stale_detected,
+            stalest_entry_seconds,
             feed_silences,
             feed_silent,
             relay_heartbeats,

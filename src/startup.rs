@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{L1, L1Config};
+use crate::coherence::auditor::{AuditSettings, Auditor};
 use crate::coherence::consumer::{Consumer, Source, Targets};
 use crate::coherence::feed::Feed;
 use crate::coherence::floors::Floors;
@@ -126,6 +127,8 @@ struct ReadSide {
     consumer: Option<(Consumer, Source)>,
     /// The feed's watchdog, with the L1 it flushes when the feed goes silent.
     feed: (Feed, L1),
+    /// The consistency auditor, unless turned off.
+    auditor: Option<Auditor>,
     check_interval: Duration,
 }
 
@@ -260,6 +263,19 @@ impl Application {
             (Consumer::new(targets), source)
         });
         let feed = (feed, l1.clone());
+        let auditor = config.read.audit_interval.map(|interval| {
+            let settings = AuditSettings {
+                interval,
+                sample: config.read.audit_sample,
+                db_timeout: config.db_timeout,
+            };
+            Auditor::new(
+                l1.clone(),
+                databases.primary().clone(),
+                Arc::clone(metrics),
+                settings,
+            )
+        });
         let reader = Arc::new(Reader::new(
             l1,
             l2,
@@ -294,6 +310,7 @@ impl Application {
             databases,
             consumer,
             feed,
+            auditor,
             check_interval: config.read.replica_check_interval,
         })
     }
@@ -393,6 +410,9 @@ impl Application {
             let (feed, l1) = read.feed;
             let watch = feed.watch(l1, Arc::clone(&self.metrics), stop.child_token());
             tasks.spawn("feed watchdog", watch);
+            if let Some(auditor) = read.auditor {
+                tasks.spawn("consistency auditor", auditor.run(stop.child_token()));
+            }
             let serve = http::serve(read.listener, read.reader, self.limits, stop.child_token());
             tasks.spawn("reader listener", serve);
         }

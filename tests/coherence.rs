@@ -604,3 +604,32 @@ async fn a_redis_that_rolls_back_is_a_reset_and_its_old_documents_are_replaced()
     redis.quit().await.unwrap();
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_auditor_finds_an_entry_a_lost_invalidation_left_stale() {
+    let db = seeded(10, 2).await;
+    let mut config = TestApp::config(&db);
+    // A reader without a feed: nothing will invalidate what it caches.
+    config.redis_url = None;
+    config.read.audit_interval = Some(Duration::from_millis(100));
+    config.read.audit_sample = 100;
+    let app = TestApp::spawn(&config).await;
+    let (id, _) = product_in_category(&db).await;
+    assert_eq!(
+        app.get(&format!("/products/{id}")).await.json()["version"],
+        1
+    );
+    // A write this reader never hears of, made (as far as the row says) 10 s ago.
+    sqlx::query(
+        "update products set stock = 3, version = version + 1, \
+         updated_at = now() - interval '10 seconds' where id = $1",
+    )
+    .bind(id)
+    .execute(&db.primary)
+    .await
+    .unwrap();
+    poll(|| async { (app.metric("catalog_stale_detected_total").await >= 1.0).then_some(()) })
+        .await;
+    assert!(app.metric("catalog_stalest_entry_seconds").await >= 10.0);
+    app.shutdown().await;
+}

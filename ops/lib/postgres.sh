@@ -1,6 +1,6 @@
 # ops/lib/postgres.sh - the PostgreSQL half of ops/dev.sh's stack: the OS user and data
 # area of the clusters, the primary (initdb, start, database), the streaming replica
-# (pg_basebackup with a replication slot), bounded stops, and the cleanup of databases
+# (pg_basebackup with a replication slot), bounded stops and crashes, and the cleanup of databases
 # left by integration tests. Sourced by ops/dev.sh, not run; uses its settings (PG_PORT,
 # REPLICA_PORT, STATE_DIR, LOG_DIR, PG_LINK, FALLBACK_DIR, DB_NAME, DB_USER, SLOT,
 # TIMEOUT) and its state (PG_USER, PG_AREA, PG_BIN, FRESH_PRIMARY, STARTED).
@@ -286,6 +286,22 @@ pg_stop() {
       kill -KILL "$pid" 2>/dev/null || true
       wait_gone "$pid" 5 || die "could not stop $name (pid $pid)"
     fi
+  fi
+}
+
+# pg_crash NAME DATADIR: immediate shutdown (SIGQUIT: no checkpoint, the next start
+# runs crash recovery), then SIGKILL; bounded.
+pg_crash() {
+  local name=$1 data=$2 pid
+  if ! pid=$(pg_pid "$data"); then
+    log "$name not running"
+    return 0
+  fi
+  log "crashing $name (pid $pid): immediate shutdown"
+  kill -QUIT "$pid" 2>/dev/null || true
+  if ! wait_gone "$pid" 10; then
+    kill -KILL "$pid" 2>/dev/null || true
+    wait_gone "$pid" 5 || die "could not stop $name (pid $pid)"
   fi
 }
 

@@ -275,6 +275,31 @@ impl L1 {
         )
     }
 
+    /// Up to `n` cached product states, picked at random (reservoir sampling over one
+    /// walk of the cache), for the consistency auditor.
+    pub fn sample_products(&self, n: usize, rng: &mut impl rand::RngExt) -> Vec<(i64, i64)> {
+        let mut picked: Vec<(i64, i64)> = Vec::with_capacity(n);
+        let mut seen = 0usize;
+        for (key, value) in self.cache.iter() {
+            let (Key::Product(id), Cached::Product(lookup)) = (&*key, &value) else {
+                continue;
+            };
+            if *lookup == Lookup::Unknown {
+                continue;
+            }
+            seen += 1;
+            if picked.len() < n {
+                picked.push((*id, lookup.version()));
+            } else {
+                let slot = rng.random_range(0..seen);
+                if slot < n {
+                    picked[slot] = (*id, lookup.version());
+                }
+            }
+        }
+        picked
+    }
+
     /// Entries and weighted bytes, as of the last [`L1::sync`] (moka applies writes lazily).
     pub fn usage(&self) -> (u64, u64) {
         (self.cache.entry_count(), self.cache.weighted_size())

@@ -10,9 +10,12 @@
 //!   lost it).
 //! - [`feed`] (reader side): silence (no entry, not even a heartbeat) is a fault that
 //!   flushes L1 and limits caching until the feed is heard again.
+//! - [`auditor`] (reader side): samples L1 against the primary in production and counts
+//!   what it finds stale.
 //! - [`stream`]: the entry format both sides share.
 //! - [`backoff`]: the retry pause of both loops.
 
+pub mod auditor;
 pub mod backoff;
 pub mod consumer;
 pub mod feed;

@@ -10,11 +10,11 @@
 //! - hyper's header read timeout arms a boxed timer in tokio's wheel for every request
 //!   and cancels it once the head is parsed. Here one [`watchdog`] per connection wakes
 //!   once per `header_read_timeout` and closes the connection if in that period no
-//!   request began, none is in flight and no byte of a response reached the socket: a
-//!   slow or silent client is cut off after one to two periods, for two relaxed atomic
-//!   increments per request and one per write. A slow reader of a large response is not
-//!   idle while it takes bytes (after its handler returned, hyper still writes the
-//!   body); one that takes none for a whole period is cut like a silent client.
+//!   request began, none is in flight and no response is still being written (hyper
+//!   writes a body after its handler returned; a write that waits for a slow reader to
+//!   make room keeps the connection): a client too slow to send a head, or silent, is
+//!   cut off after one to two periods, for two relaxed atomic increments per request
+//!   and a relaxed store per write.
 //! - hyper's `max_headers` option initialises a heap vector of that many header slots
 //!   for every request; its default (100, on the stack, uninitialised) is used instead.
 
@@ -26,7 +26,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -180,26 +180,45 @@ async fn sends_h2_preface(stream: &TcpStream) -> bool {
         if n == PREFACE.len() {
             return true;
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        n = match stream.peek(&mut head).await { Ok(n) => n, Err(_) => return false };
+        // A prefix of the preface. `peek` answers at once while bytes wait, so wait
+        // for the socket to report new bytes instead: look again, and if no more bytes
+        // came, clear its readiness in the same step (`try_io` clears only the
+        // readiness seen before the look, so a later arrival is never missed), then
+        // sleep until the next arrival.
+        let seen = n;
+        let more = stream.try_io(Interest::READABLE, || {
+            let mut buf = ReadBuf::new(&mut head);
+            let mut cx = Context::from_waker(Waker::noop());
+            match stream.poll_peek(&mut cx, &mut buf) {
+                Poll::Ready(Ok(got)) if got > seen => Ok(got),
+                Poll::Ready(Ok(_)) | Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
+                Poll::Ready(Err(err)) => Err(err),
+            }
+        });
+        match more {
+            Ok(got) => n = got,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                if stream.readable().await.is_err() {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
     }
 }
 
-/// A connection's socket, counting the response bytes it takes for the [`watchdog`].
+/// A connection's socket, telling the [`watchdog`] whether a write is waiting for the
+/// client to make room (so a response is still being written).
 struct Counted {
     stream: TcpStream,
     activity: Arc<Activity>,
 }
 
 impl Counted {
-    fn wrote(&self, written: &Poll<std::io::Result<usize>>) {
-        if let Poll::Ready(Ok(n)) = written
-            && *n > 0
-        {
-            self.activity
-                .written
-                .fetch_add(*n as u64, Ordering::Relaxed);
-        }
+    fn wrote<T>(&self, written: &Poll<T>) {
+        self.activity
+            .writing
+            .store(written.is_pending(), Ordering::Relaxed);
     }
 }
 
@@ -239,7 +258,9 @@ impl AsyncWrite for Counted {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let flushed = Pin::new(&mut self.stream).poll_flush(cx);
+        self.wrote(&flushed);
+        flushed
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -260,8 +281,9 @@ struct Activity {
     begun: AtomicU64,
     /// Requests whose handler returned (hyper may still be writing the body).
     answered: AtomicU64,
-    /// Response bytes the socket took.
-    written: AtomicU64,
+    /// Whether the last write to the socket waited for room: a response (its body
+    /// perhaps long after its handler returned) is still being written.
+    writing: AtomicBool,
 }
 
 /// The watchdog of one connection: cuts off clients too slow to send a request head
@@ -274,7 +296,7 @@ struct Watch<'a> {
 
 impl Watch<'_> {
     /// Drives `connection` to its end, closing it when a whole period passes in which
-    /// no request began and no response byte was written while none was in flight; on
+    /// no request began while none was in flight and no response was being written; on
     /// stop, `shut_down` lets the requests in flight finish first.
     async fn run<C, E>(&self, connection: C, shut_down: impl Fn(Pin<&mut C>))
     where
@@ -283,7 +305,6 @@ impl Watch<'_> {
     {
         let mut connection = std::pin::pin!(connection);
         let mut seen = 0;
-        let mut seen_written = 0;
         let mut stopping = false;
         loop {
             tokio::select! {
@@ -300,7 +321,6 @@ impl Watch<'_> {
                 }
                 () = tokio::time::sleep(self.period) => {
                     let begun = self.activity.begun.load(Ordering::Relaxed);
-                    let written = self.activity.written.load(Ordering::Relaxed);
                     if begun == seen
                         && self.activity.answered.load(Ordering::Relaxed) == begun
                     {
@@ -308,7 +328,6 @@ impl Watch<'_> {
                         return;
                     }
                     seen = begun;
-                    seen_written = written;
                 }
             }
         }

@@ -28,19 +28,24 @@ pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
     })
 }
 
-/// Decodes `%XX` escapes (`+` stays `+`: no parameter here uses form encoding).
-/// `None` for a malformed escape or invalid UTF-8.
+/// Decodes `%XX` escapes, `X` a hex digit (`+` stays `+`: no parameter here uses form
+/// encoding). `None` for a malformed escape or invalid UTF-8.
 pub fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
     if !text.contains('%') {
         return Some(Cow::Borrowed(text));
     }
+    // Not `u8::from_str_radix`, which takes a sign: `%+C` would decode to a form feed.
+    let hex = |i: usize| {
+        text.as_bytes()
+            .get(i)
+            .and_then(|&b| char::from(b).to_digit(16))
+    };
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            out.push(((hex(i + 1)? << 4) | hex(i + 2)?) as u8);
             i += 3;
         } else {
             out.push(bytes[i]);
@@ -90,5 +95,10 @@ mod tests {
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
         assert_eq!(percent_decode("%ff"), None);
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
+        // Two hex digits, nothing else: no sign, no partial escape.
+        for bad in ["%+C", "1%+9", "%+1", "%-1", "% 1", "%1", "a%", "%é"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
     }
 }

@@ -25,6 +25,12 @@ pub const MAX_ATTRIBUTES_DEPTH: usize = 32;
 /// Deepest nesting of a product payload (`PATCH` body, bulk line): the product object
 /// around its `attributes`.
 const MAX_PAYLOAD_DEPTH: usize = MAX_ATTRIBUTES_DEPTH + 1;
+/// Deepest nesting simd-json parses; a deeper body is refused before any value is built.
+/// Building a value recurses once per level: at simd-json's own limit (1,024) that
+/// overflowed a 2 MiB tokio worker's stack in a debug build and aborted the process
+/// (`tests/hostile.rs`). serde_json's limit too, and far above [`MAX_PAYLOAD_DEPTH`], so
+/// the bounds below still name the field that nests too deep.
+const MAX_PARSE_DEPTH: usize = 128;
 const MAX_IMAGES: usize = 20;
 const MAX_URL: usize = 2048;
 const MAX_CATEGORIES: usize = 20;
@@ -110,7 +116,7 @@ impl ProductInput {
     /// Parses a `PUT` body.
     pub fn parse(body: &[u8]) -> Result<Self, WriteError> {
         let mut bytes = body.to_vec();
-        let input: Self = simd_json::serde::from_slice(&mut bytes).map_err(json_error)?;
+        let input: Self = from_json(&mut bytes)?;
         input.validate()?;
         Ok(input)
     }
@@ -188,7 +194,7 @@ impl ProductInput {
     /// Applies a JSON merge patch (RFC 7396) to this product and validates the result.
     pub fn patched(&self, patch_body: &[u8]) -> Result<Self, WriteError> {
         let mut bytes = patch_body.to_vec();
-        let patch: Value = simd_json::serde::from_slice(&mut bytes).map_err(json_error)?;
+        let patch: Value = from_json(&mut bytes)?;
         if !patch.is_object() {
             return Err(invalid("body", "a merge patch must be a JSON object"));
         }
@@ -240,20 +246,30 @@ fn bounded_depth(payload: &Value) -> Result<(), WriteError> {
     if nests_within(payload, MAX_PAYLOAD_DEPTH) {
         Ok(())
     } else {
-        Err(invalid(
-            "body",
-            format!(
-                "must nest at most {MAX_PAYLOAD_DEPTH} levels of objects and arrays \
-                 (attributes: at most {MAX_ATTRIBUTES_DEPTH} levels)"
-            ),
-        ))
+        Err(too_deep())
     }
+}
+
+fn too_deep() -> WriteError {
+    invalid(
+        "body",
+        format!(
+            "must nest at most {MAX_PAYLOAD_DEPTH} levels of objects and arrays \
+             (attributes: at most {MAX_ATTRIBUTES_DEPTH} levels)"
+        ),
+    )
+}
+
+/// Parses a body into `T` with simd-json, at most [`MAX_PARSE_DEPTH`] levels deep.
+fn from_json<'a, T: Deserialize<'a>>(bytes: &'a mut [u8]) -> Result<T, WriteError> {
+    let mut buffers = simd_json::Buffers::with_max_depth(bytes.len(), MAX_PARSE_DEPTH);
+    simd_json::serde::from_slice_with_buffers(bytes, &mut buffers).map_err(json_error)
 }
 
 /// Parses one line of a bulk import: a product object with its `id`.
 pub fn parse_bulk_line(line: &[u8]) -> Result<(i64, ProductInput), WriteError> {
     let mut bytes = line.to_vec();
-    let mut value: Value = simd_json::serde::from_slice(&mut bytes).map_err(json_error)?;
+    let mut value: Value = from_json(&mut bytes)?;
     bounded_depth(&value)?;
     let id = value
         .as_object_mut()
@@ -282,7 +298,7 @@ impl CategoryInput {
     /// Parses and validates a `PUT` body for category `slug`.
     pub fn parse(slug: &str, body: &[u8]) -> Result<Self, WriteError> {
         let mut bytes = body.to_vec();
-        let input: Self = simd_json::serde::from_slice(&mut bytes).map_err(json_error)?;
+        let input: Self = from_json(&mut bytes)?;
         bounded_text("name", &input.name, 1, MAX_BRAND)?;
         if let Some(parent) = &input.parent {
             if !valid_slug(parent) {
@@ -315,7 +331,7 @@ impl PurgeInput {
             return Ok(Self { category: None });
         }
         let mut bytes = body.to_vec();
-        let input: Self = simd_json::serde::from_slice(&mut bytes).map_err(json_error)?;
+        let input: Self = from_json(&mut bytes)?;
         match &input.category {
             Some(slug) if !valid_slug(slug) => Err(invalid(
                 "category",
@@ -338,13 +354,14 @@ pub fn valid_slug(slug: &str) -> bool {
 }
 
 /// Syntax errors name their position; errors of shape (unknown or missing fields,
-/// wrong types) are invalid products.
+/// wrong types) and nesting past [`MAX_PARSE_DEPTH`] are invalid products.
 fn json_error(err: simd_json::Error) -> WriteError {
     match err.error() {
         simd_json::ErrorType::Serde(reason) => WriteError::Invalid {
             field: "body",
             reason: reason.clone(),
         },
+        simd_json::ErrorType::DepthLimitExceeded => too_deep(),
         _ => WriteError::MalformedJson(err.to_string()),
     }
 }
@@ -497,6 +514,39 @@ mod tests {
         assert!(parse_bulk_line(line(limit).as_bytes()).is_ok());
         assert!(parse_bulk_line(line(limit + 1).as_bytes()).is_err());
         assert!(parse_bulk_line(line(1000).as_bytes()).is_err());
+    }
+
+    #[test]
+    fn deep_bodies_are_refused_before_a_value_is_built() {
+        // Up to simd-json's own limit (1,024 levels), building the value recursed once
+        // per level and overflowed this stack (a debug build's tokio worker has 2 MiB).
+        let small_stack = std::thread::Builder::new().stack_size(1024 * 1024);
+        let checked = small_stack.spawn(|| {
+            let lamp = ProductInput::parse(LAMP.as_bytes()).unwrap();
+            for depth in [MAX_PARSE_DEPTH + 1, 1_000, 1_023, 100_000] {
+                let objects = format!("{}1{}", r#"{"k":"#.repeat(depth), "}".repeat(depth));
+                let arrays = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+                for deep in [objects, arrays] {
+                    let product = format!(
+                        r#"{{"sku":"A","name":"x","price":{{"amount":1,"currency":"EUR"}},"attributes":{deep}}}"#
+                    );
+                    let line = product.replacen('{', r#"{"id":1,"#, 1);
+                    let patch = format!(r#"{{"attributes":{deep}}}"#);
+                    for err in [
+                        ProductInput::parse(product.as_bytes()).unwrap_err(),
+                        parse_bulk_line(line.as_bytes()).unwrap_err(),
+                        lamp.patched(patch.as_bytes()).unwrap_err(),
+                        lamp.patched(deep.as_bytes()).unwrap_err(),
+                    ] {
+                        assert!(err.to_string().contains("32 levels"), "{depth}: {err}");
+                    }
+                }
+            }
+        });
+        checked
+            .unwrap()
+            .join()
+            .expect("no overflow, every depth refused");
     }
 
     #[test]

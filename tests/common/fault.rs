@@ -6,7 +6,10 @@
 //! [`FaultProxy::freeze`] stops moving bytes in both directions on every connection,
 //! open or new, until [`FaultProxy::thaw`]; nothing is closed. [`FaultProxy::freeze_on`]
 //! freezes the moment a client sends bytes holding a pattern (after forwarding them):
-//! a server that goes silent in the middle of a query.
+//! a server that goes silent in the middle of a query. [`FaultProxy::down`] is a peer
+//! that is gone: open connections are closed and new ones are closed at once, until
+//! [`FaultProxy::up`]. [`FaultProxy::retarget`] sends new connections elsewhere (a
+//! service address that moves to a promoted replica).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -19,6 +22,8 @@ use tokio::sync::watch;
 pub struct FaultProxy {
     pub addr: SocketAddr,
     frozen: watch::Sender<bool>,
+    down: watch::Sender<bool>,
+    target: Arc<Mutex<SocketAddr>>,
     trigger: Trigger,
     accept: tokio::task::JoinHandle<()>,
 }
@@ -32,23 +37,40 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (frozen, gate) = watch::channel(false);
+        let (down, cut) = watch::channel(false);
+        let target = Arc::new(Mutex::new(target));
         let trigger: Trigger = Arc::default();
         let (freezer, armed) = (frozen.clone(), Arc::clone(&trigger));
+        let current = Arc::clone(&target);
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let Ok(upstream) = TcpStream::connect(target).await else {
+                if *cut.borrow() {
+                    drop(client); // a peer that is gone: closed at once
+                    continue;
+                }
+                let to = *current.lock().unwrap();
+                let Ok(upstream) = TcpStream::connect(to).await else {
                     continue;
                 };
                 let (client_read, client_write) = client.into_split();
                 let (upstream_read, upstream_write) = upstream.into_split();
                 let watch = Some((Arc::clone(&armed), freezer.clone()));
-                tokio::spawn(pump(client_read, upstream_write, gate.clone(), watch));
-                tokio::spawn(pump(upstream_read, client_write, gate.clone(), None));
+                let (gate, cut) = (gate.clone(), cut.clone());
+                tokio::spawn(pump(
+                    client_read,
+                    upstream_write,
+                    gate.clone(),
+                    cut.clone(),
+                    watch,
+                ));
+                tokio::spawn(pump(upstream_read, client_write, gate, cut, None));
             }
         });
         Self {
             addr,
             frozen,
+            down,
+            target,
             trigger,
             accept,
         }
@@ -69,6 +91,22 @@ impl FaultProxy {
         *self.trigger.lock().unwrap() = None;
         self.frozen.send_replace(false);
     }
+
+    /// The peer is gone: every open connection is closed, and new ones are closed as
+    /// soon as they are accepted, until [`FaultProxy::up`].
+    pub fn down(&self) {
+        self.down.send_replace(true);
+    }
+
+    /// Accepts and forwards connections again (to the current target).
+    pub fn up(&self) {
+        self.down.send_replace(false);
+    }
+
+    /// New connections go to `target` from now on; open ones stay where they are.
+    pub fn retarget(&self, target: SocketAddr) {
+        *self.target.lock().unwrap() = target;
+    }
 }
 
 impl Drop for FaultProxy {
@@ -77,9 +115,23 @@ impl Drop for FaultProxy {
     }
 }
 
-/// Copies `from` to `to`, holding each chunk while the gate says frozen; with a
+/// Copies `from` to `to` until `cut` says down (both halves are then dropped, which
+/// closes the connection), holding each chunk while the gate says frozen; with a
 /// trigger, a chunk holding its pattern freezes the proxy once forwarded.
 async fn pump(
+    from: tokio::net::tcp::OwnedReadHalf,
+    to: tokio::net::tcp::OwnedWriteHalf,
+    gate: watch::Receiver<bool>,
+    mut cut: watch::Receiver<bool>,
+    trigger: Option<(Trigger, watch::Sender<bool>)>,
+) {
+    tokio::select! {
+        () = forward(from, to, gate, trigger) => {}
+        _ = cut.wait_for(|down| *down) => {}
+    }
+}
+
+async fn forward(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut gate: watch::Receiver<bool>,

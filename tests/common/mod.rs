@@ -7,6 +7,8 @@
 
 pub mod admin;
 pub mod fault;
+pub mod load;
+pub mod process;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
