@@ -94,6 +94,7 @@ fn invalidation(c: &mut Criterion) {
         budget_bytes: 1 << 30,
         max_ttl: Duration::from_secs(3600),
         negative_ttl: Duration::from_secs(1),
+        stale_if_error: Duration::ZERO,
     });
     for id in 1..=PRODUCTS {
         l1.insert_product(id, document(id, 1));

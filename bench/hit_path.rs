@@ -19,7 +19,7 @@ use catalog::cache::{L1, L1Config};
 use catalog::document::{Document, Lookup};
 use catalog::metrics::Metrics;
 use catalog::read::listing::batch_body;
-use catalog::read::{Freshness, HttpCaching, Reader, ReaderSettings};
+use catalog::read::{DocumentTtl, Freshness, HttpCaching, Reader, ReaderSettings};
 use catalog::store::replicas::Databases;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::BodyExt as _;
@@ -75,10 +75,15 @@ fn setup(runtime: &tokio::runtime::Runtime) -> (Reader, Vec<Arc<Document>>) {
                     caching: HttpCaching {
                         max_age_secs: 5,
                         stale_while_revalidate_secs: 30,
+                        stale_if_error_secs: 300,
                     },
                     db_timeout: Duration::from_secs(2),
                     request_timeout: Duration::from_secs(5),
                     token_bypass_max: 32,
+                    ttl: DocumentTtl {
+                        soft: Duration::from_secs(240),
+                        hard: Duration::from_secs(300),
+                    },
                 },
             ),
             docs,

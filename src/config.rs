@@ -174,6 +174,12 @@ pub struct ReadConfig {
     /// `CATALOG_TOKEN_BYPASS_MAX`: token reads that may go around the caches at once;
     /// more are answered 503.
     pub token_bypass_max: usize,
+    /// `CATALOG_L1_SOFT_TTL_SECS`: a document older than this is still served from L1,
+    /// and refreshed in the background (refresh-ahead); at most `l1_max_ttl`.
+    pub l1_soft_ttl: Duration,
+    /// `CATALOG_STALE_IF_ERROR_SECS`: how long past `l1_max_ttl` a document is kept to be
+    /// served, with an `Age` header, when no database answers; 0 turns it off.
+    pub stale_if_error: Duration,
     /// `CATALOG_AUDIT_INTERVAL_MS`: time between rounds of the consistency auditor;
     /// `None` (0) turns it off.
     pub audit_interval: Option<Duration>,
@@ -196,6 +202,8 @@ impl Default for ReadConfig {
             header_read_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             token_bypass_max: 32,
+            l1_soft_ttl: Duration::from_secs(240),
+            stale_if_error: Duration::from_secs(300),
             audit_interval: Some(Duration::from_secs(10)),
             audit_sample: 64,
         }
@@ -369,6 +377,12 @@ impl Config {
             token_bypass_max: var.or("CATALOG_TOKEN_BYPASS_MAX", d.token_bypass_max, |raw| {
                 parse_in_range(raw, 1..=100_000)
             })?,
+            l1_soft_ttl: var.or("CATALOG_L1_SOFT_TTL_SECS", d.l1_soft_ttl, |raw| {
+                parse_in_range(raw, 1..=86_400).map(Duration::from_secs)
+            })?,
+            stale_if_error: var.or("CATALOG_STALE_IF_ERROR_SECS", d.stale_if_error, |raw| {
+                parse_in_range(raw, 0..=86_400).map(Duration::from_secs)
+            })?,
             audit_interval: var.or("CATALOG_AUDIT_INTERVAL_MS", d.audit_interval, |raw| {
                 parse_in_range(raw, 0..=86_400_000)
                     .map(|ms| (ms > 0).then(|| Duration::from_millis(ms)))
@@ -377,6 +391,8 @@ impl Config {
                 parse_in_range(raw, 1..=10_000)
             })?,
         };
+        // Refresh-ahead happens before expiry, or at it.
+        config.read.l1_soft_ttl = config.read.l1_soft_ttl.min(config.read.l1_max_ttl);
         Ok(config)
     }
 }

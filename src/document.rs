@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 /// fields slice: an entry costs that buffer, `bytes`' shared header and this struct,
 /// whatever buffer the body arrived in (a serializer's doubled `Vec`, a slice of a Redis
 /// reply holding many values).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Document {
     /// Product id.
     pub id: i64,
@@ -31,7 +31,26 @@ pub struct Document {
     pub etag: HeaderValue,
     /// The product's SKU (UTF-8), to check `by-sku` lookups against.
     sku: Bytes,
+    /// When this copy was read from its source (PostgreSQL or Redis): its age is the
+    /// HTTP `Age` of a stale answer, and drives refresh-ahead and expiry in L1.
+    pub loaded: std::time::Instant,
 }
+
+/// Two copies are the same document whenever they were loaded.
+impl PartialEq for Document {
+    fn eq(&self, other: &Self) -> bool {
+        (self.id, self.version, &self.body, &self.etag, &self.sku)
+            == (
+                other.id,
+                other.version,
+                &other.body,
+                &other.etag,
+                &other.sku,
+            )
+    }
+}
+
+impl Eq for Document {}
 
 impl Document {
     /// Copies an already-rendered body into the document's own buffer.
@@ -53,6 +72,7 @@ impl Document {
             etag: HeaderValue::from_maybe_shared(buffer.slice(body.len()..etag_end))
                 .expect("digits and quotes are a valid header value"),
             sku: buffer.slice(etag_end..),
+            loaded: std::time::Instant::now(),
         }
     }
 

@@ -207,6 +207,10 @@ pub struct Metrics {
     pub l1_flushes: Counter,
     /// Stream reads that failed (the consumer reconnects with backoff).
     pub consumer_errors: Counter,
+    /// Documents served past the hard TTL because no database answered.
+    pub stale_served: Counter,
+    /// Documents queued for a background refresh by a hit past the soft TTL.
+    pub refreshes_ahead: Counter,
     /// L1 entries the auditor found older than a write made before its grace period.
     pub stale_detected: Counter,
     /// How long ago the newest version of the stalest entry of the last audit round
@@ -317,6 +321,16 @@ impl Metrics {
         );
         let l1_flushes = counter(r, "l1_flushes", "Whole-L1 flushes after a gap or reset");
         let consumer_errors = counter(r, "consumer_errors", "Failed invalidation stream reads");
+        let stale_served = counter(
+            r,
+            "stale_served",
+            "Documents served past the hard TTL because no database answered",
+        );
+        let refreshes_ahead = counter(
+            r,
+            "refreshes_ahead",
+            "Documents queued for a background refresh past the soft TTL",
+        );
         let stale_detected = counter(
             r,
             "stale_detected",
@@ -416,6 +430,8 @@ impl Metrics {
             stream_rollbacks,
             l1_flushes,
             consumer_errors,
+            stale_served,
+            refreshes_ahead,
             stale_detected,
             stalest_entry_seconds,
             feed_silences,

@@ -27,7 +27,7 @@ use crate::coherence::stream::Invalidation;
 use crate::config::Config;
 use crate::http::{self, Limits};
 use crate::metrics::Metrics;
-use crate::read::{Freshness, HttpCaching, Reader, ReaderSettings};
+use crate::read::{DocumentTtl, Freshness, HttpCaching, Reader, ReaderSettings};
 use crate::store::postgres::{self, PoolSettings};
 use crate::store::redis::{L2, L2Config};
 use crate::store::replicas::{self, Databases, Replica};
@@ -247,6 +247,7 @@ impl Application {
             budget_bytes: config.read.l1_budget_bytes,
             max_ttl: config.read.l1_max_ttl,
             negative_ttl: config.read.negative_ttl,
+            stale_if_error: config.read.stale_if_error,
         });
         // Floors outlive what they guard: L1 entries and L2 documents alike.
         let floors = Floors::new(FLOORS_CAPACITY, config.read.l1_max_ttl.max(config.l2_ttl));
@@ -290,10 +291,15 @@ impl Application {
                 caching: HttpCaching {
                     max_age_secs: config.read.http_max_age_secs,
                     stale_while_revalidate_secs: config.read.http_stale_while_revalidate_secs,
+                    stale_if_error_secs: config.read.stale_if_error.as_secs(),
                 },
                 db_timeout: config.db_timeout,
                 request_timeout: config.read.request_timeout,
                 token_bypass_max: config.read.token_bypass_max,
+                ttl: DocumentTtl {
+                    soft: config.read.l1_soft_ttl,
+                    hard: config.read.l1_max_ttl,
+                },
             },
         ));
         let listener = TcpListener::bind(config.reader_addr)
@@ -413,6 +419,8 @@ impl Application {
             if let Some(auditor) = read.auditor {
                 tasks.spawn("consistency auditor", auditor.run(stop.child_token()));
             }
+            let refresh = Arc::clone(&read.reader).refresh_ahead_loop(stop.child_token());
+            tasks.spawn("refresh-ahead", refresh);
             let serve = http::serve(read.listener, read.reader, self.limits, stop.child_token());
             tasks.spawn("reader listener", serve);
         }

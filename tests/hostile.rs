@@ -185,8 +185,9 @@ async fn deep_and_huge_json_is_refused_with_problems_and_changes_nothing() {
                 );
                 reply.json()["type"].as_str().unwrap().to_owned()
             };
+            let attributes = format!(r#"{{"list":{deep}}}"#);
             let in_attributes = writer
-                .admin("PUT", &path, &[], &product_with("attributes", &deep))
+                .admin("PUT", &path, &[], &product_with("attributes", &attributes))
                 .await;
             in_attributes.assert_problem(400, "invalid-product");
             let detail = in_attributes.json()["detail"].as_str().unwrap().to_owned();
@@ -888,6 +889,25 @@ async fn a_token_with_signs_is_not_an_lsn() {
         app.request("GET", "/healthz", &[("min-catalog-token", token)])
             .await
             .assert_problem(400, "invalid-token");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn zz_probe_bulk_costs() {
+    let (_db, app) = hostile_app().await;
+    for (what, unit) in [("newlines", "\n"), ("bad lines", "x\n")] {
+        for mb in [1usize, 4] {
+            let body = unit.repeat(mb * 1024 * 1024 / unit.len());
+            let started = Instant::now();
+            let reply = app.admin("POST", "/admin/products/bulk", &[], &body).await;
+            eprintln!(
+                "PROBE {what} {mb} MiB: {} in {:?}, report {} bytes",
+                reply.status,
+                started.elapsed(),
+                reply.body.len()
+            );
+        }
     }
     app.shutdown().await;
 }

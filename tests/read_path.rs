@@ -512,7 +512,10 @@ async fn a_slow_reader_of_large_responses_receives_them_whole() {
         started.elapsed(),
         received.len()
     );
-    assert!(received.ends_with(&whole.body), "the last answer was cut short");
+    assert!(
+        received.ends_with(&whole.body),
+        "the last answer was cut short"
+    );
     assert!(started.elapsed() > period * 3, "{:?}", started.elapsed());
     app.shutdown().await;
 }
@@ -731,5 +734,75 @@ async fn a_frozen_redis_costs_cold_batches_no_write_back_waits() {
     // Redis kept failing: the breaker opened, and reads stop waiting on it at all.
     assert!(app.metric("catalog_l2_breaker_trips_total").await >= 1.0);
     redis.thaw();
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_known_product_is_served_stale_with_its_age_when_no_database_answers() {
+    let db = seeded(10, 2).await;
+    replica_has_products(&db, 10).await;
+    let primary = FaultProxy::start(fault::target(&db.primary_url)).await;
+    let replica = FaultProxy::start(fault::target(&db.replica_url)).await;
+    let mut config = TestApp::config(&db);
+    config.database_url = fault::through(&db.primary_url, primary.addr);
+    config.replica_urls = vec![fault::through(&db.replica_url, replica.addr)];
+    config.redis_url = None;
+    config.db_timeout = Duration::from_millis(300);
+    config.read.l1_max_ttl = Duration::from_secs(1);
+    config.read.l1_soft_ttl = Duration::from_secs(1);
+    config.read.stale_if_error = Duration::from_secs(60);
+    let app = TestApp::spawn(&config).await;
+    let fresh = app.get("/products/3").await;
+    assert_eq!(fresh.status, 200);
+    assert_eq!(fresh.header("age"), None);
+    assert!(
+        fresh
+            .header("cache-control")
+            .unwrap()
+            .contains("stale-if-error=60")
+    );
+
+    primary.freeze();
+    replica.freeze();
+    // Past its hard TTL the copy is refilled first; with no database answering, it is
+    // served anyway, saying how old it is.
+    let stale = poll(|| async {
+        let reply = app.get("/products/3").await;
+        (reply.status == 200 && reply.header("age").is_some()).then_some(reply)
+    })
+    .await;
+    assert_eq!(stale.body, fresh.body);
+    assert!(stale.header("age").unwrap().parse::<u64>().unwrap() >= 1);
+    assert!(app.metric("catalog_stale_served_total").await >= 1.0);
+    // A product it never had is still an error.
+    assert_eq!(app.get("/products/4").await.status, 503);
+    primary.thaw();
+    replica.thaw();
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_document_past_its_soft_ttl_is_refreshed_in_the_background() {
+    let db = seeded(10, 2).await;
+    let mut config = TestApp::config(&db);
+    // No feed: nothing invalidates, only the refresh can bring the new version.
+    config.redis_url = None;
+    config.read.l1_soft_ttl = Duration::from_secs(1);
+    config.read.l1_max_ttl = Duration::from_secs(3600);
+    let app = TestApp::spawn(&config).await;
+    assert_eq!(app.get("/products/5").await.json()["version"], 1);
+    sqlx::query("update products set stock = 9, version = version + 1 where id = 5")
+        .execute(&db.primary)
+        .await
+        .unwrap();
+    // Hits go on answering from L1 at once; one past the soft TTL queues the refresh,
+    // and the new version follows without waiting for the hour-long hard TTL.
+    let doc = poll(|| async {
+        let doc = app.get("/products/5").await.json();
+        (doc["version"] == 2).then_some(doc)
+    })
+    .await;
+    assert_eq!(doc["stock"], 9);
+    assert!(app.metric("catalog_refreshes_ahead_total").await >= 1.0);
     app.shutdown().await;
 }

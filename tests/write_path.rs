@@ -668,6 +668,9 @@ async fn a_keyed_write_stores_its_response_as_it_commits_and_never_applies_twice
         .await
         .unwrap();
     assert_eq!(committed.written.version, 1);
+    let committed_token = catalog::write::tx::outbox::token(&db.primary, Duration::from_secs(2))
+        .await
+        .expect("the token after the commit");
     let retry = app.admin("PUT", path, &key, &body).await;
     assert_eq!(retry.status, 201, "{}", retry.text());
     assert_eq!(retry.header("idempotent-replayed"), Some("true"));
@@ -679,9 +682,8 @@ async fn a_keyed_write_stores_its_response_as_it_commits_and_never_applies_twice
     let token = retry.header("catalog-token").expect("a token");
     let lsn = catalog::store::replicas::parse_lsn;
     assert!(
-        lsn(token) >= lsn(&committed.token),
-        "{token} < {}",
-        committed.token
+        lsn(token) >= lsn(&committed_token),
+        "{token} < {committed_token}"
     );
     assert_eq!(version_of(&db, 730_001).await, Some(1), "applied once");
     app.shutdown().await;
@@ -791,4 +793,159 @@ async fn a_sweeper_round_deletes_expired_keys_and_old_published_outbox_rows_only
             .unwrap();
     assert_eq!(held, 2);
     app.shutdown().await;
+}
+
+/// NDJSON lines of new products `ids`, each valid.
+fn bulk_lines(ids: std::ops::Range<i64>) -> String {
+    let mut body = String::new();
+    for id in ids {
+        let line = serde_json::json!({
+            "id": id, "sku": format!("BULK-{id}"), "name": format!("Bulk {id}"),
+            "price": {"amount": 100, "currency": "USD"},
+        });
+        body.push_str(&line.to_string());
+        body.push('\n');
+    }
+    body
+}
+
+fn report_of(reply: &common::Reply) -> Vec<Value> {
+    reply
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_bulk_import_that_fails_part_way_still_reports_the_batches_it_committed() {
+    let db = seeded(5, 1).await;
+    let mut config = TestApp::config(&db);
+    config.db_timeout = Duration::from_millis(500);
+    let app = TestApp::spawn_as(&config, Role::Writer).await;
+    // Line 600 (in the second batch of 500) updates product 5, whose row another
+    // transaction holds locked: the second batch misses its deadline.
+    let mut body = bulk_lines(700_001..700_600);
+    body.push_str(&bulk_lines(5..6));
+    body.push_str(&bulk_lines(700_600..700_700));
+    let mut holder = db.primary.begin().await.unwrap();
+    sqlx::query("select 1 from products where id = 5 for update")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let reply = app.admin("POST", "/admin/products/bulk", &[], &body).await;
+    holder.rollback().await.unwrap();
+
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(reply.header("catalog-token").is_some());
+    let report = report_of(&reply);
+    let written: Vec<u64> = report
+        .iter()
+        .filter(|r| r["status"] == 201)
+        .map(|r| r["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(written, (1..=500).collect::<Vec<u64>>(), "batch 1's lines");
+    let stop = &report[report.len() - 2];
+    assert_eq!(stop["line"], 501, "{stop}");
+    assert_eq!(stop["status"], 503, "{stop}");
+    assert_eq!(stop["type"], "/problems/unavailable", "{stop}");
+    let summary = &report.last().unwrap()["summary"];
+    assert_eq!(summary["written"], 500, "{summary}");
+    assert_eq!(summary["stopped_at"], 501, "{summary}");
+    let imported: i64 = sqlx::query_scalar("select count(*) from products where id > 700000")
+        .fetch_one(&db.primary)
+        .await
+        .unwrap();
+    assert_eq!(imported, 500, "batch 1 committed, nothing after it");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bulk_report_keeps_a_bounded_number_of_lines() {
+    use catalog::write::bulk::{MAX_REPORTED_REFUSED, MAX_REPORTED_WRITTEN};
+    let db = seeded(5, 1).await;
+    let app = TestApp::spawn_as(&TestApp::config(&db), Role::Writer).await;
+    let extra = 100;
+    let good = i64::try_from(MAX_REPORTED_WRITTEN + extra).unwrap();
+    let mut body = bulk_lines(710_001..710_001 + good);
+    body.push_str(&"{not json\n".repeat(MAX_REPORTED_REFUSED + extra));
+    let reply = app.admin("POST", "/admin/products/bulk", &[], &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let report = report_of(&reply);
+    assert_eq!(
+        report.len(),
+        MAX_REPORTED_WRITTEN + MAX_REPORTED_REFUSED + 1,
+        "the report is bounded"
+    );
+    let summary = &report.last().unwrap()["summary"];
+    assert_eq!(
+        summary["written"],
+        MAX_REPORTED_WRITTEN + extra,
+        "{summary}"
+    );
+    assert_eq!(summary["failed"], MAX_REPORTED_REFUSED + extra, "{summary}");
+    assert_eq!(summary["omitted"], 2 * extra, "{summary}");
+    assert!(summary.get("stopped_at").is_none(), "{summary}");
+    let imported: i64 = sqlx::query_scalar("select count(*) from products where id > 710000")
+        .fetch_one(&db.primary)
+        .await
+        .unwrap();
+    assert_eq!(imported, good);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_category_moves_never_commit_a_cycle() {
+    use catalog::write::payload::CategoryInput;
+    use catalog::write::tx::category;
+    let db = TestDb::migrated().await;
+    let rounds = 60;
+    for round in 0..rounds {
+        sqlx::query("insert into categories (slug, name) values ($1, 'a'), ($2, 'b')")
+            .bind(format!("a-{round}"))
+            .bind(format!("b-{round}"))
+            .execute(&db.primary)
+            .await
+            .unwrap();
+    }
+    let under = |parent: String| CategoryInput {
+        name: "moved".to_owned(),
+        parent: Some(parent),
+    };
+    // Every round: A under B and B under A at once, all rounds in parallel.
+    let mut moves = tokio::task::JoinSet::new();
+    for round in 0..rounds {
+        let (a, b) = (format!("a-{round}"), format!("b-{round}"));
+        for (slug, parent) in [(a.clone(), b.clone()), (b, a)] {
+            let pool = db.primary.clone();
+            let input = under(parent);
+            moves.spawn(async move {
+                let put = category::put(&pool, &slug, &input);
+                tokio::time::timeout(Duration::from_secs(20), put)
+                    .await
+                    .expect("a category write never ended")
+                    .is_ok()
+            });
+        }
+    }
+    let mut applied = 0;
+    while let Some(ok) = moves.join_next().await {
+        applied += usize::from(ok.unwrap());
+    }
+    let cycles: i64 = sqlx::query_scalar(
+        "with recursive up(start, id, depth) as ( \
+             select id, parent_id, 1 from categories where parent_id is not null \
+             union all \
+             select up.start, c.parent_id, up.depth + 1 from categories c join up on c.id = up.id \
+             where c.parent_id is not null and up.depth < 10) \
+         select count(distinct start) from up where id = start",
+    )
+    .fetch_one(&db.primary)
+    .await
+    .unwrap();
+    assert_eq!(cycles, 0, "categories in a parent cycle");
+    assert_eq!(
+        applied, rounds,
+        "one move of each pair applies, the other is refused"
+    );
 }

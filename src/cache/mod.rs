@@ -68,6 +68,9 @@ pub struct L1Config {
     pub max_ttl: Duration,
     /// Age of negative entries.
     pub negative_ttl: Duration,
+    /// How long past `max_ttl` a live document is kept, to be served (marked stale)
+    /// only when no database can answer (`CATALOG_STALE_IF_ERROR_SECS`).
+    pub stale_if_error: Duration,
 }
 
 /// The in-process cache.
@@ -82,9 +85,10 @@ pub struct L1 {
     generation: Arc<AtomicU64>,
 }
 
-/// Expiry policy: negative entries live `negative_ttl`, everything else `max_ttl`,
-/// counted from the last write of the entry, and never longer than the cap in force
-/// when it was written.
+/// Expiry policy: negative entries live `negative_ttl`, live documents `max_ttl` plus
+/// `stale_if_error` (past `max_ttl` the read path refills them, keeping the old copy
+/// only for when no database answers), everything else `max_ttl`, counted from the last
+/// write of the entry, and never longer than the cap in force when it was written.
 struct Ttl {
     config: L1Config,
     cap_millis: Arc<AtomicU64>,
@@ -92,10 +96,10 @@ struct Ttl {
 
 impl Ttl {
     fn ttl(&self, value: &Cached) -> Duration {
-        let ttl = if value.is_negative() {
-            self.config.negative_ttl.min(self.config.max_ttl)
-        } else {
-            self.config.max_ttl
+        let ttl = match value {
+            _ if value.is_negative() => self.config.negative_ttl.min(self.config.max_ttl),
+            Cached::Product(Lookup::Found(_)) => self.config.max_ttl + self.config.stale_if_error,
+            _ => self.config.max_ttl,
         };
         match self.cap_millis.load(Ordering::Relaxed) {
             0 => ttl,
@@ -321,6 +325,7 @@ mod tests {
             budget_bytes: 1 << 20,
             max_ttl: Duration::from_secs(300),
             negative_ttl: Duration::from_millis(50),
+            stale_if_error: Duration::ZERO,
         }
     }
 

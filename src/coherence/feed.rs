@@ -127,6 +127,7 @@ mod tests {
             budget_bytes: 1 << 20,
             max_ttl: Duration::from_secs(300),
             negative_ttl: Duration::from_secs(2),
+            stale_if_error: Duration::ZERO,
         });
         l1.insert_product(1, Lookup::Gone { version: 3 });
         feed.check(&l1, &metrics);

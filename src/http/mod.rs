@@ -323,6 +323,7 @@ impl Watch<'_> {
                     let begun = self.activity.begun.load(Ordering::Relaxed);
                     if begun == seen
                         && self.activity.answered.load(Ordering::Relaxed) == begun
+                        && !self.activity.writing.load(Ordering::Relaxed)
                     {
                         tracing::debug!(period = ?self.period, "closing a connection idle for a whole period");
                         return;

@@ -113,6 +113,11 @@ impl From<serde_json::Error> for ReadError {
 }
 
 impl ReadError {
+    /// Whether no database could answer (a stale copy may then be served instead).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::NoDatabase | Self::Database(_) | Self::Timeout)
+    }
+
     /// The problem document this error answers with.
     pub fn problem(&self) -> Problem {
         use StatusCode as S;

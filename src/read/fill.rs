@@ -11,16 +11,29 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use super::Reader;
 use super::error::ReadError;
-use crate::document::{Lookup, ProductRow};
+use crate::document::{Document, Lookup, ProductRow};
 use crate::store::catalog;
 use crate::store::postgres::within;
 use crate::store::redis::L2;
 use crate::store::replicas::Target;
+
+/// What L1 holds for one product, as the read path sees it.
+#[derive(Debug)]
+pub(super) enum InL1 {
+    /// Servable: fresh, or past the soft TTL (then queued for a refresh).
+    Fresh(Lookup),
+    /// A document past the hard TTL: refilled, kept for when no database answers.
+    Expired(Arc<Document>),
+    /// Nothing.
+    Missing,
+}
 
 /// Write-backs to L2 in flight at once, per reader.
 pub(super) const WRITE_BACKS: usize = 256;
@@ -29,11 +42,15 @@ pub(super) const WRITE_BACKS: usize = 256;
 pub(super) type Query<'p, T> = Pin<Box<dyn Future<Output = Result<T, sqlx::Error>> + Send + 'p>>;
 
 impl Reader {
-    /// The state of one product: L1, else one coalesced fill.
+    /// The state of one product: L1, else one coalesced fill. A document past the
+    /// hard TTL is refilled, and served (stale, with its age) only if no database can
+    /// answer (`CATALOG_STALE_IF_ERROR_SECS`).
     pub(super) async fn l1_or_fill(&self, id: i64) -> Result<Lookup, ReadError> {
-        if let Some(lookup) = self.l1_hit(id) {
-            return Ok(lookup);
-        }
+        let expired = match self.in_l1(id, Instant::now()) {
+            InL1::Fresh(lookup) => return Ok(lookup),
+            InL1::Expired(doc) => Some(doc),
+            InL1::Missing => None,
+        };
         self.metrics.l1_misses.inc();
         let (lookup, ran) = self
             .flight
@@ -42,17 +59,74 @@ impl Reader {
         if !ran {
             self.metrics.coalesced.inc();
         }
-        lookup
+        match (lookup, expired) {
+            (Err(error), Some(doc)) if error.is_unavailable() => {
+                self.metrics.stale_served.inc();
+                Ok(Lookup::Found(doc))
+            }
+            (lookup, _) => lookup,
+        }
     }
 
-    /// The state of one product if L1 holds it, counted as a hit.
-    pub(super) fn l1_hit(&self, id: i64) -> Option<Lookup> {
-        let lookup = self.l1.product(id)?;
+    /// What L1 holds for `id` as of `now`, counted as a hit when it may be served: a
+    /// document past the soft TTL is served and queued for a refresh, one past the
+    /// hard TTL is not served (it is kept for when no database answers).
+    pub(super) fn in_l1(&self, id: i64, now: Instant) -> InL1 {
+        let Some(lookup) = self.l1.product(id) else {
+            return InL1::Missing;
+        };
+        if let Lookup::Found(doc) = &lookup {
+            let age = now.saturating_duration_since(doc.loaded);
+            if age >= self.ttl.hard {
+                return InL1::Expired(Arc::clone(doc));
+            }
+            if age >= self.ttl.soft {
+                self.refresh_ahead(id);
+            }
+        }
         self.metrics.l1_hits.inc();
         if lookup == Lookup::Unknown {
             self.metrics.negative_hits.inc();
         }
-        Some(lookup)
+        InL1::Fresh(lookup)
+    }
+
+    /// Queues `id` for a background refresh; a full queue drops it (the next hit
+    /// queues it again).
+    fn refresh_ahead(&self, id: i64) {
+        if self.refresh_queue.try_send(id).is_ok() {
+            self.metrics.refreshes_ahead.inc();
+        }
+    }
+
+    /// Refreshes the documents queued by hits past the soft TTL, until `stop` fires.
+    pub async fn refresh_ahead_loop(self: Arc<Self>, stop: CancellationToken) {
+        let queue = self
+            .refresh_rx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(mut queue) = queue else {
+            return;
+        };
+        loop {
+            let id = tokio::select! {
+                () = stop.cancelled() => return,
+                id = queue.recv() => match id {
+                    Some(id) => id,
+                    None => return,
+                },
+            };
+            // Queued many times by many hits: refresh only what is still old.
+            if let Some(Lookup::Found(doc)) = self.l1.product(id)
+                && doc.loaded.elapsed() >= self.ttl.soft
+            {
+                let refill = self.flight.run(id, Box::pin(self.fill_from_l2_or_db(id)));
+                if let (Err(err), _) = refill.await {
+                    tracing::debug!(id, error = %err, "refresh-ahead failed; the copy is served on");
+                }
+            }
+        }
     }
 
     /// The state of each of `ids`, in order: L1, then L2 and the databases for the rest
@@ -60,16 +134,17 @@ impl Reader {
     pub(super) async fn l1_or_fill_many(&self, ids: &[i64]) -> Result<Vec<Lookup>, ReadError> {
         let mut out: Vec<Option<Lookup>> = Vec::with_capacity(ids.len());
         let mut misses: Vec<usize> = Vec::new();
+        let now = Instant::now();
         for (i, &id) in ids.iter().enumerate() {
-            let cached = self.l1.product(id);
+            let cached = match self.in_l1(id, now) {
+                InL1::Fresh(lookup) => Some(lookup),
+                InL1::Expired(_) | InL1::Missing => None,
+            };
             if cached.is_none() {
                 misses.push(i);
             }
             out.push(cached);
         }
-        self.metrics
-            .l1_hits
-            .inc_by((ids.len() - misses.len()) as u64);
         self.metrics.l1_misses.inc_by(misses.len() as u64);
         if !misses.is_empty() {
             let mut from_db: Vec<i64> = Vec::new();

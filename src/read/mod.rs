@@ -84,7 +84,24 @@ pub struct ReaderSettings {
     pub request_timeout: Duration,
     /// Token reads that may go around the caches at once (`CATALOG_TOKEN_BYPASS_MAX`).
     pub token_bypass_max: usize,
+    /// When a cached document is refreshed in the background, and when it stops being
+    /// served but for errors.
+    pub ttl: DocumentTtl,
 }
+
+/// The two ages of a cached document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DocumentTtl {
+    /// Past this, a hit is served and the document refreshed in the background
+    /// (`CATALOG_L1_SOFT_TTL_SECS`).
+    pub soft: Duration,
+    /// Past this, it is refilled before it is served; the old copy is served (with an
+    /// `Age` header) only when no database answers (`CATALOG_L1_TTL_SECS`).
+    pub hard: Duration,
+}
+
+/// Documents queued for a refresh-ahead; more are dropped until the queue drains.
+const REFRESH_QUEUE: usize = 1024;
 
 /// How documents and listings may be cached downstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +110,9 @@ pub struct HttpCaching {
     pub max_age_secs: u32,
     /// `Cache-Control: stale-while-revalidate`, seconds.
     pub stale_while_revalidate_secs: u32,
+    /// `Cache-Control: stale-if-error`, seconds: as long as this reader keeps a copy
+    /// to serve when no database answers.
+    pub stale_if_error_secs: u64,
 }
 
 /// Everything the storefront face needs; shared by all connections.
@@ -119,6 +139,11 @@ pub struct Reader {
     bypasses: tokio::sync::Semaphore,
     /// Permits for background write-backs to L2.
     write_backs: Arc<tokio::sync::Semaphore>,
+    ttl: DocumentTtl,
+    /// Where hits queue documents past the soft TTL for [`Reader::refresh_ahead_loop`].
+    refresh_queue: tokio::sync::mpsc::Sender<i64>,
+    /// The queue's other end, taken by the refresh task.
+    refresh_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<i64>>>,
 }
 
 impl Reader {
@@ -131,6 +156,7 @@ impl Reader {
         metrics: Arc<Metrics>,
         settings: ReaderSettings,
     ) -> Self {
+        let (refresh_queue, refresh_rx) = tokio::sync::mpsc::channel(REFRESH_QUEUE);
         Self {
             l1,
             l2,
@@ -146,6 +172,9 @@ impl Reader {
             request_timeout: settings.request_timeout,
             bypasses: tokio::sync::Semaphore::new(settings.token_bypass_max),
             write_backs: Arc::new(tokio::sync::Semaphore::new(fill::WRITE_BACKS)),
+            ttl: settings.ttl,
+            refresh_queue,
+            refresh_rx: std::sync::Mutex::new(Some(refresh_rx)),
         }
     }
 
@@ -174,7 +203,9 @@ impl Reader {
         if request.headers().contains_key(MIN_CATALOG_TOKEN) {
             return None;
         }
-        let lookup = self.l1_hit(id)?;
+        let fill::InL1::Fresh(lookup) = self.in_l1(id, started) else {
+            return None;
+        };
         let outcome = self
             .product_response(id, lookup, request.headers())
             .map(|response| (ReadRoute::Product, response))

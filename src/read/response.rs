@@ -4,7 +4,9 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderMap, HeaderValue, IF_NONE_MATCH};
+use hyper::header::{
+    AGE, CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderMap, HeaderValue, IF_NONE_MATCH,
+};
 use hyper::{Response, StatusCode};
 
 use super::{HttpCaching, Reader};
@@ -14,8 +16,8 @@ use crate::http::response::JSON;
 /// `Cache-Control` of documents and listings.
 pub(super) fn cache_control(caching: HttpCaching) -> HeaderValue {
     HeaderValue::try_from(format!(
-        "public, max-age={}, stale-while-revalidate={}",
-        caching.max_age_secs, caching.stale_while_revalidate_secs
+        "public, max-age={}, stale-while-revalidate={}, stale-if-error={}",
+        caching.max_age_secs, caching.stale_while_revalidate_secs, caching.stale_if_error_secs
     ))
     .expect("digits form a valid header value")
 }
@@ -42,6 +44,12 @@ impl Reader {
         let headers = response.headers_mut();
         headers.insert(ETAG, doc.etag.clone());
         headers.insert(CACHE_CONTROL, self.cache_control.clone());
+        // Only a copy past the hard TTL is ever served this old: a stale answer, because
+        // no database could answer. Say how old (RFC 9111 `Age`).
+        let age = doc.loaded.elapsed();
+        if age >= self.ttl.hard {
+            headers.insert(AGE, HeaderValue::from(age.as_secs()));
+        }
         response
     }
 
@@ -94,7 +102,11 @@ mod tests {
         let value = cache_control(HttpCaching {
             max_age_secs: 5,
             stale_while_revalidate_secs: 30,
+            stale_if_error_secs: 300,
         });
-        assert_eq!(value, "public, max-age=5, stale-while-revalidate=30");
+        assert_eq!(
+            value,
+            "public, max-age=5, stale-while-revalidate=30, stale-if-error=300"
+        );
     }
 }

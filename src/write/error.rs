@@ -70,9 +70,12 @@ pub enum WriteError {
     /// The primary did not finish the call within `CATALOG_DB_TIMEOUT_MS`.
     #[error("the primary did not answer in time")]
     Timeout,
-    /// The primary failed.
+    /// The primary failed before the commit, or refused it: nothing was applied.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// `COMMIT` was sent but its answer was lost: the write may have been applied.
+    #[error("commit outcome unknown: {0}")]
+    CommitUnknown(sqlx::Error),
 }
 
 impl WriteError {
@@ -168,6 +171,10 @@ impl WriteError {
             Self::Database(_) => Problem::unavailable(
                 "the primary failed to answer; the write was not applied, retry shortly",
             ),
+            Self::CommitUnknown(_) => Problem::unavailable(
+                "the primary failed during the commit; the write may or may not have been \
+                 applied: retry with the same Idempotency-Key, or read the product first",
+            ),
         }
     }
 }
@@ -222,6 +229,11 @@ mod tests {
                 "unavailable",
             ),
             (WriteError::Timeout, 503, "unavailable"),
+            (
+                WriteError::CommitUnknown(sqlx::Error::PoolClosed),
+                503,
+                "unavailable",
+            ),
         ];
         for (error, status, kind) in cases {
             let problem = error.problem();
@@ -232,5 +244,14 @@ mod tests {
             WriteError::MethodNotAllowed("PUT, PATCH").problem().allow,
             Some("PUT, PATCH")
         );
+        // "Not applied" only where it is certain.
+        let unknown = WriteError::CommitUnknown(sqlx::Error::PoolClosed).problem();
+        assert!(
+            unknown.detail.contains("may or may not"),
+            "{}",
+            unknown.detail
+        );
+        let before = WriteError::Database(sqlx::Error::PoolClosed).problem();
+        assert!(before.detail.contains("not applied"), "{}", before.detail);
     }
 }

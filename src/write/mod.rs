@@ -41,7 +41,7 @@ use crate::store::postgres::within;
 use error::WriteError;
 use payload::ProductInput;
 use route::{AdminRoute, WriteRoute};
-use tx::{Committed, Written};
+use tx::Written;
 
 /// The header naming a retry-safe request.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -101,8 +101,12 @@ impl Writer {
             None => (WriteRoute::Unmatched, Err(WriteError::RouteNotFound)),
         };
         let response = result.unwrap_or_else(|error| {
-            if let WriteError::Database(err) = &error {
-                tracing::warn!(error = %err, "write failed");
+            match &error {
+                WriteError::Database(err) => tracing::warn!(error = %err, "write failed"),
+                WriteError::CommitUnknown(err) => {
+                    tracing::warn!(error = %err, "a write's commit failed; its outcome is unknown");
+                }
+                _ => {}
             }
             error.problem().response()
         });
@@ -137,7 +141,7 @@ impl Writer {
             AdminRoute::Product(raw_id) => self.product(request, raw_id).await,
             AdminRoute::Bulk => {
                 self.authorized_post(&request)?;
-                bulk::import(&self.primary, request.into_body(), self.limits).await
+                Ok(bulk::import(&self.primary, request.into_body(), self.limits).await)
             }
             AdminRoute::Category(slug) => self.category(request, slug).await,
             AdminRoute::Purge => self.purge(request).await,
@@ -216,14 +220,14 @@ impl Writer {
                 self.bounded(tx::category::put(&self.primary, slug, &input))
                     .await?
             }
-            Method::DELETE => tx::category::CategoryCommitted {
-                created: false,
-                token: self
-                    .bounded(tx::category::delete(&self.primary, slug))
-                    .await?,
-            },
+            Method::DELETE => {
+                self.bounded(tx::category::delete(&self.primary, slug))
+                    .await?;
+                tx::category::CategoryCommitted { created: false }
+            }
             _ => return Err(WriteError::MethodNotAllowed("PUT, DELETE")),
         };
+        let token = self.token().await;
         let status = if committed.created {
             StatusCode::CREATED
         } else {
@@ -232,7 +236,7 @@ impl Writer {
         Ok(accepted(
             status,
             format!("{{\"slug\":\"{slug}\"}}"),
-            &committed.token,
+            token.as_deref(),
         ))
     }
 
@@ -256,12 +260,13 @@ impl Writer {
         let body = self.body(request).await?;
         let input = payload::PurgeInput::parse(&body)?;
         let purge = tx::outbox::purge(&self.primary, input.category.as_deref());
-        let token = self.bounded(purge).await?;
+        self.bounded(purge).await?;
+        let token = self.token().await;
         let scope = input.category.as_deref().unwrap_or("*");
         Ok(accepted(
             StatusCode::ACCEPTED,
             format!("{{\"purged\":\"{scope}\"}}"),
-            &token,
+            token.as_deref(),
         ))
     }
 
@@ -285,7 +290,15 @@ impl Writer {
         };
         let write = tx::product::write(&self.primary, id, op, if_match, lease);
         let committed = self.bounded(write).await?;
-        Ok(committed_response(id, &committed))
+        let token = self.token().await;
+        Ok(written_response(id, committed.written, token.as_deref()))
+    }
+
+    /// The token of a write that committed, read within the database deadline; `None`
+    /// (answered without `Catalog-Token`) if it cannot be read: the write stays
+    /// acknowledged.
+    async fn token(&self) -> Option<String> {
+        tx::outbox::token(&self.primary, self.limits.db_timeout).await
     }
 
     /// Runs one call to the primary under the configured deadline.
@@ -345,21 +358,17 @@ fn if_match(headers: &hyper::HeaderMap) -> Result<Option<i64>, WriteError> {
     }
 }
 
-/// A JSON answer with the write's token.
-fn accepted(status: StatusCode, body: String, token: &str) -> Response<Full<Bytes>> {
+/// A JSON answer with the write's token, when it could be read.
+fn accepted(status: StatusCode, body: String, token: Option<&str>) -> Response<Full<Bytes>> {
     let mut response = no_store(status, JSON, body);
-    if let Ok(token) = HeaderValue::try_from(token) {
+    if let Some(Ok(token)) = token.map(HeaderValue::try_from) {
         response.headers_mut().insert(CATALOG_TOKEN, token);
     }
     response
 }
 
-/// `{"id":..,"version":..}` with the new `ETag`, the token, and `Location` on create.
-fn committed_response(id: i64, committed: &Committed) -> Response<Full<Bytes>> {
-    written_response(id, committed.written, Some(&committed.token))
-}
-
-/// A product write's answer; without the token when it is stored before the commit.
+/// `{"id":..,"version":..}` with the new `ETag`, the token if known, and `Location` on
+/// create; without the token when it is stored before the commit, or could not be read.
 fn written_response(id: i64, written: Written, token: Option<&str>) -> Response<Full<Bytes>> {
     let status = if written.created {
         StatusCode::CREATED
@@ -367,10 +376,7 @@ fn written_response(id: i64, written: Written, token: Option<&str>) -> Response<
         StatusCode::OK
     };
     let body = format!("{{\"id\":{id},\"version\":{}}}", written.version);
-    let mut response = match token {
-        Some(token) => accepted(status, body, token),
-        None => no_store(status, JSON, body),
-    };
+    let mut response = accepted(status, body, token);
     let headers = response.headers_mut();
     headers.insert(ETAG, etag(written.version));
     if written.created

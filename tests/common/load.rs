@@ -146,11 +146,10 @@ impl Load {
                         let path = format!("/products/{id}");
                         match request(reader.get(), "GET", &path, &[], String::new()).await {
                             Ok(reply) if reply.status == 200 => {
-                                let version = serde_json::from_slice::<serde_json::Value>(
-                                    &reply.body,
-                                )
-                                .ok()
-                                .and_then(|doc| doc["version"].as_i64());
+                                let version =
+                                    serde_json::from_slice::<serde_json::Value>(&reply.body)
+                                        .ok()
+                                        .and_then(|doc| doc["version"].as_i64());
                                 match version {
                                     Some(version) => reads.push(Event { id, version, at }),
                                     None => errors.push(Failure {
@@ -201,7 +200,10 @@ impl Load {
                                 what: format!("{} {}", reply.status, reply.text()),
                             });
                         }
-                        Err(err) => errors.push(Failure { at: sent, what: err }),
+                        Err(err) => errors.push(Failure {
+                            at: sent,
+                            what: err,
+                        }),
                     }
                     tokio::time::sleep(pause).await;
                 }

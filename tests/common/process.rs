@@ -167,7 +167,12 @@ impl OwnRedis {
                     break; // the port is not free yet: try again
                 }
                 if let Some(pid) = redis_pid(self.port).await {
-                    assert_eq!(pid, self.child.id(), "another server took port {}", self.port);
+                    assert_eq!(
+                        pid,
+                        self.child.id(),
+                        "another server took port {}",
+                        self.port
+                    );
                     return;
                 }
                 assert!(Instant::now() < deadline, "redis-server did not restart");
@@ -199,10 +204,8 @@ impl OwnStack {
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
             let base = 31_000 + ((std::process::id() * 13 + n * 101) % 1_500) as u16 * 3;
             let stack = Self {
-                dir: std::env::temp_dir().join(format!(
-                    "catalog-faults-{}-{n}",
-                    std::process::id()
-                )),
+                dir: std::env::temp_dir()
+                    .join(format!("catalog-faults-{}-{n}", std::process::id())),
                 pg_port: base,
                 replica_port: base + 1,
                 redis_port: base + 2,

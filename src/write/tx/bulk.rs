@@ -20,13 +20,11 @@ pub struct BulkItem {
 /// One bulk item's outcome: what was written, or why not.
 pub type BulkOutcome = Result<Written, WriteError>;
 
-/// A committed batch: each item's outcome, in order, and the commit's token.
+/// A committed batch: each item's outcome, in order.
 #[derive(Debug)]
 pub struct BatchCommitted {
     /// One outcome per item.
     pub outcomes: Vec<BulkOutcome>,
-    /// The commit's LSN.
-    pub token: String,
 }
 
 /// Creates or replaces every item in one transaction. Items that name unknown categories
@@ -85,7 +83,7 @@ pub async fn put_batch(pool: &PgPool, items: &[BulkItem]) -> Result<BatchCommitt
         return put_each(pool, items).await;
     }
     match put_set(pool, &ready).await {
-        Ok((written, token)) => {
+        Ok(written) => {
             let mut written = written.into_iter();
             for outcome in &mut outcomes {
                 if outcome.is_none() {
@@ -96,7 +94,7 @@ pub async fn put_batch(pool: &PgPool, items: &[BulkItem]) -> Result<BatchCommitt
                 .into_iter()
                 .map(|o| o.unwrap_or(Err(WriteError::Database(sqlx::Error::RowNotFound))))
                 .collect();
-            Ok(BatchCommitted { outcomes, token })
+            Ok(BatchCommitted { outcomes })
         }
         // A constraint a concurrent write broke: item by item, each refused alone.
         Err(WriteError::Database(sqlx::Error::Database(_))) => put_each(pool, items).await,
@@ -106,7 +104,7 @@ pub async fn put_batch(pool: &PgPool, items: &[BulkItem]) -> Result<BatchCommitt
 
 /// Writes `items` (distinct ids and SKUs, known categories) in one transaction of
 /// set-based statements; returns each item's version and whether it was created.
-async fn put_set(pool: &PgPool, items: &[&BulkItem]) -> Result<(Vec<Written>, String), WriteError> {
+async fn put_set(pool: &PgPool, items: &[&BulkItem]) -> Result<Vec<Written>, WriteError> {
     let mut tx = pool.begin().await?;
     let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
     let before: Vec<(i64, Vec<String>)> = sqlx::query_as(
@@ -208,7 +206,8 @@ async fn put_set(pool: &PgPool, items: &[&BulkItem]) -> Result<(Vec<Written>, St
     .bind(&touched)
     .execute(&mut *tx)
     .await?;
-    Ok((outcomes, outbox::commit(tx, pool).await?))
+    outbox::commit(tx).await?;
+    Ok(outcomes)
 }
 
 /// Writes every item in one transaction, each in a savepoint of its own, so an item
@@ -231,6 +230,6 @@ async fn put_each(pool: &PgPool, items: &[BulkItem]) -> Result<BatchCommitted, W
             }
         }
     }
-    let token = outbox::commit(tx, pool).await?;
-    Ok(BatchCommitted { outcomes, token })
+    outbox::commit(tx).await?;
+    Ok(BatchCommitted { outcomes })
 }

@@ -9,8 +9,9 @@
 //!
 //! Every product transaction locks the product's row (`for update`) before it checks
 //! `If-Match`, so two concurrent writers of one product serialize and each sees the
-//! other's version. After commit the write's token is read: the primary's WAL position
-//! (`pg_current_wal_lsn()`), which is at or past the commit record.
+//! other's version. After commit the face reads the write's token
+//! ([`outbox::token`]): the primary's WAL position (`pg_current_wal_lsn()`), which is at
+//! or past the commit record.
 //!
 //! The storefront's read queries live in [`crate::store::catalog`]; the relay's in
 //! [`crate::coherence::relay`].
@@ -61,8 +62,6 @@ pub struct Written {
 pub struct Committed {
     /// What the write did.
     pub written: Written,
-    /// The commit's LSN, the read-your-writes token.
-    pub token: String,
 }
 
 /// The locked current state of a product.

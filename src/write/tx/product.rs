@@ -47,8 +47,8 @@ pub async fn write(
     if let Some(lease) = lease {
         idempotency::seal(&mut tx, lease, id, written).await?;
     }
-    let token = outbox::commit(tx, pool).await?;
-    Ok(Committed { written, token })
+    outbox::commit(tx).await?;
+    Ok(Committed { written })
 }
 
 /// Creates or replaces product `id`.
