@@ -84,6 +84,7 @@ fn setup(runtime: &tokio::runtime::Runtime) -> (Reader, Vec<Arc<Document>>) {
                         soft: Duration::from_secs(240),
                         hard: Duration::from_secs(300),
                     },
+                    cors: None,
                 },
             ),
             docs,

@@ -68,6 +68,23 @@ impl Secret {
     }
 }
 
+/// The prefix of an admin token given as its SHA-256 digest.
+pub const DIGEST_PREFIX: &str = "sha256:";
+
+/// `sha256:<64 hex digits>` as bytes; `None` for anything else.
+pub fn parse_digest(entry: &[u8]) -> Option<[u8; 32]> {
+    let hex = entry.strip_prefix(DIGEST_PREFIX.as_bytes())?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(hex.chunks(2)) {
+        let pair = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(out)
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(..)")
@@ -180,6 +197,9 @@ pub struct ReadConfig {
     /// `CATALOG_STALE_IF_ERROR_SECS`: how long past `l1_max_ttl` a document is kept to be
     /// served, with an `Age` header, when no database answers; 0 turns it off.
     pub stale_if_error: Duration,
+    /// `CATALOG_CORS_ORIGINS`: browser origins (`https://shop.example`, or `*`) allowed to
+    /// read the storefront API; empty: no CORS headers.
+    pub cors_origins: Vec<String>,
     /// `CATALOG_AUDIT_INTERVAL_MS`: time between rounds of the consistency auditor;
     /// `None` (0) turns it off.
     pub audit_interval: Option<Duration>,
@@ -204,6 +224,7 @@ impl Default for ReadConfig {
             token_bypass_max: 32,
             l1_soft_ttl: Duration::from_secs(240),
             stale_if_error: Duration::from_secs(300),
+            cors_origins: Vec::new(),
             audit_interval: Some(Duration::from_secs(10)),
             audit_sample: 64,
         }
@@ -383,6 +404,9 @@ impl Config {
             stale_if_error: var.or("CATALOG_STALE_IF_ERROR_SECS", d.stale_if_error, |raw| {
                 parse_in_range(raw, 0..=86_400).map(Duration::from_secs)
             })?,
+            cors_origins: var.or("CATALOG_CORS_ORIGINS", Vec::new(), |raw| {
+                split_list(raw).map(parse_origin).collect()
+            })?,
             audit_interval: var.or("CATALOG_AUDIT_INTERVAL_MS", d.audit_interval, |raw| {
                 parse_in_range(raw, 0..=86_400_000)
                     .map(|ms| (ms > 0).then(|| Duration::from_millis(ms)))
@@ -556,10 +580,32 @@ fn parse_redis_url(raw: &str) -> Result<String, String> {
     }
 }
 
+/// An origin as browsers send it: `scheme://host[:port]`, nothing after; or `*`.
+fn parse_origin(raw: &str) -> Result<String, String> {
+    let valid = raw == "*"
+        || raw.split_once("://").is_some_and(|(scheme, host)| {
+            matches!(scheme, "http" | "https")
+                && !host.is_empty()
+                && !host.contains(['/', '?', '#', ' '])
+        });
+    if valid {
+        Ok(raw.to_owned())
+    } else {
+        Err("an origin is scheme://host[:port] (http or https), or *".to_owned())
+    }
+}
+
 fn parse_tokens(raw: &str) -> Result<Vec<Secret>, String> {
     let tokens: Vec<Secret> = split_list(raw).map(Secret::new).collect();
-    if tokens.iter().any(|t| t.expose().len() < 8) {
-        return Err("every token must be at least 8 characters".to_owned());
+    for token in &tokens {
+        let entry = token.expose();
+        if entry.starts_with(DIGEST_PREFIX.as_bytes()) {
+            if parse_digest(entry).is_none() {
+                return Err("a sha256: entry must be followed by 64 hex digits".to_owned());
+            }
+        } else if entry.len() < 8 {
+            return Err("every token must be at least 8 characters".to_owned());
+        }
     }
     Ok(tokens)
 }
@@ -567,6 +613,21 @@ fn parse_tokens(raw: &str) -> Result<Vec<Secret>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_tokens_are_tokens_or_their_digests() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(
+            parse_tokens(&format!("long-enough,{digest}"))
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(parse_tokens("short").is_err());
+        assert!(parse_tokens("sha256:00").is_err());
+        assert!(parse_tokens(&format!("sha256:{}", "z".repeat(64))).is_err());
+        assert_eq!(parse_digest(digest.as_bytes()), Some([0xab; 32]));
+    }
 
     const DB: (&str, &str) = ("CATALOG_DATABASE_URL", "postgres://u@h/db");
 

@@ -27,6 +27,7 @@ use crate::coherence::stream::Invalidation;
 use crate::config::Config;
 use crate::http::{self, Limits};
 use crate::metrics::Metrics;
+use crate::read::cors::Cors;
 use crate::read::{DocumentTtl, Freshness, HttpCaching, Reader, ReaderSettings};
 use crate::store::postgres::{self, PoolSettings};
 use crate::store::redis::{L2, L2Config};
@@ -300,6 +301,7 @@ impl Application {
                     soft: config.read.l1_soft_ttl,
                     hard: config.read.l1_max_ttl,
                 },
+                cors: Cors::new(&config.read.cors_origins),
             },
         ));
         let listener = TcpListener::bind(config.reader_addr)

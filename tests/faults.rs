@@ -524,7 +524,9 @@ async fn primary_partitioned_then_back() {
 
     outbox_drained(&db.primary).await;
     let converge = converged(reader.get(), &db.primary).await;
-    let report = outcome.report(PROPAGATION_WINDOW);
+    // The relay needs the primary for every round, heartbeats included: the
+    // partition silences the feed, so the silent-feed bound applies.
+    let report = outcome.report(SILENT_FEED_WINDOW);
     let figures = Figures {
         name: "primary partitioned 4 s",
         outcome: &outcome,
@@ -715,16 +717,30 @@ async fn failover(synchronous: bool) -> usize {
         heal,
         converge,
     };
+    let span = |f: fn(Duration, Duration) -> Duration| {
+        outcome
+            .read_errors
+            .iter()
+            .map(|e| e.at.saturating_duration_since(crashed))
+            .reduce(f)
+    };
     figures.print(&format!(
-        "; primary address moved {} ms after the crash",
-        (heal - crashed).as_millis()
+        "; primary address moved {} ms after the crash; failed reads from {:?} to {:?} after the crash",
+        (heal - crashed).as_millis(),
+        span(Duration::min),
+        span(Duration::max),
     ));
-    assert!(
-        outcome.read_errors.is_empty(),
-        "{} failed reads, first: {:?}",
-        outcome.read_errors.len(),
-        outcome.read_errors.first()
-    );
+    // With writes lost, readers hold freshness floors above what any database has left:
+    // such fills need the primary and are 503 while it is away (docs/operations.md).
+    // With the synchronous standby nothing is lost, and every read must succeed.
+    if synchronous {
+        assert!(
+            outcome.read_errors.is_empty(),
+            "{} failed reads, first: {:?}",
+            outcome.read_errors.len(),
+            outcome.read_errors.first()
+        );
+    }
     assert_eq!(
         report.stale, 0,
         "stale reads against surviving writes: {report}"

@@ -894,20 +894,34 @@ async fn a_token_with_signs_is_not_an_lsn() {
 }
 
 #[tokio::test]
-async fn zz_probe_bulk_costs() {
-    let (_db, app) = hostile_app().await;
-    for (what, unit) in [("newlines", "\n"), ("bad lines", "x\n")] {
-        for mb in [1usize, 4] {
-            let body = unit.repeat(mb * 1024 * 1024 / unit.len());
-            let started = Instant::now();
-            let reply = app.admin("POST", "/admin/products/bulk", &[], &body).await;
-            eprintln!(
-                "PROBE {what} {mb} MiB: {} in {:?}, report {} bytes",
-                reply.status,
-                started.elapsed(),
-                reply.body.len()
-            );
-        }
-    }
+#[ignore = "finding: the bulk report has a line of ~110 bytes for every refused input line, so 256 KiB of 2-byte bad lines answer ~8 MB (1 MiB: 62 MB in 4.4 s; 256 MiB would need ~16 GB); src/write/bulk.rs (MAX_REPORTED_* in progress there)"]
+async fn a_bulk_report_is_bounded_whatever_the_input() {
+    let (db, app) = hostile_app().await;
+    let before = primary_snapshot(&db).await;
+    let body = "x\n".repeat(128 * 1024);
+    let reply = app.admin("POST", "/admin/products/bulk", &[], &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(
+        reply.body.len() <= 1024 * 1024,
+        "{} bytes of report for {} bytes of body",
+        reply.body.len(),
+        body.len()
+    );
+    assert_eq!(primary_snapshot(&db).await, before);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+#[ignore = "finding: the bulk import's line splitter drains each line from the front of its buffer, moving the rest of the frame every line: quadratic in the lines of a frame, ~150 ms of CPU per MiB of blank lines in release (~40 s for a 256 MiB body), ~0.6 s per MiB in a debug build; src/write/bulk.rs BulkImport::run"]
+async fn blank_lines_are_split_in_linear_time() {
+    let (db, app) = hostile_app().await;
+    let before = primary_snapshot(&db).await;
+    let body = "\n".repeat(8 * 1024 * 1024);
+    let started = Instant::now();
+    let reply = app.admin("POST", "/admin/products/bulk", &[], &body).await;
+    let took = started.elapsed();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(took < Duration::from_secs(2), "8 MiB of blank lines took {took:?}");
+    assert_eq!(primary_snapshot(&db).await, before);
     app.shutdown().await;
 }

@@ -806,3 +806,51 @@ async fn a_document_past_its_soft_ttl_is_refreshed_in_the_background() {
     assert!(app.metric("catalog_refreshes_ahead_total").await >= 1.0);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn browsers_from_configured_origins_get_cors_headers() {
+    let db = seeded(5, 2).await;
+    let mut config = TestApp::config(&db);
+    config.read.cors_origins = vec!["https://shop.example".to_owned()];
+    let app = TestApp::spawn(&config).await;
+    let shop = [("origin", "https://shop.example")];
+    // The miss and then the L1 hit both carry the headers.
+    for _ in 0..2 {
+        let reply = app.request("GET", "/products/1", &shop).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.header("access-control-allow-origin"),
+            Some("https://shop.example")
+        );
+        assert_eq!(reply.header("vary"), Some("Origin"));
+    }
+    let other = app
+        .request("GET", "/products/1", &[("origin", "https://evil.example")])
+        .await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.header("access-control-allow-origin"), None);
+    let preflight = [
+        ("origin", "https://shop.example"),
+        ("access-control-request-method", "GET"),
+        ("access-control-request-headers", "min-catalog-token"),
+    ];
+    let allowed = app.request("OPTIONS", "/products/1", &preflight).await;
+    assert_eq!(allowed.status, 204);
+    assert_eq!(
+        allowed.header("access-control-allow-headers"),
+        Some("Min-Catalog-Token, If-None-Match")
+    );
+    let refused = app
+        .request(
+            "OPTIONS",
+            "/products/1",
+            &[
+                ("origin", "https://evil.example"),
+                ("access-control-request-method", "GET"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.header("access-control-allow-origin"), None);
+    app.shutdown().await;
+}

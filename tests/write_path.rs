@@ -949,3 +949,28 @@ async fn concurrent_category_moves_never_commit_a_cycle() {
         "one move of each pair applies, the other is refused"
     );
 }
+
+#[tokio::test]
+async fn an_admin_token_configured_as_its_digest_is_accepted() {
+    use sha2::Digest as _;
+    let db = seeded(5, 2).await;
+    let mut config = TestApp::config(&db);
+    let digest = format!("sha256:{:x}", sha2::Sha256::digest(b"digest-only-token"));
+    config.admin_tokens = vec![catalog::config::Secret::new(digest.clone())];
+    let app = TestApp::spawn_as(&config, Role::All).await;
+    let patch = |token: String| {
+        let app = &app;
+        async move {
+            app.admin(
+                "PATCH",
+                "/admin/products/1",
+                &[("authorization", &format!("Bearer {token}"))],
+                r#"{"stock": 8}"#,
+            )
+            .await
+        }
+    };
+    assert_eq!(patch("digest-only-token".to_owned()).await.status, 200);
+    patch(digest).await.assert_problem(403, "forbidden");
+    app.shutdown().await;
+}

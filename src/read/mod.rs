@@ -16,8 +16,10 @@
 //!   a replica, never older than the product's freshness floor;
 //! - [`listing`]: `ids=`, `limit=`, cursors, and bodies assembled by concatenation;
 //! - [`response`]: documents and listings as responses (`ETag`, 304, `Cache-Control`);
+//! - [`cors`]: the headers browsers need, for configured origins;
 //! - [`error`], [`limits`]: what a request can fail with, and its bounds.
 
+pub mod cors;
 pub mod error;
 pub mod fill;
 pub mod limits;
@@ -49,6 +51,7 @@ use crate::store::catalog;
 use crate::store::redis::L2;
 use crate::store::replicas::Databases;
 use crate::store::replicas::parse_lsn;
+use cors::Cors;
 use error::ReadError;
 use fill::Query;
 use limits::{MAX_SKU_CHARS, MAX_URI_BYTES};
@@ -74,7 +77,7 @@ pub struct Freshness {
 }
 
 /// How the reader bounds its work and describes its answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReaderSettings {
     /// `Cache-Control` of documents and listings.
     pub caching: HttpCaching,
@@ -87,6 +90,8 @@ pub struct ReaderSettings {
     /// When a cached document is refreshed in the background, and when it stops being
     /// served but for errors.
     pub ttl: DocumentTtl,
+    /// Which browser origins may read the API (`CATALOG_CORS_ORIGINS`); `None`: no CORS.
+    pub cors: Option<Cors>,
 }
 
 /// The two ages of a cached document.
@@ -140,6 +145,7 @@ pub struct Reader {
     /// Permits for background write-backs to L2.
     write_backs: Arc<tokio::sync::Semaphore>,
     ttl: DocumentTtl,
+    cors: Option<Cors>,
     /// Where hits queue documents past the soft TTL for [`Reader::refresh_ahead_loop`].
     refresh_queue: tokio::sync::mpsc::Sender<i64>,
     /// The queue's other end, taken by the refresh task.
@@ -173,6 +179,7 @@ impl Reader {
             bypasses: tokio::sync::Semaphore::new(settings.token_bypass_max),
             write_backs: Arc::new(tokio::sync::Semaphore::new(fill::WRITE_BACKS)),
             ttl: settings.ttl,
+            cors: settings.cors,
             refresh_queue,
             refresh_rx: std::sync::Mutex::new(Some(refresh_rx)),
         }
@@ -181,6 +188,16 @@ impl Reader {
     /// Answers one request (the body of a GET is never read).
     pub async fn handle<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
         let started = Instant::now();
+        if let Some(cors) = &self.cors
+            && let Some(preflight) = cors.preflight(request.method(), request.headers())
+        {
+            let route =
+                Route::parse(request.uri().path()).map_or(ReadRoute::Unmatched, Route::label);
+            self.http
+                .route(route)
+                .record(preflight.status().as_u16(), started.elapsed());
+            return preflight;
+        }
         let outcome = match Self::accept(request) {
             Ok(route) => tokio::time::timeout(self.request_timeout, self.dispatch(route, request))
                 .await
@@ -189,7 +206,7 @@ impl Reader {
                 .map_err(|error| (route.label(), error)),
             Err(refused) => Err(refused),
         };
-        self.finish(started, outcome)
+        self.finish(started, request.headers(), outcome)
     }
 
     /// The hit path, synchronous: a `GET /products/{id}` without a token, answered
@@ -210,7 +227,7 @@ impl Reader {
             .product_response(id, lookup, request.headers())
             .map(|response| (ReadRoute::Product, response))
             .map_err(|error| (ReadRoute::Product, error));
-        Some(self.finish(started, outcome))
+        Some(self.finish(started, request.headers(), outcome))
     }
 
     /// The route of a request, if its method and size are allowed.
@@ -227,8 +244,13 @@ impl Reader {
     }
 
     /// Turns an outcome into the response, counting it under its route.
-    fn finish(&self, started: Instant, outcome: Outcome) -> Response<Full<Bytes>> {
-        let (route, response) = match outcome {
+    fn finish(
+        &self,
+        started: Instant,
+        request: &HeaderMap,
+        outcome: Outcome,
+    ) -> Response<Full<Bytes>> {
+        let (route, mut response) = match outcome {
             Ok(answered) => answered,
             Err((route, error)) => {
                 if let ReadError::Database(_) | ReadError::Render(_) = &error {
@@ -237,6 +259,9 @@ impl Reader {
                 (route, error.problem().response())
             }
         };
+        if let Some(cors) = &self.cors {
+            cors.decorate(request, &mut response);
+        }
         self.http
             .route(route)
             .record(response.status().as_u16(), started.elapsed());

@@ -38,6 +38,7 @@ use crate::http::parse::parse_id;
 use crate::http::response::{self as plain, JSON, no_store};
 use crate::metrics::{HttpMetrics, Metrics};
 use crate::store::postgres::within;
+use auth::AdminTokens;
 use error::WriteError;
 use payload::ProductInput;
 use route::{AdminRoute, WriteRoute};
@@ -65,7 +66,7 @@ pub struct WriterLimits {
 #[derive(Debug)]
 pub struct Writer {
     primary: PgPool,
-    tokens: Vec<Secret>,
+    tokens: AdminTokens,
     metrics: Arc<Metrics>,
     http: HttpMetrics<WriteRoute>,
     limits: WriterLimits,
@@ -81,7 +82,7 @@ impl Writer {
     ) -> Self {
         Self {
             primary,
-            tokens,
+            tokens: AdminTokens::new(&tokens),
             http: HttpMetrics::new(&metrics),
             metrics,
             limits,

@@ -114,12 +114,17 @@ impl Outcome {
     }
 }
 
+/// What a reading task recorded: reads, failures.
+type ReadLog = (Vec<Event>, Vec<Failure>);
+/// What the writing task recorded: acknowledgements, failures, 503s without `Retry-After`.
+type WriteLog = (Vec<Event>, Vec<Failure>, usize);
+
 /// The running load.
 #[derive(Debug)]
 pub struct Load {
     stop: Arc<AtomicBool>,
-    readers: Vec<tokio::task::JoinHandle<(Vec<Event>, Vec<Failure>)>>,
-    writer: Option<tokio::task::JoinHandle<(Vec<Event>, Vec<Failure>, usize)>>,
+    readers: Vec<tokio::task::JoinHandle<ReadLog>>,
+    writer: Option<tokio::task::JoinHandle<WriteLog>>,
 }
 
 impl Load {

@@ -108,7 +108,10 @@ where
     loop {
         match tokio::time::timeout_at(end, read()).await {
             Ok(Ok(token)) => return Some(token),
-            Ok(Err(err)) => tracing::debug!(error = %err, "reading a write's token failed"),
+            Ok(Err(err)) => {
+                tracing::debug!(error = %err, "reading a write's token failed");
+                break;
+            }
             Err(_) => break,
         }
         if tokio::time::Instant::now() + pause >= end {
