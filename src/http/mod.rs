@@ -20,6 +20,7 @@
 
 pub mod parse;
 pub mod problem;
+pub mod rate;
 pub mod response;
 
 use std::convert::Infallible;

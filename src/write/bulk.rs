@@ -30,10 +30,10 @@ pub const MAX_BULK_BYTES: usize = 256 * 1024 * 1024;
 
 /// Report lines kept for written lines; later ones are counted in the summary only
 /// (`omitted`), so a 256 MiB import does not make a report of the same size.
-pub const MAX_REPORTED_WRITTEN: usize = 1_000_000_000;
+pub const MAX_REPORTED_WRITTEN: usize = 1_000;
 
 /// Report lines kept for refused lines, for the same reason.
-pub const MAX_REPORTED_REFUSED: usize = 1_000_000_000;
+pub const MAX_REPORTED_REFUSED: usize = 1_000;
 
 /// Longest `detail` of a report line, in bytes (a refusal can quote its input).
 const MAX_DETAIL: usize = 256;
@@ -59,7 +59,7 @@ where
         None
     };
     match stopped {
-        Some((_, error)) => error.problem().response(),
+        Some((_, error)) if !import.committed => error.problem().response(),
         stopped => import.finish(stopped, token),
     }
 }

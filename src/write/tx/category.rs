@@ -15,7 +15,6 @@ use crate::write::payload::CategoryInput;
 
 /// The advisory lock key of category-tree writes (`pg_advisory_xact_lock`): any
 /// constant the other transactions of this database do not use; "CATTREE" in ASCII.
-#[allow(dead_code)]
 const TREE_LOCK: i64 = 0x0043_4154_5452_4545;
 
 /// Most ancestors the cycle check walks: a guard so the walk ends even on a tree that
@@ -40,6 +39,10 @@ pub async fn put(
         None => None,
         Some(parent) => {
             // Taken before the check, whose snapshot then sees every earlier tree write.
+            sqlx::query("select pg_advisory_xact_lock($1)")
+                .bind(TREE_LOCK)
+                .execute(&mut *tx)
+                .await?;
             let row: Option<(i64, bool)> = sqlx::query_as(
                 "with recursive up(id, slug, parent_id, depth) as ( \
                      select id, slug, parent_id, 1 from categories where slug = $1 \

@@ -108,10 +108,7 @@ where
     loop {
         match tokio::time::timeout_at(end, read()).await {
             Ok(Ok(token)) => return Some(token),
-            Ok(Err(err)) => {
-                tracing::debug!(error = %err, "reading a write's token failed");
-                break;
-            }
+            Ok(Err(err)) => tracing::debug!(error = %err, "reading a write's token failed"),
             Err(_) => break,
         }
         if tokio::time::Instant::now() + pause >= end {
