@@ -10,17 +10,19 @@
 #
 # It needs the nightly toolchain (`rustup toolchain install nightly`) and installs
 # cargo-fuzz with `cargo install cargo-fuzz --locked` when it is missing. It builds every
-# target (`cargo +nightly fuzz build`), then runs them one after another, each on one
-# core at low priority, and stops by itself. Each runs on a 2 MiB stack (`ulimit -s`), a
-# tokio worker's, so recursion that would overflow a worker fails here too. Corpora grow in fuzz/corpus/<target>/
-# (gitignored), seeded from fuzz/seeds/<target>/; the JSON targets use fuzz/json.dict.
-# A crash, a failed property or a slow input leaves its input in
-# fuzz/artifacts/<target>/; the script goes on with the other targets, then exits 1 and
-# lists them. Reproduce one with `cargo +nightly fuzz run <target> <artifact>`.
+# target once (`cargo +nightly fuzz build`), then runs the built binaries one after
+# another, each on one core at low priority, and stops by itself. Each runs on a 2 MiB
+# stack (`ulimit -s`), a tokio worker's, so recursion that would overflow a worker fails
+# here too. Corpora grow in fuzz/corpus/<target>/ (gitignored), seeded from
+# fuzz/seeds/<target>/; the JSON targets use fuzz/json.dict. A crash, a failed property
+# or a slow input (10 s) leaves its input in fuzz/artifacts/<target>/; the script goes on
+# with the other targets, then exits 1 and lists them. Reproduce one with
+# `cd fuzz && cargo +nightly fuzz run <target> artifacts/<target>/<file>`.
 #
 # Not part of `ops/dev.sh test` (CI): fuzzing is open-ended and needs nightly.
 #
-# Environment: FUZZ_ARGS, extra libFuzzer flags for every run (e.g. "-jobs=2").
+# Environment: FUZZ_ARGS, extra libFuzzer flags for every run (e.g. "-max_len=65536");
+# CARGO_TARGET_DIR, where the build goes (default fuzz/target).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -43,6 +45,10 @@ fi
 cd "$ROOT/fuzz"
 log "building the fuzz targets"
 nice cargo +nightly fuzz build
+# The runs use the binaries of this build (`cargo fuzz run` would rebuild whenever the
+# tree changes under it).
+host=$(rustc +nightly -vV | sed -n 's/^host: //p')
+bin_dir=${CARGO_TARGET_DIR:-$ROOT/fuzz/target}/$host/release
 if (($# > 0)); then
   targets=("$@")
 else
@@ -51,16 +57,18 @@ fi
 
 failed=()
 for target in "${targets[@]}"; do
-  mkdir -p "corpus/$target"
+  [[ -x $bin_dir/$target ]] || die "no fuzz target '$target' in $bin_dir"
+  mkdir -p "corpus/$target" "artifacts/$target"
   dirs=("corpus/$target")
   [[ -d seeds/$target ]] && dirs+=("seeds/$target")
-  flags=(-max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
+  flags=(-artifact_prefix="artifacts/$target/" -max_total_time="$SECONDS_PER_TARGET"
+    -timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
   case $target in
     payload | merge_patch | bulk_lines) flags+=(-dict=json.dict) ;;
   esac
   log "running $target for ${SECONDS_PER_TARGET}s"
   # shellcheck disable=SC2086 # FUZZ_ARGS is a list of flags
-  if ! (ulimit -s 2048 && nice cargo +nightly fuzz run "$target" "${dirs[@]}" -- "${flags[@]}" ${FUZZ_ARGS:-}); then
+  if ! (ulimit -s 2048 && nice "$bin_dir/$target" "${flags[@]}" ${FUZZ_ARGS:-} "${dirs[@]}"); then
     failed+=("$target")
   fi
 done

@@ -435,7 +435,7 @@ impl<S: Source + ?Sized> Vars<'_, S> {
             Some(raw) if raw.trim().is_empty() => Ok(None),
             Some(raw) => parse(raw.trim()).map(Some).map_err(|reason| ConfigError {
                 var,
-                reason: match Some(raw.clone()) {
+                reason: match shown(var, &raw) {
                     Some(shown) => format!("invalid value {shown:?}: {reason}"),
                     None => format!("invalid value (not shown: it holds secrets): {reason}"),
                 },

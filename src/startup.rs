@@ -85,8 +85,8 @@ impl Supervisor {
         let mut failure: Option<String> = None;
         while let Some(finished) = self.tasks.join_next_with_id().await {
             let (id, panic) = match finished {
-                Ok((id, ())) => (id, None::<tokio::task::JoinError>),
-                Err(err) => return Err(anyhow::Error::new(err).context("a task panicked")),
+                Ok((id, ())) => (id, None),
+                Err(err) => (err.id(), Some(err)),
             };
             let name = self.names.get(&id).copied().unwrap_or("a task");
             match panic {

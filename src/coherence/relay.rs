@@ -304,11 +304,12 @@ impl Relay {
             let (purged, written): (Vec<&OutboxRow>, Vec<&OutboxRow>) =
                 rows.iter().partition(|r| r.purge);
             let ids: Vec<i64> = written.iter().filter_map(|r| r.product_id).collect();
-            for document in catalog::products_by_ids(&mut *tx, &ids).await? {
-                let id = document.id;
-                let lookup: Lookup = document.into_lookup()?;
-                l2.put(id, &lookup).await?;
-            }
+            let documents = catalog::products_by_ids(&mut *tx, &ids)
+                .await?
+                .into_iter()
+                .map(|row| Ok((row.id, row.into_lookup()?)))
+                .collect::<Result<Vec<(i64, Lookup)>, serde_json::Error>>()?;
+            l2.put_many(&documents).await?;
             for id in purged.iter().filter_map(|r| r.product_id) {
                 l2.remove(id).await?;
             }
@@ -390,9 +391,11 @@ impl Relay {
                 max_len,
                 ..
             } => {
+                // One pipeline: a round of 256 entries costs one round trip, so the relay
+                // keeps up with bulk imports and a write behind them is not held up.
+                let pipeline = l2.client().pipeline();
                 for entry in entries {
-                    let _: String = l2
-                        .client()
+                    let _: () = pipeline
                         .xadd(
                             stream_key.as_str(),
                             false,
@@ -402,6 +405,7 @@ impl Relay {
                         )
                         .await?;
                 }
+                let _: Vec<String> = pipeline.all().await?;
             }
             Sink::Local { bus, .. } => {
                 for entry in entries {

@@ -53,7 +53,9 @@ impl RateLimit {
         let wait = not_until.wait_time_from(self.clock.now());
         // Whole seconds, rounded up: a client that waits that long gets through.
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        Some(too_many_requests(u32::try_from(seconds.max(1)).unwrap_or(u32::MAX)))
+        Some(too_many_requests(
+            u32::try_from(seconds.max(1)).unwrap_or(u32::MAX),
+        ))
     }
 
     /// Forgets clients whose buckets are full again, so memory follows the clients
@@ -100,7 +102,10 @@ mod tests {
         let refused = limit.check(one).expect("past the burst");
         assert_eq!(refused.status(), 429);
         assert_eq!(refused.headers()[hyper::header::RETRY_AFTER], "1");
-        assert!(limit.check(two).is_none(), "another client has its own bucket");
+        assert!(
+            limit.check(two).is_none(),
+            "another client has its own bucket"
+        );
         assert_eq!(rejected.get(), 1);
         limit.forget_idle();
     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use fred::prelude::*;
+use fred::types::CustomCommand;
 use fred::types::scripts::Script;
 use prometheus_client::metrics::counter::Counter;
 
@@ -158,6 +159,38 @@ impl L2 {
     /// Drops what L2 holds for `id` (an operator's purge).
     pub async fn remove(&self, id: i64) -> Result<(), fred::error::Error> {
         let _: i64 = self.guarded(self.client.del(self.key(id))).await?;
+        Ok(())
+    }
+
+    /// Stores each document unless L2 already holds its version or a newer one, in one
+    /// pipeline (one round trip for the whole batch: the relay's write-through).
+    pub async fn put_many(&self, lookups: &[(i64, Lookup)]) -> Result<(), fred::error::Error> {
+        let values: Vec<(i64, i64, Bytes)> = lookups
+            .iter()
+            .filter_map(|(id, lookup)| Some((*id, lookup.version(), encode(lookup)?)))
+            .collect();
+        if values.is_empty() {
+            return Ok(());
+        }
+        // EVALSHA needs the script loaded; loading it again is harmless.
+        self.guarded(self.put_if_newer.load(&self.client)).await?;
+        let sha: Value = self.put_if_newer.sha1().clone().into();
+        let ttl: Value = i64::try_from(self.ttl_secs).unwrap_or(i64::MAX).into();
+        let pipeline = self.client.pipeline();
+        for (id, version, value) in values {
+            let args: Vec<Value> = vec![
+                sha.clone(),
+                1.into(),
+                self.key(id).into(),
+                version.into(),
+                value.into(),
+                ttl.clone(),
+            ];
+            let _: () = pipeline
+                .custom(CustomCommand::new_static("EVALSHA", None, false), args)
+                .await?;
+        }
+        let _: Vec<Value> = self.guarded(pipeline.all()).await?;
         Ok(())
     }
 

@@ -208,7 +208,7 @@ impl Databases {
                 _ => None,
             };
             let ok = replay.is_some() && lag.is_none_or(|lag| lag <= self.max_lag_bytes);
-            let labels = vec![("replica", replica.name.clone())];
+            let labels = label(index);
             metrics
                 .replica_healthy
                 .get_or_create(&labels)
