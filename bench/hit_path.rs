@@ -44,6 +44,7 @@ fn setup(runtime: &tokio::runtime::Runtime) -> (Reader, Vec<Arc<Document>>) {
             budget_bytes: 1 << 30,
             max_ttl: Duration::from_secs(3600),
             negative_ttl: Duration::from_secs(1),
+            stale_if_error: Duration::ZERO,
         });
         let mut docs = Vec::new();
         for id in 1..=PRODUCTS {

@@ -8,8 +8,11 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::str::FromStr;
 use std::time::Duration;
+
+use crate::http::rate::Rate;
 
 /// Where configuration values come from: the process environment in production,
 /// a map in tests.
@@ -151,6 +154,13 @@ pub struct Config {
     /// `CATALOG_DB_TIMEOUT_MS`: deadline of every database call (a query, or a write's
     /// transaction), enforced by the server (`statement_timeout`) and by the client.
     pub db_timeout: Duration,
+    /// `CATALOG_READ_RATE_PER_SEC` / `CATALOG_READ_RATE_BURST`: requests per second and
+    /// burst each client address may send to the storefront face; `None` (rate 0): no
+    /// limit.
+    pub read_rate: Option<Rate>,
+    /// `CATALOG_WRITE_RATE_PER_SEC` / `CATALOG_WRITE_RATE_BURST`: the same for the admin
+    /// face.
+    pub write_rate: Option<Rate>,
     /// `CATALOG_LOG`: a `tracing` filter such as `info` or `catalog=debug`.
     pub log_filter: String,
     /// `CATALOG_LOG_FORMAT`: `text` or `json`.
@@ -252,6 +262,8 @@ impl Config {
             admin_tokens: Vec::new(),
             db_pool_size: 16,
             db_timeout: Duration::from_secs(2),
+            read_rate: None,
+            write_rate: None,
             heartbeat: Duration::from_secs(1),
             feed_silence: Duration::from_secs(5),
             log_filter: "info".to_owned(),
@@ -333,6 +345,12 @@ impl Config {
         config.db_timeout = var.or("CATALOG_DB_TIMEOUT_MS", config.db_timeout, |raw| {
             parse_in_range(raw, 10..=600_000).map(Duration::from_millis)
         })?;
+        config.read_rate = rate(&var, "CATALOG_READ_RATE_PER_SEC", "CATALOG_READ_RATE_BURST")?;
+        config.write_rate = rate(
+            &var,
+            "CATALOG_WRITE_RATE_PER_SEC",
+            "CATALOG_WRITE_RATE_BURST",
+        )?;
         config.heartbeat = var.or("CATALOG_HEARTBEAT_MS", config.heartbeat, |raw| {
             parse_in_range(raw, 10..=60_000).map(Duration::from_millis)
         })?;
@@ -578,6 +596,27 @@ fn parse_redis_url(raw: &str) -> Result<String, String> {
     } else {
         Err("expected a redis:// URL".to_owned())
     }
+}
+
+/// A per-client rate from its two variables: the rate (0, the default, means no limit)
+/// and the burst (default: twice the rate, at least 1).
+fn rate<S: Source + ?Sized>(
+    var: &Vars<'_, S>,
+    per_second: &'static str,
+    burst: &'static str,
+) -> Result<Option<Rate>, ConfigError> {
+    let rate: u32 = var.or(per_second, 0, |raw| parse_in_range(raw, 0..=10_000_000))?;
+    let Some(rate) = NonZeroU32::new(rate) else {
+        return Ok(None);
+    };
+    let default_burst = rate.saturating_mul(NonZeroU32::new(2).expect("2 is not zero"));
+    let burst = var.or(burst, default_burst, |raw| {
+        parse_in_range(raw, 1..=100_000_000).map(|b: u32| NonZeroU32::new(b).expect("at least 1"))
+    })?;
+    Ok(Some(Rate {
+        per_second: rate,
+        burst,
+    }))
 }
 
 /// An origin as browsers send it: `scheme://host[:port]`, nothing after; or `*`.

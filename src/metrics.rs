@@ -207,6 +207,8 @@ pub struct Metrics {
     pub l1_flushes: Counter,
     /// Stream reads that failed (the consumer reconnects with backoff).
     pub consumer_errors: Counter,
+    /// Requests refused by a per-client rate limit, by face.
+    pub rate_limited: Family<Labels, Counter>,
     /// Documents served past the hard TTL because no database answered.
     pub stale_served: Counter,
     /// Documents queued for a background refresh by a hit past the soft TTL.
@@ -321,6 +323,12 @@ impl Metrics {
         );
         let l1_flushes = counter(r, "l1_flushes", "Whole-L1 flushes after a gap or reset");
         let consumer_errors = counter(r, "consumer_errors", "Failed invalidation stream reads");
+        let rate_limited: Family<Labels, Counter> = Family::default();
+        r.register(
+            "rate_limited",
+            "Requests refused by a per-client rate limit, by face",
+            rate_limited.clone(),
+        );
         let stale_served = counter(
             r,
             "stale_served",
@@ -430,6 +438,7 @@ impl Metrics {
             stream_rollbacks,
             l1_flushes,
             consumer_errors,
+            rate_limited,
             stale_served,
             refreshes_ahead,
             stale_detected,

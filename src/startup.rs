@@ -25,7 +25,8 @@ use crate::coherence::floors::Floors;
 use crate::coherence::relay::{Relay, Sink};
 use crate::coherence::stream::Invalidation;
 use crate::config::Config;
-use crate::http::{self, Limits};
+use crate::http::rate::{Rate, RateLimit};
+use crate::http::{self, Limits, Policy};
 use crate::metrics::Metrics;
 use crate::read::cors::Cors;
 use crate::read::{DocumentTtl, Freshness, HttpCaching, Reader, ReaderSettings};
@@ -110,6 +111,19 @@ impl Supervisor {
     }
 }
 
+/// What a face's listener does before the face: its rate limit, counted by face.
+fn policy(rate: Option<Rate>, metrics: &Metrics, face: &'static str) -> Policy {
+    Policy {
+        rate: rate.map(|rate| {
+            let rejected = metrics
+                .rate_limited
+                .get_or_create(&vec![("face", face)])
+                .clone();
+            Arc::new(RateLimit::new(rate, rejected))
+        }),
+    }
+}
+
 /// How every service pool connects: its size and the database calls' deadline.
 fn pool_settings(config: &Config, synchronous_commit: Option<String>) -> PoolSettings {
     PoolSettings {
@@ -149,6 +163,9 @@ pub struct Application {
     write: Option<WriteSide>,
     metrics: Arc<Metrics>,
     limits: Limits,
+    /// Per-client rate limits of the storefront and admin faces.
+    read_rate: Option<Rate>,
+    write_rate: Option<Rate>,
 }
 
 impl Application {
@@ -214,6 +231,8 @@ impl Application {
                 header_read_timeout: config.read.header_read_timeout,
                 drain: DRAIN,
             },
+            read_rate: config.read_rate,
+            write_rate: config.write_rate,
         })
     }
 
@@ -423,7 +442,14 @@ impl Application {
             }
             let refresh = Arc::clone(&read.reader).refresh_ahead_loop(stop.child_token());
             tasks.spawn("refresh-ahead", refresh);
-            let serve = http::serve(read.listener, read.reader, self.limits, stop.child_token());
+            let policy = policy(self.read_rate, &self.metrics, "storefront");
+            let serve = http::serve(
+                read.listener,
+                read.reader,
+                self.limits,
+                policy,
+                stop.child_token(),
+            );
             tasks.spawn("reader listener", serve);
         }
         if let Some(write) = self.write {
@@ -431,10 +457,12 @@ impl Application {
                 tasks.spawn("outbox relay", relay.run(stop.child_token()));
             }
             tasks.spawn("sweeper", write.sweeper.run(stop.child_token()));
+            let policy = policy(self.write_rate, &self.metrics, "admin");
             let serve = http::serve(
                 write.listener,
                 write.writer,
                 self.limits,
+                policy,
                 stop.child_token(),
             );
             tasks.spawn("writer listener", serve);

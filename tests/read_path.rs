@@ -28,7 +28,7 @@ async fn a_product_is_served_with_etag_cache_control_and_304() {
     assert_eq!(reply.header("etag"), Some("\"1\""));
     assert_eq!(
         reply.header("cache-control"),
-        Some("public, max-age=5, stale-while-revalidate=30")
+        Some("public, max-age=5, stale-while-revalidate=30, stale-if-error=300")
     );
     let doc = reply.json();
     let text = reply.text();
@@ -852,5 +852,50 @@ async fn browsers_from_configured_origins_get_cors_headers() {
         .await;
     assert_eq!(refused.status, 403);
     assert_eq!(refused.header("access-control-allow-origin"), None);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_past_its_rate_gets_429_and_every_answer_carries_a_request_id() {
+    use std::num::NonZeroU32;
+    let db = seeded(5, 2).await;
+    let mut config = TestApp::config(&db);
+    config.read_rate = Some(catalog::http::rate::Rate {
+        per_second: NonZeroU32::new(1).unwrap(),
+        burst: NonZeroU32::new(5).unwrap(),
+    });
+    let app = TestApp::spawn(&config).await;
+    let mut ids = Vec::new();
+    let mut limited = None;
+    for _ in 0..8 {
+        let reply = app.get("/products/1").await;
+        ids.push(reply.header("x-request-id").expect("an id").to_owned());
+        if reply.status == 429 {
+            limited = Some(reply);
+        }
+    }
+    let limited = limited.expect("the 6th request within a second is over the burst");
+    limited.assert_problem(429, "rate-limited");
+    assert!(
+        limited
+            .header("retry-after")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 8, "generated ids are distinct");
+    // A client's (or a proxy's) own id is passed through.
+    let given = app
+        .request("GET", "/healthz", &[("x-request-id", "trace-abc-123")])
+        .await;
+    assert_eq!(given.header("x-request-id"), Some("trace-abc-123"));
+    assert!(
+        app.metric(r#"catalog_rate_limited_total{face="storefront"}"#)
+            .await
+            >= 1.0
+    );
     app.shutdown().await;
 }

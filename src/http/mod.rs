@@ -34,6 +34,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::server::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -42,6 +43,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use rate::RateLimit;
 
 /// The bounds a listener enforces on its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +58,23 @@ pub struct Limits {
     /// Time in-flight requests get to finish after shutdown begins.
     pub drain: Duration,
 }
+
+/// What a listener does to every request before its face sees it.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// The per-client rate limit, if any.
+    pub rate: Option<Arc<RateLimit>>,
+}
+
+/// The request id header: passed through when a client (or a proxy) sends a usable
+/// one, generated otherwise, and always echoed on the response.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest request id passed through.
+const MAX_REQUEST_ID: usize = 128;
+
+/// How often a rate limiter forgets clients whose buckets are full again.
+const FORGET_IDLE_CLIENTS: Duration = Duration::from_secs(60);
 
 /// Largest request head, in bytes (hyper's read buffer); a larger head is answered 431.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -77,6 +97,7 @@ pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     limits: Limits,
+    policy: Policy,
     stop: CancellationToken,
 ) {
     let mut h1 = http1::Builder::new();
@@ -89,6 +110,17 @@ pub async fn serve<H: Handler>(
         .max_header_list_size(MAX_HEAD_BYTES as u32);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
+    if let Some(rate) = policy.rate.clone() {
+        let stop = stop.clone();
+        connections.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(FORGET_IDLE_CLIENTS) => rate.forget_idle(),
+                }
+            }
+        });
+    }
     loop {
         let permit = tokio::select! {
             () = stop.cancelled() => break,
@@ -100,7 +132,7 @@ pub async fn serve<H: Handler>(
         let stream = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     tracing::warn!(error = %err, "accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -108,18 +140,34 @@ pub async fn serve<H: Handler>(
                 }
             },
         };
+        let (stream, peer) = stream;
         let _ = stream.set_nodelay(true);
         let state = Arc::new(Connection {
             handler: Arc::clone(&handler),
             activity: Arc::new(Activity::default()),
+            rate: policy.rate.clone(),
+            client: peer.ip(),
         });
         let service = {
             let state = Arc::clone(&state);
-            hyper::service::service_fn(move |request| {
+            hyper::service::service_fn(move |request: Request<Incoming>| {
                 let state = Arc::clone(&state);
                 state.activity.begun.fetch_add(1, Ordering::Relaxed);
                 async move {
-                    let response = state.handler.respond(request).await;
+                    let id = request_id(request.headers());
+                    let refused = state
+                        .rate
+                        .as_ref()
+                        .filter(|_| !is_operational(request.uri().path()))
+                        .and_then(|r| r.check(state.client));
+                    let mut response = match refused {
+                        Some(refused) => refused,
+                        None => state.handler.respond(request).await,
+                    };
+                    if response.status().is_server_error() {
+                        tracing::warn!(request_id = ?id, status = %response.status(), "request failed");
+                    }
+                    response.headers_mut().insert(X_REQUEST_ID, id);
                     state.activity.answered.fetch_add(1, Ordering::Relaxed);
                     Ok::<_, Infallible>(response)
                 }
@@ -162,6 +210,34 @@ pub async fn serve<H: Handler>(
     {
         tracing::warn!(grace = ?limits.drain, "connections still open after the drain period");
     }
+}
+
+/// `/healthz`, `/readyz` and `/metrics`: never rate limited, so a balancer's health
+/// checks and Prometheus' scrapes, which share addresses with the traffic they watch,
+/// are not refused when that traffic is.
+fn is_operational(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// The request's own id if it sent a usable one (1 to 128 visible ASCII characters),
+/// else a new one: this process's random tag and a counter, unique per process.
+fn request_id(headers: &hyper::HeaderMap) -> HeaderValue {
+    if let Some(given) = headers.get(X_REQUEST_ID)
+        && (1..=MAX_REQUEST_ID).contains(&given.len())
+        && given.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    {
+        return given.clone();
+    }
+    static TAG: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let tag = TAG.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        nanos ^ std::process::id().rotate_left(16)
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::try_from(format!("{tag:08x}-{n:x}")).expect("hex digits form a header value")
 }
 
 /// Whether a client opened with HTTP/2's connection preface (h2c with prior knowledge);
@@ -273,6 +349,10 @@ impl AsyncWrite for Counted {
 struct Connection<H> {
     handler: Arc<H>,
     activity: Arc<Activity>,
+    /// The listener's rate limit, if any.
+    rate: Option<Arc<RateLimit>>,
+    /// The peer's address: the rate limit's key.
+    client: std::net::IpAddr,
 }
 
 /// What a connection's requests have done, for its [`watchdog`].
