@@ -145,6 +145,9 @@ pub struct Config {
     pub admin_tokens: Vec<Secret>,
     /// `CATALOG_DB_POOL_SIZE`: connections per PostgreSQL pool (primary, and each replica).
     pub db_pool_size: u32,
+    /// `CATALOG_SHUTDOWN_DELAY_MS`: after SIGTERM, how long readiness is off while the
+    /// listeners still serve, before they stop accepting and drain.
+    pub shutdown_delay: Duration,
     /// `CATALOG_HEARTBEAT_MS`: the relay publishes a heartbeat when this long passes
     /// without an entry, so readers can tell a quiet feed from a dead one.
     pub heartbeat: Duration,
@@ -264,6 +267,7 @@ impl Config {
             db_timeout: Duration::from_secs(2),
             read_rate: None,
             write_rate: None,
+            shutdown_delay: Duration::ZERO,
             heartbeat: Duration::from_secs(1),
             feed_silence: Duration::from_secs(5),
             log_filter: "info".to_owned(),
@@ -351,6 +355,10 @@ impl Config {
             "CATALOG_WRITE_RATE_PER_SEC",
             "CATALOG_WRITE_RATE_BURST",
         )?;
+        config.shutdown_delay =
+            var.or("CATALOG_SHUTDOWN_DELAY_MS", config.shutdown_delay, |raw| {
+                parse_in_range(raw, 0..=600_000).map(Duration::from_millis)
+            })?;
         config.heartbeat = var.or("CATALOG_HEARTBEAT_MS", config.heartbeat, |raw| {
             parse_in_range(raw, 10..=60_000).map(Duration::from_millis)
         })?;

@@ -26,7 +26,7 @@ use crate::coherence::relay::{Relay, Sink};
 use crate::coherence::stream::Invalidation;
 use crate::config::Config;
 use crate::http::rate::{Rate, RateLimit};
-use crate::http::{self, Limits, Policy};
+use crate::http::{self, Draining, Limits, Policy};
 use crate::metrics::Metrics;
 use crate::read::cors::Cors;
 use crate::read::{DocumentTtl, Freshness, HttpCaching, Reader, ReaderSettings};
@@ -166,6 +166,8 @@ pub struct Application {
     /// Per-client rate limits of the storefront and admin faces.
     read_rate: Option<Rate>,
     write_rate: Option<Rate>,
+    /// How long readiness is off before the listeners stop.
+    shutdown_delay: Duration,
 }
 
 impl Application {
@@ -233,6 +235,7 @@ impl Application {
             },
             read_rate: config.read_rate,
             write_rate: config.write_rate,
+            shutdown_delay: config.shutdown_delay,
         })
     }
 
@@ -419,9 +422,28 @@ impl Application {
             .and_then(|w| w.listener.local_addr().ok())
     }
 
-    /// Serves until `stop` is cancelled (or a task fails), then drains.
-    pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
+    /// Serves until `shutdown` is cancelled (or a task fails), then stops: readiness
+    /// turns false first, the listeners keep serving for the shutdown delay (so a
+    /// balancer notices), then they stop accepting and drain in-flight requests.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(reader = ?self.reader_addr(), writer = ?self.writer_addr(), "serving");
+        let stop = CancellationToken::new();
+        let draining: Vec<Draining> = self
+            .read
+            .iter()
+            .map(|read| read.reader.draining().clone())
+            .chain(
+                self.write
+                    .iter()
+                    .map(|write| write.writer.draining().clone()),
+            )
+            .collect();
+        let sequencer = tokio::spawn(shut_down_in_order(
+            shutdown,
+            stop.clone(),
+            draining,
+            self.shutdown_delay,
+        ));
         let mut tasks = Supervisor::default();
         if let Some(read) = self.read {
             let checks = Arc::clone(&read.databases).run_checks(
@@ -467,8 +489,36 @@ impl Application {
             );
             tasks.spawn("writer listener", serve);
         }
-        tasks.wait(&stop).await
+        let result = tasks.wait(&stop).await;
+        sequencer.abort();
+        result
     }
+}
+
+/// On `shutdown`: readiness off (`draining`), `delay`, then `stop` for every task;
+/// nothing to do if a failing task stopped them first.
+async fn shut_down_in_order(
+    shutdown: CancellationToken,
+    stop: CancellationToken,
+    draining: Vec<Draining>,
+    delay: Duration,
+) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = stop.cancelled() => return,
+    }
+    for face in &draining {
+        face.begin();
+    }
+    tracing::info!(
+        ?delay,
+        "shutting down: readiness off; listeners stop after the delay"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        () = stop.cancelled() => {}
+    }
+    stop.cancel();
 }
 
 #[cfg(test)]

@@ -899,3 +899,39 @@ async fn a_client_past_its_rate_gets_429_and_every_answer_carries_a_request_id()
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn on_shutdown_readiness_turns_false_first_and_requests_in_flight_finish() {
+    let db = seeded(10, 2).await;
+    replica_has_products(&db, 10).await;
+    let replica = FaultProxy::start(fault::target(&db.replica_url)).await;
+    let mut config = TestApp::config(&db);
+    config.replica_urls = vec![fault::through(&db.replica_url, replica.addr)];
+    config.redis_url = None;
+    config.read.replica_check_interval = Duration::from_secs(600);
+    config.shutdown_delay = Duration::from_millis(500);
+    let app = TestApp::spawn(&config).await;
+    assert_eq!(app.get("/readyz").await.status, 200);
+    assert_eq!(app.get("/products/1").await.status, 200);
+
+    // A request in flight: its product query is held by the replica.
+    replica.freeze_on(b"from products");
+    let addr = app.addr;
+    let in_flight =
+        tokio::spawn(async move { common::http_request(addr, "GET", "/products/2", &[]).await });
+    poll(|| async { (app.metric("catalog_l1_misses_total").await >= 2.0).then_some(()) }).await;
+
+    app.stop.cancel();
+    // Readiness turns false at once, while the listener still serves.
+    let ready = app.get("/readyz").await;
+    ready.assert_problem(503, "unavailable");
+    assert!(ready.text().contains("shutting down"), "{}", ready.text());
+    assert_eq!(app.get("/healthz").await.status, 200);
+
+    // The request in flight finishes with its answer.
+    replica.thaw();
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["id"], 2);
+    app.task.await.unwrap().unwrap();
+}

@@ -196,10 +196,28 @@ impl Relay {
                 (at, false) => self.heartbeat.saturating_sub(at.elapsed()).min(POLL),
             };
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => return self.flush().await,
                 result = notified => if result.is_err() { listener = None },
                 () = tokio::time::sleep(pause) => {}
             }
+        }
+    }
+
+    /// On shutdown: publishes what the outbox still holds, round after round, within
+    /// one round's deadline in all; what is left (or committed later by requests still
+    /// draining) the next relay to run publishes.
+    async fn flush(&self) {
+        let flushed = tokio::time::timeout(ROUND_DEADLINE, async {
+            while let Ok(published) = self.round().await {
+                if published == 0 {
+                    break;
+                }
+            }
+        });
+        if flushed.await.is_err() {
+            tracing::warn!(
+                "outbox not flushed within the deadline; the next relay publishes the rest"
+            );
         }
     }
 

@@ -59,6 +59,23 @@ pub struct Limits {
     pub drain: Duration,
 }
 
+/// Set when shutdown begins, before the listeners stop: a face's `/readyz` answers
+/// 503 from then on, so a balancer takes the instance out while it still serves.
+#[derive(Debug, Clone, Default)]
+pub struct Draining(Arc<AtomicBool>);
+
+impl Draining {
+    /// Shutdown has begun.
+    pub fn begin(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// What a listener does to every request before its face sees it.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {

@@ -74,6 +74,9 @@ pub enum ReadError {
     /// Too many token reads are going around the caches at once.
     #[error("too many token reads around the caches")]
     TokenBypassesBusy,
+    /// The process is shutting down (readiness only).
+    #[error("shutting down")]
+    ShuttingDown,
     /// The request did not finish within `CATALOG_REQUEST_TIMEOUT_MS`.
     #[error("request deadline passed")]
     Timeout,
@@ -174,6 +177,9 @@ impl ReadError {
             Self::TokenBypassesBusy => Problem::unavailable(
                 "too many reads with a token are waiting for a database right now; retry shortly",
             ),
+            Self::ShuttingDown => {
+                Problem::unavailable("this instance is shutting down; send new requests to another")
+            }
             Self::Timeout => {
                 Problem::unavailable("the read did not finish within its deadline; retry shortly")
             }
@@ -212,7 +218,8 @@ mod tests {
 
     #[test]
     fn every_error_maps_to_its_status_and_type() {
-        let cases: [(ReadError, u16, &str); 20] = [
+        let cases: [(ReadError, u16, &str); 21] = [
+            (ReadError::ShuttingDown, 503, "unavailable"),
             (ReadError::InvalidToken, 400, "invalid-token"),
             (ReadError::TokenAhead, 400, "invalid-token"),
             (ReadError::TokenBypassesBusy, 503, "unavailable"),

@@ -44,6 +44,7 @@ use crate::cache::{Key, L1};
 use crate::coherence::feed::Feed;
 use crate::coherence::floors::Floors;
 use crate::document::{Document, Lookup};
+use crate::http::Draining;
 use crate::http::parse::{percent_decode, query_param};
 use crate::http::response as plain;
 use crate::metrics::{HttpMetrics, Metrics};
@@ -146,6 +147,8 @@ pub struct Reader {
     write_backs: Arc<tokio::sync::Semaphore>,
     ttl: DocumentTtl,
     cors: Option<Cors>,
+    /// Set when shutdown begins: `/readyz` turns 503.
+    draining: Draining,
     /// Where hits queue documents past the soft TTL for [`Reader::refresh_ahead_loop`].
     refresh_queue: tokio::sync::mpsc::Sender<i64>,
     /// The queue's other end, taken by the refresh task.
@@ -180,9 +183,15 @@ impl Reader {
             write_backs: Arc::new(tokio::sync::Semaphore::new(fill::WRITE_BACKS)),
             ttl: settings.ttl,
             cors: settings.cors,
+            draining: Draining::default(),
             refresh_queue,
             refresh_rx: std::sync::Mutex::new(Some(refresh_rx)),
         }
+    }
+
+    /// Set when shutdown begins, to turn readiness off first.
+    pub fn draining(&self) -> &Draining {
+        &self.draining
     }
 
     /// Answers one request (the body of a GET is never read).
@@ -303,6 +312,9 @@ impl Reader {
     /// Ready while some database can serve; a silent invalidation feed is said in the
     /// body (the reader still serves, with caching reduced).
     fn readyz(&self) -> Result<Response<Full<Bytes>>, ReadError> {
+        if self.draining.is_draining() {
+            return Err(ReadError::ShuttingDown);
+        }
         if !self.db.ready() {
             return Err(ReadError::NoDatabase);
         }

@@ -270,6 +270,10 @@ async fn probe(pool: &PgPool, sql: &'static str) -> Option<String> {
 /// Parses PostgreSQL's `X/Y` LSN notation into a byte position.
 pub fn parse_lsn(text: &str) -> Option<u64> {
     let (high, low) = text.split_once('/')?;
+    let hex = |half: &str| !half.is_empty() && half.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex(high) || !hex(low) {
+        return None;
+    }
     let high = u64::from_str_radix(high, 16).ok()?;
     let low = u64::from_str_radix(low, 16).ok()?;
     (high <= u64::from(u32::MAX) && low <= u64::from(u32::MAX)).then_some((high << 32) | low)
@@ -295,6 +299,9 @@ mod tests {
             1
         );
         assert_eq!(parse_lsn("nope"), None);
+        for signed in ["+0/+0", "0/+16B3F28", "-1/0", "0/", "/0"] {
+            assert_eq!(parse_lsn(signed), None, "{signed}");
+        }
         assert_eq!(parse_lsn("1/XYZ"), None);
         assert_eq!(parse_lsn("100000000/0"), None);
     }

@@ -112,13 +112,18 @@ impl BulkImport {
                 return Err((self.first_unwritten(), WriteError::TooLarge(MAX_BULK_BYTES)));
             }
             pending.extend_from_slice(&data);
-            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
-                self.line(&line[..end], max_line);
+            // Lines are taken by offset and the consumed front dropped once per frame:
+            // linear in the frame, however many lines it holds.
+            let mut start = 0;
+            while let Some(offset) = pending[start..].iter().position(|&b| b == b'\n') {
+                let end = start + offset;
+                self.line(&pending[start..end], max_line);
+                start = end + 1;
                 if self.batch.len() == BULK_BATCH {
                     self.flush(primary).await?;
                 }
             }
+            pending.drain(..start);
             if pending.len() > max_line {
                 return Err((self.first_unwritten(), WriteError::TooLarge(max_line)));
             }

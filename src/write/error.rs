@@ -67,6 +67,9 @@ pub enum WriteError {
     /// The first request with this key is still running.
     #[error("request in progress")]
     RequestInProgress,
+    /// The process is shutting down (readiness only).
+    #[error("shutting down")]
+    ShuttingDown,
     /// The primary did not finish the call within `CATALOG_DB_TIMEOUT_MS`.
     #[error("the primary did not answer in time")]
     Timeout,
@@ -164,6 +167,9 @@ impl WriteError {
                 "Request in progress",
                 "the first request with this Idempotency-Key has not finished; retry shortly",
             ),
+            Self::ShuttingDown => {
+                Problem::unavailable("this instance is shutting down; send new requests to another")
+            }
             Self::Timeout => Problem::unavailable(
                 "the primary did not answer in time; the write may or may not have been \
                  applied: retry with the same Idempotency-Key, or read the product first",
@@ -229,6 +235,7 @@ mod tests {
                 "unavailable",
             ),
             (WriteError::Timeout, 503, "unavailable"),
+            (WriteError::ShuttingDown, 503, "unavailable"),
             (
                 WriteError::CommitUnknown(sqlx::Error::PoolClosed),
                 503,

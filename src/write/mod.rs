@@ -34,6 +34,7 @@ use sqlx::PgPool;
 
 use crate::config::Secret;
 use crate::document::etag;
+use crate::http::Draining;
 use crate::http::parse::parse_id;
 use crate::http::response::{self as plain, JSON, no_store};
 use crate::metrics::{HttpMetrics, Metrics};
@@ -70,6 +71,8 @@ pub struct Writer {
     metrics: Arc<Metrics>,
     http: HttpMetrics<WriteRoute>,
     limits: WriterLimits,
+    /// Set when shutdown begins: `/readyz` turns 503.
+    draining: Draining,
 }
 
 impl Writer {
@@ -86,7 +89,13 @@ impl Writer {
             http: HttpMetrics::new(&metrics),
             metrics,
             limits,
+            draining: Draining::default(),
         }
+    }
+
+    /// Set when shutdown begins, to turn readiness off first.
+    pub fn draining(&self) -> &Draining {
+        &self.draining
     }
 
     /// Answers one admin request.
@@ -134,6 +143,9 @@ impl Writer {
             }
             AdminRoute::Healthz => Ok(plain::healthy()),
             AdminRoute::Readyz => {
+                if self.draining.is_draining() {
+                    return Err(WriteError::ShuttingDown);
+                }
                 let probe = sqlx::query("select 1").execute(&self.primary);
                 within(self.limits.db_timeout, probe).await?;
                 Ok(plain::ready())
