@@ -77,12 +77,12 @@ impl TypedMetric for AtomicHistogram {
 
 /// Status codes counted individually; anything else is counted as `other`. Every
 /// status either face answers on purpose is here.
-const STATUSES: [u16; 18] = [
-    200, 201, 202, 304, 400, 401, 403, 404, 405, 409, 412, 413, 414, 415, 422, 429, 500, 503,
+const STATUSES: [u16; 19] = [
+    200, 201, 202, 304, 400, 401, 403, 404, 405, 408, 409, 412, 413, 414, 415, 422, 429, 500, 503,
 ];
-const STATUS_LABELS: [&str; 19] = [
-    "200", "201", "202", "304", "400", "401", "403", "404", "405", "409", "412", "413", "414",
-    "415", "422", "429", "500", "503", "other",
+const STATUS_LABELS: [&str; 20] = [
+    "200", "201", "202", "304", "400", "401", "403", "404", "405", "408", "409", "412", "413",
+    "414", "415", "422", "429", "500", "503", "other",
 ];
 
 /// The routes of one face, as metric labels: an enum whose variants index

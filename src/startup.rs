@@ -390,6 +390,7 @@ impl Application {
                 max_body: config.max_body_bytes,
                 idempotency_ttl: config.idempotency_ttl,
                 db_timeout: config.db_timeout,
+                body_grace: config.read.header_read_timeout,
             },
         ));
         let listener = TcpListener::bind(config.writer_addr)

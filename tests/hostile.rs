@@ -535,7 +535,6 @@ async fn a_body_drip_to_the_reader_is_cut_after_its_answer() {
 }
 
 #[tokio::test]
-#[ignore = "finding: the writer reads a body with no deadline and the watchdog spares connections with a request in flight, so a body drip holds a connection (and a CATALOG_MAX_CONNECTIONS slot) for as long as the client likes; src/write/mod.rs Writer::body, src/write/bulk.rs import, src/http/mod.rs Watch"]
 async fn a_body_drip_to_the_writer_is_cut() {
     let (db, app) = hostile_app().await;
     let (id, _) = product_in_category(&db).await;

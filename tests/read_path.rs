@@ -9,6 +9,18 @@ use common::fault::{self, FaultProxy};
 use common::{OwnRedis, TestApp, TestDb, poll, replica_has_products, seeded};
 use serde_json::Value;
 
+/// A configuration whose replica is reached through a fault proxy, without Redis, and
+/// whose health check is too slow to notice the proxy's faults first: reads meet the
+/// replica as the proxy leaves it.
+async fn replica_behind_proxy(db: &TestDb) -> (FaultProxy, catalog::config::Config) {
+    let proxy = FaultProxy::start(fault::target(&db.replica_url)).await;
+    let mut config = TestApp::config(db);
+    config.replica_urls = vec![fault::through(&db.replica_url, proxy.addr)];
+    config.redis_url = None;
+    config.read.replica_check_interval = Duration::from_secs(600);
+    (proxy, config)
+}
+
 async fn visible_product(db: &TestDb) -> (i64, String) {
     sqlx::query_as("select id, sku from products where active order by id limit 1")
         .fetch_one(&db.primary)
@@ -648,13 +660,8 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
 async fn a_frozen_replica_costs_a_read_its_deadline_not_minutes() {
     let db = seeded(20, 2).await;
     replica_has_products(&db, 20).await;
-    let proxy = FaultProxy::start(fault::target(&db.replica_url)).await;
-    let mut config = TestApp::config(&db);
-    config.replica_urls = vec![fault::through(&db.replica_url, proxy.addr)];
-    config.redis_url = None;
+    let (proxy, mut config) = replica_behind_proxy(&db).await;
     config.db_timeout = Duration::from_millis(300);
-    // The health check must not take the replica out first: the read finds it frozen.
-    config.read.replica_check_interval = Duration::from_secs(600);
     let app = TestApp::spawn(&config).await;
     assert_eq!(app.get("/products/1").await.status, 200);
     assert_eq!(app.metric("catalog_db_reads_replica_total").await, 1.0);
@@ -904,11 +911,7 @@ async fn a_client_past_its_rate_gets_429_and_every_answer_carries_a_request_id()
 async fn on_shutdown_readiness_turns_false_first_and_requests_in_flight_finish() {
     let db = seeded(10, 2).await;
     replica_has_products(&db, 10).await;
-    let replica = FaultProxy::start(fault::target(&db.replica_url)).await;
-    let mut config = TestApp::config(&db);
-    config.replica_urls = vec![fault::through(&db.replica_url, replica.addr)];
-    config.redis_url = None;
-    config.read.replica_check_interval = Duration::from_secs(600);
+    let (replica, mut config) = replica_behind_proxy(&db).await;
     config.shutdown_delay = Duration::from_millis(500);
     let app = TestApp::spawn(&config).await;
     assert_eq!(app.get("/readyz").await.status, 200);

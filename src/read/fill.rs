@@ -257,16 +257,7 @@ impl Reader {
         &self,
         ids: Vec<i64>,
     ) -> Result<Vec<(i64, Lookup)>, ReadError> {
-        let ids = Arc::new(ids);
-        let rows: Vec<ProductRow> = self
-            .query_replica_or_primary(move |pool| {
-                let ids = Arc::clone(&ids);
-                Box::pin(async move { catalog::products_by_ids(pool, &ids).await })
-            })
-            .await?;
-        rows.into_iter()
-            .map(|row| Ok((row.id, row.into_lookup()?)))
-            .collect()
+        rendered(self.query_replica_or_primary(rows_of(ids)).await?)
     }
 
     /// L2, unless there is none or the invalidation feed is silent (the relay, which
@@ -341,6 +332,22 @@ impl Reader {
         };
         counter.inc();
     }
+}
+
+/// The query reading the rows of `ids`, on any pool.
+pub(super) fn rows_of(ids: Vec<i64>) -> impl for<'p> Fn(&'p PgPool) -> Query<'p, Vec<ProductRow>> {
+    let ids = Arc::new(ids);
+    move |pool| {
+        let ids = Arc::clone(&ids);
+        Box::pin(async move { catalog::products_by_ids(pool, &ids).await })
+    }
+}
+
+/// Rows rendered into what the caches hold, by id.
+pub(super) fn rendered(rows: Vec<ProductRow>) -> Result<Vec<(i64, Lookup)>, ReadError> {
+    rows.into_iter()
+        .map(|row| Ok((row.id, row.into_lookup()?)))
+        .collect()
 }
 
 /// Removes and returns `id`'s state from rows just loaded; `Unknown` if no row had it.

@@ -8,18 +8,15 @@
 //! is refused, and reads around the caches are bounded (`CATALOG_TOKEN_BYPASS_MAX`), so
 //! tokens cannot be used to pile reads onto the primary.
 
-use std::sync::Arc;
-
 use hyper::header::HeaderValue;
 use sqlx::PgPool;
 use tokio::sync::SemaphorePermit;
 
 use super::Reader;
 use super::error::ReadError;
-use super::fill::{Query, take};
+use super::fill::{Query, rendered, rows_of, take};
 use super::limits::TOKEN_WAIT;
 use crate::document::Lookup;
-use crate::store::catalog;
 use crate::store::postgres::within;
 use crate::store::replicas::{Target, parse_lsn};
 
@@ -109,16 +106,7 @@ impl Reader {
         ids: Vec<i64>,
         lsn: u64,
     ) -> Result<Vec<(i64, Lookup)>, ReadError> {
-        let ids = Arc::new(ids);
-        let rows = self
-            .query_covering(lsn, move |pool| {
-                let ids = Arc::clone(&ids);
-                Box::pin(async move { catalog::products_by_ids(pool, &ids).await })
-            })
-            .await?;
-        rows.into_iter()
-            .map(|row| Ok((row.id, row.into_lookup()?)))
-            .collect()
+        rendered(self.query_covering(lsn, rows_of(ids)).await?)
     }
 
     /// Runs a query, under the database deadline, on a healthy replica that has

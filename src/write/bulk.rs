@@ -52,7 +52,7 @@ where
         deadline: limits.db_timeout,
         ..BulkImport::default()
     };
-    let stopped = import.run(primary, body, limits.max_body).await.err();
+    let stopped = import.run(primary, body, limits).await.err();
     let token = if import.committed {
         outbox::token(primary, limits.db_timeout).await
     } else {
@@ -90,16 +90,28 @@ impl BulkImport {
         &mut self,
         primary: &PgPool,
         body: B,
-        max_line: usize,
+        limits: WriterLimits,
     ) -> Result<(), (usize, WriteError)>
     where
         B: Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        let max_line = limits.max_body;
         let mut body = std::pin::pin!(body);
         let mut pending: Vec<u8> = Vec::new();
         let mut received = 0usize;
-        while let Some(frame) = body.frame().await {
+        let started = tokio::time::Instant::now();
+        loop {
+            // A pause longer than the grace, or a body slower than the minimum rate on
+            // average, is cut: a drip would hold a connection slot for as long as it liked.
+            let next = tokio::time::timeout(limits.body_grace, body.frame()).await;
+            let behind = started.elapsed() > limits.body_deadline(received);
+            let (Ok(next), false) = (next, behind) else {
+                return Err((self.first_unwritten(), WriteError::BodyTooSlow));
+            };
+            let Some(frame) = next else {
+                break;
+            };
             let frame = frame.map_err(|e| {
                 let error = WriteError::MalformedJson(format!("the body could not be read: {e}"));
                 (self.first_unwritten(), error)

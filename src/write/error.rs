@@ -67,6 +67,9 @@ pub enum WriteError {
     /// The first request with this key is still running.
     #[error("request in progress")]
     RequestInProgress,
+    /// The body arrived too slowly (slower than `MIN_BODY_RATE` after its grace).
+    #[error("body too slow")]
+    BodyTooSlow,
     /// The process is shutting down (readiness only).
     #[error("shutting down")]
     ShuttingDown,
@@ -167,6 +170,12 @@ impl WriteError {
                 "Request in progress",
                 "the first request with this Idempotency-Key has not finished; retry shortly",
             ),
+            Self::BodyTooSlow => Problem::new(
+                S::REQUEST_TIMEOUT,
+                "body-too-slow",
+                "Request body too slow",
+                "the body must keep up 64 KiB/s after a short grace; send it at once",
+            ),
             Self::ShuttingDown => {
                 Problem::unavailable("this instance is shutting down; send new requests to another")
             }
@@ -236,6 +245,7 @@ mod tests {
             ),
             (WriteError::Timeout, 503, "unavailable"),
             (WriteError::ShuttingDown, 503, "unavailable"),
+            (WriteError::BodyTooSlow, 408, "body-too-slow"),
             (
                 WriteError::CommitUnknown(sqlx::Error::PoolClosed),
                 503,

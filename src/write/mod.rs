@@ -61,6 +61,20 @@ pub struct WriterLimits {
     /// Deadline of each call to the primary: a write's transaction, an idempotency
     /// claim, one batch of a bulk import (`CATALOG_DB_TIMEOUT_MS`).
     pub db_timeout: Duration,
+    /// Grace a request body gets before it must keep up [`MIN_BODY_RATE`], and the
+    /// longest pause between two of its parts (`CATALOG_HEADER_TIMEOUT_MS`).
+    pub body_grace: Duration,
+}
+
+/// Slowest a request body may arrive, on average, after its grace: a client that drips
+/// a body holds a connection slot, so it is cut (408) instead.
+pub const MIN_BODY_RATE: u64 = 64 * 1024;
+
+impl WriterLimits {
+    /// By when a body of `len` bytes must have arrived.
+    pub fn body_deadline(&self, len: usize) -> Duration {
+        self.body_grace + Duration::from_secs_f64(len as f64 / MIN_BODY_RATE as f64)
+    }
 }
 
 /// Everything the admin face needs.
@@ -339,7 +353,12 @@ impl Writer {
         if declared.is_some_and(|n| n > max_body) {
             return Err(WriteError::TooLarge(max_body));
         }
-        match Limited::new(request.into_body(), max_body).collect().await {
+        let deadline = self.limits.body_deadline(declared.unwrap_or(max_body));
+        let collect = Limited::new(request.into_body(), max_body).collect();
+        let Ok(collected) = tokio::time::timeout(deadline, collect).await else {
+            return Err(WriteError::BodyTooSlow);
+        };
+        match collected {
             Ok(collected) => Ok(collected.to_bytes()),
             Err(err) if err.is::<http_body_util::LengthLimitError>() => {
                 Err(WriteError::TooLarge(max_body))
