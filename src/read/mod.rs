@@ -12,6 +12,7 @@
 //! - this file: the [`Reader`], its dispatch and one handler per route;
 //! - [`token`]: what a read with `Min-Catalog-Token` must include
 //!   ([`token::Consistency`]), and the reads that serve it around the caches;
+//! - [`sku`]: by-SKU lookups;
 //! - [`fill`]: the read through the tiers: L1, one coalesced fill per key from L2 or
 //!   a replica, never older than the product's freshness floor;
 //! - [`listing`]: `ids=`, `limit=`, cursors, and bodies assembled by concatenation;
@@ -27,6 +28,7 @@ pub mod listing;
 pub mod response;
 pub mod route;
 pub mod singleflight;
+pub mod sku;
 pub mod token;
 
 use std::future::Future;
@@ -37,7 +39,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response};
-use sqlx::PgPool;
 use tokio_util::either::Either;
 
 use crate::cache::{Key, L1};
@@ -45,17 +46,15 @@ use crate::coherence::feed::Feed;
 use crate::coherence::floors::Floors;
 use crate::document::{Document, Lookup};
 use crate::http::Draining;
-use crate::http::parse::{percent_decode, query_param};
+use crate::http::parse::query_param;
 use crate::http::response as plain;
 use crate::metrics::{HttpMetrics, Metrics};
 use crate::store::catalog;
 use crate::store::redis::L2;
 use crate::store::replicas::Databases;
-use crate::store::replicas::parse_lsn;
 use cors::Cors;
 use error::ReadError;
-use fill::Query;
-use limits::{MAX_SKU_CHARS, MAX_URI_BYTES};
+use limits::MAX_URI_BYTES;
 use route::{ReadRoute, Route};
 use singleflight::SingleFlight;
 use token::Consistency;
@@ -355,68 +354,6 @@ impl Reader {
         }
     }
 
-    async fn product_by_sku(
-        &self,
-        raw: &str,
-        headers: &HeaderMap,
-        at: Consistency,
-    ) -> Result<Response<Full<Bytes>>, ReadError> {
-        let sku = percent_decode(raw).ok_or(ReadError::InvalidSku)?;
-        if sku.is_empty()
-            || sku.chars().count() > MAX_SKU_CHARS
-            || sku.chars().any(char::is_control)
-        {
-            return Err(ReadError::InvalidSku);
-        }
-        let key: Arc<str> = Arc::from(&*sku);
-        // The SKU → id mapping is cached; the document's own SKU confirms it, and a
-        // mismatch (the SKU moved to another product) re-resolves it once. Invalidations
-        // name ids, not SKUs, so a read with a token resolves the SKU afresh, on a
-        // database that covers the token (a cached "no such SKU" may predate a create).
-        let token = headers
-            .get(MIN_CATALOG_TOKEN)
-            .and_then(|t| t.to_str().ok())
-            .and_then(parse_lsn);
-        let resolve_at = token.map_or(at, Consistency::AtLeast);
-        let cached = match token {
-            None => self.l1.sku(&key),
-            Some(_) => None,
-        };
-        let resolved_now = cached.is_none();
-        let id = match cached {
-            Some(id) => id,
-            None => self.resolve_sku(&key, resolve_at).await?,
-        };
-        let Some(id) = id else {
-            return Err(ReadError::SkuNotFound);
-        };
-        match self.product_at(id, at).await? {
-            Lookup::Found(doc) if doc.sku() == &*sku => Ok(self.document_response(&doc, headers)),
-            _ if resolved_now => Err(ReadError::SkuNotFound),
-            _ => match self.resolve_sku(&key, resolve_at).await? {
-                Some(id) => match self.product_at(id, at).await? {
-                    Lookup::Found(doc) if doc.sku() == &*sku => {
-                        Ok(self.document_response(&doc, headers))
-                    }
-                    _ => Err(ReadError::SkuNotFound),
-                },
-                None => Err(ReadError::SkuNotFound),
-            },
-        }
-    }
-
-    /// The id of the live product with `sku`, read with the given consistency, and
-    /// remembered in L1.
-    async fn resolve_sku(&self, sku: &Arc<str>, at: Consistency) -> Result<Option<i64>, ReadError> {
-        let run = id_by_sku(Arc::clone(sku));
-        let id = match at {
-            Consistency::Cached => self.query_replica_or_primary(run).await?,
-            Consistency::AtLeast(lsn) => self.query_covering(lsn, run).await?,
-        };
-        self.l1.insert_sku(Arc::clone(sku), id);
-        Ok(id)
-    }
-
     async fn batch(
         &self,
         query: Option<&str>,
@@ -502,14 +439,6 @@ impl Reader {
             _ => None,
         };
         Ok(self.json(listing::page_body(&docs, cursor.as_deref())))
-    }
-}
-
-/// The query resolving `sku` to a live product's id, on any pool.
-fn id_by_sku(sku: Arc<str>) -> impl for<'p> Fn(&'p PgPool) -> Query<'p, Option<i64>> {
-    move |pool| {
-        let sku = Arc::clone(&sku);
-        Box::pin(async move { catalog::product_id_by_sku(pool, &sku).await })
     }
 }
 

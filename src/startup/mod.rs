@@ -7,14 +7,12 @@
 //! background task gets a child token; a task that exits early, or panics, is logged
 //! and stops the process, after the listeners drained.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{L1, L1Config};
@@ -35,6 +33,10 @@ use crate::store::redis::{L2, L2Config};
 use crate::store::replicas::{self, Databases, Replica};
 use crate::write::sweeper::{SweepSettings, Sweeper};
 use crate::write::{Writer, WriterLimits};
+
+mod supervisor;
+
+use supervisor::{Supervisor, shut_down_in_order};
 
 /// How long in-flight requests get to finish after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -57,58 +59,6 @@ pub enum Role {
     Writer,
     /// Both, in one process.
     All,
-}
-
-/// The background tasks of a process, each with a name: the first one that ends
-/// unexpectedly, or panics, cancels the root token, and [`Supervisor::wait`] still waits
-/// for the others, so the listeners drain their requests before the process exits.
-#[derive(Debug, Default)]
-struct Supervisor {
-    tasks: JoinSet<()>,
-    names: HashMap<tokio::task::Id, &'static str>,
-}
-
-impl Supervisor {
-    /// Runs `task` under the name `name`.
-    fn spawn(
-        &mut self,
-        name: &'static str,
-        task: impl std::future::Future<Output = ()> + Send + 'static,
-    ) {
-        let handle = self.tasks.spawn(task);
-        self.names.insert(handle.id(), name);
-    }
-
-    /// Waits for every task. A task that ends before `stop` fires, or panics at any
-    /// time, is logged and cancels `stop` (so the others stop and drain); the result
-    /// then names the first such task.
-    async fn wait(mut self, stop: &CancellationToken) -> anyhow::Result<()> {
-        let mut failure: Option<String> = None;
-        while let Some(finished) = self.tasks.join_next_with_id().await {
-            let (id, panic) = match finished {
-                Ok((id, ())) => (id, None),
-                Err(err) => (err.id(), Some(err)),
-            };
-            let name = self.names.get(&id).copied().unwrap_or("a task");
-            match panic {
-                Some(err) => {
-                    tracing::error!(task = name, error = %err, "panicked; shutting down");
-                    failure.get_or_insert_with(|| format!("{name} panicked"));
-                    stop.cancel();
-                }
-                None if stop.is_cancelled() => tracing::info!(task = name, "stopped"),
-                None => {
-                    tracing::error!(task = name, "stopped unexpectedly; shutting down");
-                    failure.get_or_insert_with(|| format!("{name} stopped unexpectedly"));
-                    stop.cancel();
-                }
-            }
-        }
-        match failure {
-            Some(failure) => Err(anyhow::anyhow!(failure)),
-            None => Ok(()),
-        }
-    }
 }
 
 /// What a face's listener does before the face: its rate limit, counted by face.
@@ -493,86 +443,5 @@ impl Application {
         let result = tasks.wait(&stop).await;
         sequencer.abort();
         result
-    }
-}
-
-/// On `shutdown`: readiness off (`draining`), `delay`, then `stop` for every task;
-/// nothing to do if a failing task stopped them first.
-async fn shut_down_in_order(
-    shutdown: CancellationToken,
-    stop: CancellationToken,
-    draining: Vec<Draining>,
-    delay: Duration,
-) {
-    tokio::select! {
-        () = shutdown.cancelled() => {}
-        () = stop.cancelled() => return,
-    }
-    for face in &draining {
-        face.begin();
-    }
-    tracing::info!(
-        ?delay,
-        "shutting down: readiness off; listeners stop after the delay"
-    );
-    tokio::select! {
-        () = tokio::time::sleep(delay) => {}
-        () = stop.cancelled() => {}
-    }
-    stop.cancel();
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_panicking_task_stops_the_process_after_the_others_drain() {
-        let stop = CancellationToken::new();
-        let mut tasks = Supervisor::default();
-        let drained = Arc::new(AtomicBool::new(false));
-        let listener_stop = stop.child_token();
-        let listener_drained = Arc::clone(&drained);
-        // A listener whose in-flight request needs a second after the stop to finish.
-        tasks.spawn("listener", async move {
-            listener_stop.cancelled().await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            listener_drained.store(true, Ordering::SeqCst);
-        });
-        tasks.spawn("doomed", async {
-            tokio::task::yield_now().await;
-            panic!("a bug in a background task");
-        });
-        let result = tasks.wait(&stop).await;
-        assert!(
-            stop.is_cancelled(),
-            "the panic did not cancel the root token"
-        );
-        assert!(
-            drained.load(Ordering::SeqCst),
-            "the process stopped before its listener drained"
-        );
-        let err = result.expect_err("a panic is a failure");
-        assert_eq!(err.to_string(), "doomed panicked");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_task_ending_early_fails_and_a_clean_stop_does_not() {
-        let stop = CancellationToken::new();
-        let mut tasks = Supervisor::default();
-        tasks.spawn("relay", async {});
-        let waiting = stop.child_token();
-        tasks.spawn("listener", async move { waiting.cancelled().await });
-        let err = tasks.wait(&stop).await.unwrap_err();
-        assert_eq!(err.to_string(), "relay stopped unexpectedly");
-
-        let stop = CancellationToken::new();
-        let mut tasks = Supervisor::default();
-        let waiting = stop.child_token();
-        tasks.spawn("listener", async move { waiting.cancelled().await });
-        stop.cancel();
-        tasks.wait(&stop).await.unwrap();
     }
 }

@@ -1,0 +1,146 @@
+//! The process's background tasks and its stop: a [`Supervisor`] watches every task
+//! (the first to end unexpectedly, or panic, stops the rest, which still drain), and
+//! [`shut_down_in_order`] turns a shutdown signal into readiness off, a delay, then the
+//! tasks' stop.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::Draining;
+
+/// The background tasks of a process, each with a name: the first one that ends
+/// unexpectedly, or panics, cancels the root token, and [`Supervisor::wait`] still waits
+/// for the others, so the listeners drain their requests before the process exits.
+#[derive(Debug, Default)]
+pub(super) struct Supervisor {
+    tasks: JoinSet<()>,
+    names: HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Supervisor {
+    /// Runs `task` under the name `name`.
+    pub(super) fn spawn(
+        &mut self,
+        name: &'static str,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let handle = self.tasks.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Waits for every task. A task that ends before `stop` fires, or panics at any
+    /// time, is logged and cancels `stop` (so the others stop and drain); the result
+    /// then names the first such task.
+    pub(super) async fn wait(mut self, stop: &CancellationToken) -> anyhow::Result<()> {
+        let mut failure: Option<String> = None;
+        while let Some(finished) = self.tasks.join_next_with_id().await {
+            let (id, panic) = match finished {
+                Ok((id, ())) => (id, None),
+                Err(err) => (err.id(), Some(err)),
+            };
+            let name = self.names.get(&id).copied().unwrap_or("a task");
+            match panic {
+                Some(err) => {
+                    tracing::error!(task = name, error = %err, "panicked; shutting down");
+                    failure.get_or_insert_with(|| format!("{name} panicked"));
+                    stop.cancel();
+                }
+                None if stop.is_cancelled() => tracing::info!(task = name, "stopped"),
+                None => {
+                    tracing::error!(task = name, "stopped unexpectedly; shutting down");
+                    failure.get_or_insert_with(|| format!("{name} stopped unexpectedly"));
+                    stop.cancel();
+                }
+            }
+        }
+        match failure {
+            Some(failure) => Err(anyhow::anyhow!(failure)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// On `shutdown`: readiness off (`draining`), `delay`, then `stop` for every task;
+/// nothing to do if a failing task stopped them first.
+pub(super) async fn shut_down_in_order(
+    shutdown: CancellationToken,
+    stop: CancellationToken,
+    draining: Vec<Draining>,
+    delay: Duration,
+) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = stop.cancelled() => return,
+    }
+    for face in &draining {
+        face.begin();
+    }
+    tracing::info!(
+        ?delay,
+        "shutting down: readiness off; listeners stop after the delay"
+    );
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        () = stop.cancelled() => {}
+    }
+    stop.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_task_stops_the_process_after_the_others_drain() {
+        let stop = CancellationToken::new();
+        let mut tasks = Supervisor::default();
+        let drained = Arc::new(AtomicBool::new(false));
+        let listener_stop = stop.child_token();
+        let listener_drained = Arc::clone(&drained);
+        // A listener whose in-flight request needs a second after the stop to finish.
+        tasks.spawn("listener", async move {
+            listener_stop.cancelled().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            listener_drained.store(true, Ordering::SeqCst);
+        });
+        tasks.spawn("doomed", async {
+            tokio::task::yield_now().await;
+            panic!("a bug in a background task");
+        });
+        let result = tasks.wait(&stop).await;
+        assert!(
+            stop.is_cancelled(),
+            "the panic did not cancel the root token"
+        );
+        assert!(
+            drained.load(Ordering::SeqCst),
+            "the process stopped before its listener drained"
+        );
+        let err = result.expect_err("a panic is a failure");
+        assert_eq!(err.to_string(), "doomed panicked");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_ending_early_fails_and_a_clean_stop_does_not() {
+        let stop = CancellationToken::new();
+        let mut tasks = Supervisor::default();
+        tasks.spawn("relay", async {});
+        let waiting = stop.child_token();
+        tasks.spawn("listener", async move { waiting.cancelled().await });
+        let err = tasks.wait(&stop).await.unwrap_err();
+        assert_eq!(err.to_string(), "relay stopped unexpectedly");
+
+        let stop = CancellationToken::new();
+        let mut tasks = Supervisor::default();
+        let waiting = stop.child_token();
+        tasks.spawn("listener", async move { waiting.cancelled().await });
+        stop.cancel();
+        tasks.wait(&stop).await.unwrap();
+    }
+}
