@@ -938,3 +938,41 @@ async fn on_shutdown_readiness_turns_false_first_and_requests_in_flight_finish()
     assert_eq!(reply.json()["id"], 2);
     app.task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn metrics_can_be_served_on_an_address_of_their_own() {
+    let db = seeded(5, 2).await;
+    let mut config = TestApp::config(&db);
+    config.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    let app = catalog::startup::Application::build(&config, catalog::startup::Role::All)
+        .await
+        .unwrap();
+    let metrics = app.metrics_addr().expect("a metrics listener");
+    let (reader, writer) = (app.reader_addr().unwrap(), app.writer_addr().unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(stop.clone()));
+    assert_eq!(
+        common::http_request(reader, "GET", "/products/1", &[])
+            .await
+            .status,
+        200
+    );
+    let scraped = common::http_request(metrics, "GET", "/metrics", &[]).await;
+    assert_eq!(scraped.status, 200);
+    assert!(
+        scraped
+            .text()
+            .contains(r#"catalog_http_requests_total{route="product",status="200"} 1"#),
+        "{}",
+        scraped.text()
+    );
+    assert!(scraped.text().contains("catalog_l1_entries"));
+    // The public faces no longer expose it.
+    for face in [reader, writer] {
+        common::http_request(face, "GET", "/metrics", &[])
+            .await
+            .assert_problem(404, "not-found");
+    }
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}

@@ -142,6 +142,9 @@ pub struct Config {
     pub reader_addr: SocketAddr,
     /// `CATALOG_WRITER_ADDR`: where the admin (write) face listens.
     pub writer_addr: SocketAddr,
+    /// `CATALOG_METRICS_ADDR`: a listener of its own for `/metrics` (the faces then
+    /// answer it 404); `None`: each face serves `/metrics`.
+    pub metrics_addr: Option<SocketAddr>,
     /// `CATALOG_ADMIN_TOKENS`: comma-separated bearer tokens accepted by the admin face.
     pub admin_tokens: Vec<Secret>,
     /// `CATALOG_DB_POOL_SIZE`: connections per PostgreSQL pool (primary, and each replica).
@@ -263,6 +266,7 @@ impl Config {
             synchronous_commit: None,
             reader_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             writer_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            metrics_addr: None,
             admin_tokens: Vec::new(),
             db_pool_size: 16,
             db_timeout: Duration::from_secs(2),
@@ -343,6 +347,7 @@ impl Config {
             })?;
         config.reader_addr = var.or("CATALOG_READER_ADDR", config.reader_addr, parse_from_str)?;
         config.writer_addr = var.or("CATALOG_WRITER_ADDR", config.writer_addr, parse_from_str)?;
+        config.metrics_addr = var.optional("CATALOG_METRICS_ADDR", parse_from_str)?;
         config.admin_tokens = var.or("CATALOG_ADMIN_TOKENS", Vec::new(), parse_tokens)?;
         config.db_pool_size = var.or("CATALOG_DB_POOL_SIZE", 16, |raw| {
             parse_in_range(raw, 1..=1000)

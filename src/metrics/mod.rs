@@ -5,6 +5,7 @@
 //! label lookup, hashing or lock. prometheus-client's own `Histogram` takes a mutex per
 //! observation, so [`AtomicHistogram`] replaces it.
 
+pub mod face;
 mod http;
 
 pub use http::{AtomicHistogram, HttpMetrics, RouteLabel, RouteMetrics};

@@ -148,6 +148,8 @@ pub struct Reader {
     cors: Option<Cors>,
     /// Set when shutdown begins: `/readyz` turns 503.
     draining: Draining,
+    /// `/metrics` is served by its own listener, not here.
+    metrics_elsewhere: bool,
     /// Where hits queue documents past the soft TTL for [`Reader::refresh_ahead_loop`].
     refresh_queue: tokio::sync::mpsc::Sender<i64>,
     /// The queue's other end, taken by the refresh task.
@@ -183,9 +185,21 @@ impl Reader {
             ttl: settings.ttl,
             cors: settings.cors,
             draining: Draining::default(),
+            metrics_elsewhere: false,
             refresh_queue,
             refresh_rx: std::sync::Mutex::new(Some(refresh_rx)),
         }
+    }
+
+    /// Leaves `/metrics` to the metrics listener (`CATALOG_METRICS_ADDR`): 404 here.
+    pub fn metrics_elsewhere(mut self) -> Self {
+        self.metrics_elsewhere = true;
+        self
+    }
+
+    /// The L1 this reader serves from (for the metrics listener's exposition).
+    pub fn l1(&self) -> &L1 {
+        &self.l1
     }
 
     /// Set when shutdown begins, to turn readiness off first.
@@ -299,6 +313,7 @@ impl Reader {
             }
             Route::Healthz => Ok(plain::healthy()),
             Route::Readyz => self.readyz(),
+            Route::Metrics if self.metrics_elsewhere => Err(ReadError::RouteNotFound),
             Route::Metrics => Ok(self.metrics_text()),
         }
     }

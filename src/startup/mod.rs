@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::http::rate::{Rate, RateLimit};
 use crate::http::{self, Draining, Limits, Policy};
 use crate::metrics::Metrics;
+use crate::metrics::face::MetricsFace;
 use crate::read::cors::Cors;
 use crate::read::{DocumentTtl, Freshness, HttpCaching, Reader, ReaderSettings};
 use crate::store::postgres::{self, PoolSettings};
@@ -118,6 +119,8 @@ pub struct Application {
     write_rate: Option<Rate>,
     /// How long readiness is off before the listeners stop.
     shutdown_delay: Duration,
+    /// The metrics listener (`CATALOG_METRICS_ADDR`), if any.
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Application {
@@ -174,6 +177,14 @@ impl Application {
             }
             Role::Reader => None,
         };
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (CATALOG_METRICS_ADDR)"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             read,
             write,
@@ -186,6 +197,7 @@ impl Application {
             read_rate: config.read_rate,
             write_rate: config.write_rate,
             shutdown_delay: config.shutdown_delay,
+            metrics_listener,
         })
     }
 
@@ -250,7 +262,7 @@ impl Application {
                 settings,
             )
         });
-        let reader = Arc::new(Reader::new(
+        let reader = Reader::new(
             l1,
             l2,
             Freshness {
@@ -275,7 +287,11 @@ impl Application {
                 },
                 cors: Cors::new(&config.read.cors_origins),
             },
-        ));
+        );
+        let reader = Arc::new(match config.metrics_addr {
+            Some(_) => reader.metrics_elsewhere(),
+            None => reader,
+        });
         let listener = TcpListener::bind(config.reader_addr)
             .await
             .with_context(|| {
@@ -332,7 +348,7 @@ impl Application {
             },
             Arc::clone(metrics),
         );
-        let writer = Arc::new(Writer::new(
+        let writer = Writer::new(
             primary,
             config.admin_tokens.clone(),
             Arc::clone(metrics),
@@ -342,7 +358,11 @@ impl Application {
                 db_timeout: config.db_timeout,
                 body_grace: config.read.header_read_timeout,
             },
-        ));
+        );
+        let writer = Arc::new(match config.metrics_addr {
+            Some(_) => writer.metrics_elsewhere(),
+            None => writer,
+        });
         let listener = TcpListener::bind(config.writer_addr)
             .await
             .with_context(|| {
@@ -373,6 +393,13 @@ impl Application {
             .and_then(|w| w.listener.local_addr().ok())
     }
 
+    /// The address the metrics listener listens on, if this process runs one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` is cancelled (or a task fails), then stops: readiness
     /// turns false first, the listeners keep serving for the shutdown delay (so a
     /// balancer notices), then they stop accepting and drain in-flight requests.
@@ -396,6 +423,18 @@ impl Application {
             self.shutdown_delay,
         ));
         let mut tasks = Supervisor::default();
+        if let Some(listener) = self.metrics_listener {
+            let l1 = self.read.as_ref().map(|read| read.reader.l1().clone());
+            let face = Arc::new(MetricsFace::new(Arc::clone(&self.metrics), l1));
+            let serve = http::serve(
+                listener,
+                face,
+                self.limits,
+                Policy::default(),
+                stop.child_token(),
+            );
+            tasks.spawn("metrics listener", serve);
+        }
         if let Some(read) = self.read {
             let checks = Arc::clone(&read.databases).run_checks(
                 Arc::clone(&self.metrics),

@@ -87,6 +87,8 @@ pub struct Writer {
     limits: WriterLimits,
     /// Set when shutdown begins: `/readyz` turns 503.
     draining: Draining,
+    /// `/metrics` is served by its own listener, not here.
+    metrics_elsewhere: bool,
 }
 
 impl Writer {
@@ -104,7 +106,14 @@ impl Writer {
             metrics,
             limits,
             draining: Draining::default(),
+            metrics_elsewhere: false,
         }
+    }
+
+    /// Leaves `/metrics` to the metrics listener (`CATALOG_METRICS_ADDR`): 404 here.
+    pub fn metrics_elsewhere(mut self) -> Self {
+        self.metrics_elsewhere = true;
+        self
     }
 
     /// Set when shutdown begins, to turn readiness off first.
@@ -164,6 +173,7 @@ impl Writer {
                 within(self.limits.db_timeout, probe).await?;
                 Ok(plain::ready())
             }
+            AdminRoute::Metrics if self.metrics_elsewhere => Err(WriteError::RouteNotFound),
             AdminRoute::Metrics => Ok(plain::metrics(self.metrics.render(None))),
             AdminRoute::Product(raw_id) => self.product(request, raw_id).await,
             AdminRoute::Bulk => {
