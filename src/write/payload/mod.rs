@@ -109,6 +109,9 @@ fn bounded_text(
     if value.chars().any(char::is_control) && field != "description" {
         return Err(invalid(field, "must not contain control characters"));
     }
+    if value.contains('\0') {
+        return Err(invalid(field, "must not contain NUL characters"));
+    }
     Ok(())
 }
 
@@ -160,17 +163,25 @@ impl ProductInput {
                 format!("must nest at most {MAX_ATTRIBUTES_DEPTH} levels of objects and arrays"),
             ));
         }
-        if self.attributes.to_string().len() > MAX_ATTRIBUTES_BYTES {
+        let attributes = self.attributes.to_string();
+        if attributes.len() > MAX_ATTRIBUTES_BYTES {
             return Err(invalid(
                 "attributes",
                 format!("must be at most {MAX_ATTRIBUTES_BYTES} bytes"),
             ));
         }
+        // PostgreSQL's jsonb cannot hold a NUL character: refused here, not by the database.
+        if attributes.contains("\\u0000") {
+            return Err(invalid("attributes", "must not contain NUL characters"));
+        }
         if self.images.len() > MAX_IMAGES {
             return Err(invalid("images", format!("at most {MAX_IMAGES}")));
         }
         for url in &self.images {
-            if url.len() > MAX_URL || !(url.starts_with("https://") || url.starts_with("http://")) {
+            if url.len() > MAX_URL
+                || !(url.starts_with("https://") || url.starts_with("http://"))
+                || url.chars().any(char::is_control)
+            {
                 return Err(invalid(
                     "images",
                     "each must be an http(s) URL of at most 2048 bytes",

@@ -202,3 +202,30 @@ fn merge_patches_follow_rfc_7396() {
     let cleared = lamp.patched(br#"{"images":null}"#).unwrap();
     assert!(cleared.images.is_empty());
 }
+
+#[test]
+fn nul_characters_are_refused_where_postgresql_cannot_store_them() {
+    let with = |field: &str, value: serde_json::Value| {
+        let mut product = serde_json::json!({
+            "sku": "NUL-1",
+            "name": "Lamp",
+            "price": {"amount": 100, "currency": "EUR"},
+        });
+        product[field] = value;
+        ProductInput::parse(product.to_string().as_bytes())
+    };
+    for (field, value) in [
+        ("description", serde_json::json!("a\u{0}b")),
+        ("brand", serde_json::json!("a\u{0}b")),
+        ("attributes", serde_json::json!({"k": "a\u{0}b"})),
+        ("attributes", serde_json::json!({"a\u{0}b": 1})),
+        ("images", serde_json::json!(["https://img/a\u{0}b.jpg"])),
+    ] {
+        let refused = with(field, value.clone());
+        assert!(
+            matches!(&refused, Err(WriteError::Invalid { field: f, .. }) if *f == field),
+            "{field} {value}: {refused:?}"
+        );
+    }
+    assert!(with("description", serde_json::json!("line\nbreak")).is_ok());
+}
