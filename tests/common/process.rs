@@ -196,13 +196,16 @@ pub struct OwnStack {
 }
 
 impl OwnStack {
-    /// `ops/dev.sh up` on three ports from 31000 up; ports found taken (its preflight
-    /// refuses them) are retried elsewhere, a few times.
+    /// `ops/dev.sh up` on three ports between 12000 and 15000: below Linux's ephemeral
+    /// range (32768 up, where outgoing connections take ports), clear of the dev stack's
+    /// (15432, 15433, 16379) and of the tests' own Redis servers (20000 to 29999).
+    /// Ports found taken (its preflight refuses them) are retried elsewhere, a few times.
     pub fn up() -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
+        let mut refused = String::new();
         for _ in 0..5 {
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let base = 31_000 + ((std::process::id() * 13 + n * 101) % 1_500) as u16 * 3;
+            let base = 12_000 + ((std::process::id() * 13 + n * 101) % 1_000) as u16 * 3;
             let stack = Self {
                 dir: std::env::temp_dir()
                     .join(format!("catalog-faults-{}-{n}", std::process::id())),
@@ -214,14 +217,14 @@ impl OwnStack {
             if output.status.success() {
                 return stack;
             }
-            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            refused = String::from_utf8_lossy(&output.stderr).into_owned();
             drop(stack); // cleans what it started
             assert!(
-                stderr.contains("already in use"),
-                "ops/dev.sh up failed:\n{stderr}"
+                refused.contains("already in use"),
+                "ops/dev.sh up failed:\n{refused}"
             );
         }
-        panic!("no free ports for a test's own stack after 5 tries");
+        panic!("no free ports for a test's own stack after 5 tries; the last refusal:\n{refused}");
     }
 
     /// `ops/dev.sh <args>` on this stack, bounded by its own waits.
