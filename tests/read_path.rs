@@ -9,16 +9,22 @@ use common::fault::{self, FaultProxy};
 use common::{OwnRedis, TestApp, TestDb, poll, replica_has_products, seeded};
 use serde_json::Value;
 
-/// A configuration whose replica is reached through a fault proxy, without Redis, and
-/// whose health check is too slow to notice the proxy's faults first: reads meet the
-/// replica as the proxy leaves it.
+/// A configuration whose replica is reached through a fault proxy, without Redis.
 async fn replica_behind_proxy(db: &TestDb) -> (FaultProxy, catalog::config::Config) {
     let proxy = FaultProxy::start(fault::target(&db.replica_url)).await;
     let mut config = TestApp::config(db);
     config.replica_urls = vec![fault::through(&db.replica_url, proxy.addr)];
     config.redis_url = None;
-    config.read.replica_check_interval = Duration::from_secs(600);
     (proxy, config)
+}
+
+/// Waits until the app's replica is in its healthy set (its first probe, through a
+/// proxy on a busy machine, may have been too slow).
+async fn replica_healthy(app: &TestApp) {
+    poll(|| async {
+        (app.metric(r#"catalog_replica_healthy{replica="0"}"#).await == 1.0).then_some(())
+    })
+    .await;
 }
 
 async fn visible_product(db: &TestDb) -> (i64, String) {
@@ -663,6 +669,7 @@ async fn a_frozen_replica_costs_a_read_its_deadline_not_minutes() {
     let (proxy, mut config) = replica_behind_proxy(&db).await;
     config.db_timeout = Duration::from_millis(300);
     let app = TestApp::spawn(&config).await;
+    replica_healthy(&app).await;
     assert_eq!(app.get("/products/1").await.status, 200);
     assert_eq!(app.metric("catalog_db_reads_replica_total").await, 1.0);
 
@@ -914,6 +921,7 @@ async fn on_shutdown_readiness_turns_false_first_and_requests_in_flight_finish()
     let (replica, mut config) = replica_behind_proxy(&db).await;
     config.shutdown_delay = Duration::from_millis(500);
     let app = TestApp::spawn(&config).await;
+    replica_healthy(&app).await;
     assert_eq!(app.get("/readyz").await.status, 200);
     assert_eq!(app.get("/products/1").await.status, 200);
 
