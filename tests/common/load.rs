@@ -261,47 +261,11 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: String,
 ) -> Result<Reply, String> {
-    use http_body_util::BodyExt as _;
-    let exchange = async {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(connection);
-        let mut request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", addr.to_string());
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        if !body.is_empty() {
-            request = request.header("content-type", "application/json");
-        }
-        let request = request
-            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("send: {e}"))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("body: {e}"))?
-            .to_bytes();
-        Ok(Reply {
-            status,
-            headers,
-            body,
-        })
-    };
+    let mut all = headers.to_vec();
+    if !body.is_empty() {
+        all.push(("content-type", "application/json"));
+    }
+    let exchange = super::try_http_request(addr, method, path, &all, body.into());
     tokio::time::timeout(REQUEST_DEADLINE, exchange)
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {REQUEST_DEADLINE:?}")))

@@ -329,12 +329,28 @@ pub async fn http_request_with_body(
     headers: &[(&str, &str)],
     body: bytes::Bytes,
 ) -> Reply {
+    try_http_request(addr, method, path, headers, body)
+        .await
+        .unwrap_or_else(|failure| panic!("{method} {path}: {failure}"))
+}
+
+/// One request on a fresh HTTP/1.1 connection; a failure (connect, handshake, send,
+/// body) is a value, for callers that count failures instead of failing.
+pub async fn try_http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: bytes::Bytes,
+) -> Result<Reply, String> {
     use http_body_util::BodyExt as _;
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
-            .expect("handshake");
+            .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(connection);
     let mut request = hyper::Request::builder()
         .method(method)
@@ -343,21 +359,26 @@ pub async fn http_request_with_body(
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let request = request.body(http_body_util::Full::new(body)).unwrap();
-    let response = sender.send_request(request).await.expect("send");
+    let request = request
+        .body(http_body_util::Full::new(body))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = response
         .into_body()
         .collect()
         .await
-        .expect("body")
+        .map_err(|e| format!("body: {e}"))?
         .to_bytes();
-    Reply {
+    Ok(Reply {
         status,
         headers,
         body,
-    }
+    })
 }
 
 /// A migrated database with a seeded catalog whose products are all active, visible on
