@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use catalog::checker::{Event, Report};
 use catalog::startup::Role;
 use common::admin::{lamp, patch_stock, product_in_category, set_stock, wait_for_version};
-use common::{OwnRedis, Stack, TestApp, poll, seeded};
+use common::{OwnRedis, Stack, TestApp, TestDb, poll, seeded};
 use fred::prelude::*;
 
 #[tokio::test]
@@ -394,11 +394,34 @@ async fn all_in_one_without_redis_invalidates_over_the_in_process_bus() {
     app.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_relay_round_stopped_at_its_batch_limit_carries_no_watermark() {
+/// A relay of the test's own, publishing to the test database's Redis stream only when
+/// the test runs its rounds.
+async fn own_relay(
+    db: &TestDb,
+    config: &catalog::config::Config,
+) -> catalog::coherence::relay::Relay {
     use catalog::coherence::relay::{Relay, Sink};
     use catalog::store::redis::{L2, L2Config};
 
+    let l2 = L2::connect(&L2Config {
+        url: config.redis_url.clone().unwrap(),
+        prefix: config.redis_prefix.clone(),
+        ttl: config.l2_ttl,
+        command_timeout: config.redis_timeout,
+        breaker_trips: Default::default(),
+    })
+    .unwrap();
+    l2.wait_connected(Duration::from_secs(5)).await.unwrap();
+    Relay::new(
+        db.primary.clone(),
+        Sink::redis(l2, &config.redis_prefix, config.stream_max_len),
+        Arc::new(catalog::metrics::Metrics::new()),
+        config.heartbeat,
+    )
+}
+
+#[tokio::test]
+async fn a_relay_round_stopped_at_its_batch_limit_carries_no_watermark() {
     let db = seeded(10, 4).await;
     let config = TestApp::config(&db);
     // A reader alone: nothing publishes until this test runs the relay's rounds.
@@ -429,21 +452,7 @@ async fn a_relay_round_stopped_at_its_batch_limit_carries_no_watermark() {
         .await
         .unwrap();
 
-    let l2 = L2::connect(&L2Config {
-        url: config.redis_url.clone().unwrap(),
-        prefix: config.redis_prefix.clone(),
-        ttl: config.l2_ttl,
-        command_timeout: config.redis_timeout,
-        breaker_trips: Default::default(),
-    })
-    .unwrap();
-    l2.wait_connected(Duration::from_secs(5)).await.unwrap();
-    let relay = Relay::new(
-        db.primary.clone(),
-        Sink::redis(l2, &config.redis_prefix, config.stream_max_len),
-        Arc::new(catalog::metrics::Metrics::new()),
-        config.heartbeat,
-    );
+    let relay = own_relay(&db, &config).await;
     // One round: the oldest 256 rows, not the product's.
     assert_eq!(relay.round().await.unwrap(), 256);
     poll(|| async { (app.metric("catalog_invalidations_total").await >= 256.0).then_some(()) })
@@ -462,6 +471,58 @@ async fn a_relay_round_stopped_at_its_batch_limit_carries_no_watermark() {
     // The next round drains the backlog and carries the watermark again.
     assert_eq!(relay.round().await.unwrap(), 46);
     wait_for_version(&app, id, 2).await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_single_write_is_published_before_a_bulk_import_backlog() {
+    let db = seeded(10, 4).await;
+    let config = TestApp::config(&db);
+    // A reader alone: nothing publishes until this test runs the relay's rounds.
+    let app = TestApp::spawn(&config).await;
+    let (id, _) = product_in_category(&db).await;
+    assert_eq!(
+        app.get(&format!("/products/{id}")).await.json()["version"],
+        1
+    );
+    // A bulk import's backlog, committed before the product's single write.
+    let mut tx = db.primary.begin().await.unwrap();
+    catalog::write::tx::outbox::bulk_lane(&mut tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "insert into outbox (product_id, version, categories, created_at) \
+         select g, 1, '{}', clock_timestamp() from generate_series(900001, 900600) g",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    catalog::write::tx::product::patch(&db.primary, id, br#"{"stock": 78}"#, None)
+        .await
+        .unwrap();
+
+    let relay = own_relay(&db, &config).await;
+    // The first round takes the single write ahead of the older bulk rows.
+    assert_eq!(relay.round().await.unwrap(), 256);
+    let published: bool = sqlx::query_scalar(
+        "select published_at is not null from outbox where product_id = $1 and version = 2",
+    )
+    .bind(id)
+    .fetch_one(&db.primary)
+    .await
+    .unwrap();
+    assert!(published, "the single write waited behind the bulk backlog");
+    wait_for_version(&app, id, 2).await;
+    // The bulk lane follows, oldest first, until it is drained.
+    assert_eq!(relay.round().await.unwrap(), 256);
+    assert_eq!(relay.round().await.unwrap(), 89);
+    let unpublished: i64 =
+        sqlx::query_scalar("select count(*) from outbox where published_at is null")
+            .fetch_one(&db.primary)
+            .await
+            .unwrap();
+    assert_eq!(unpublished, 0);
     app.shutdown().await;
 }
 

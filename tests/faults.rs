@@ -878,7 +878,7 @@ async fn writer_killed_mid_bulk_import_then_the_import_re_run() {
     let bearer = format!("Bearer {}", common::ADMIN_TOKEN);
 
     // Readers keep reading the hot set meanwhile. The bulk import is the write under
-    // test: PATCHes beside it wait behind its outbox rows (see the ignored test below).
+    // test (PATCHes beside an import are the next test's).
     let load = Load::start(reader.clone(), None, HOT, READERS, WRITE_PAUSE);
     let import = {
         let (addr, body, bearer) = (writer.get(), body.clone(), bearer.clone());
@@ -977,10 +977,6 @@ async fn writer_killed_mid_bulk_import_then_the_import_re_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding: invalidations queue behind a bulk import's outbox rows (256 per relay \
-            round), so a PATCH of another product reaches readers seconds later while a \
-            20,000-line import publishes; docs/coherence.md promises milliseconds and states \
-            no such limit"]
 async fn a_write_beside_a_bulk_import_reaches_readers_within_the_window() {
     const FIRST: i64 = 1_001;
     const LINES: i64 = 20_000;

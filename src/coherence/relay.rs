@@ -6,7 +6,8 @@
 //! relay `LISTEN`s, so it runs within milliseconds of a commit (and every second anyway,
 //! in case a notification was lost while its connection was down). One round, in one
 //! transaction on the primary: lock `relay_state` (one relay at a time, so the sequence
-//! stays dense), take the oldest unpublished rows, `XADD` each to
+//! stays dense), take the oldest unpublished rows (single writes before a bulk import's:
+//! see [`crate::write::tx::outbox::bulk_lane`]), `XADD` each to
 //! `<prefix>invalidations` (`MAXLEN ~`) with the next sequence number and the stream's
 //! epoch, write each product's current document (or tombstone) to L2 by version, then
 //! mark the rows published and advance the sequence. When the round took every
@@ -266,7 +267,7 @@ impl Relay {
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "select id, product_id, purge, coalesce(version, 0) as version, categories, \
              (extract(epoch from created_at) * 1000000)::bigint as created_micros \
-             from outbox where published_at is null order by id limit $1",
+             from outbox where published_at is null order by bulk, id limit $1",
         )
         .bind(BATCH)
         .fetch_all(&mut *tx)

@@ -106,6 +106,7 @@ pub async fn put_batch(pool: &PgPool, items: &[BulkItem]) -> Result<BatchCommitt
 /// set-based statements; returns each item's version and whether it was created.
 async fn put_set(pool: &PgPool, items: &[&BulkItem]) -> Result<Vec<Written>, WriteError> {
     let mut tx = pool.begin().await?;
+    outbox::bulk_lane(&mut tx).await?;
     let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
     let before: Vec<(i64, Vec<String>)> = sqlx::query_as(
         "select p.id, array(select c.slug from product_categories pc \
@@ -214,6 +215,7 @@ async fn put_set(pool: &PgPool, items: &[&BulkItem]) -> Result<Vec<Written>, Wri
 /// that fails (a taken SKU, an unknown category) is rolled back alone.
 async fn put_each(pool: &PgPool, items: &[BulkItem]) -> Result<BatchCommitted, WriteError> {
     let mut tx = pool.begin().await?;
+    outbox::bulk_lane(&mut tx).await?;
     let mut outcomes = Vec::with_capacity(items.len());
     for item in items {
         let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;

@@ -1,6 +1,8 @@
 //! Outbox rows and the commit: every write transaction inserts the rows that announce
 //! its changes, then [`commit`] notifies the relay (delivered at commit) and commits.
-//! Operator purges are transactions of outbox rows alone.
+//! Operator purges are transactions of outbox rows alone. A bulk import's transactions
+//! put their rows in the bulk lane ([`bulk_lane`]), which the relay publishes after the
+//! single writes waiting beside it.
 //!
 //! After the commit, the face reads the write's token with [`token`]: the primary's WAL
 //! position then, at or past the commit record. A committed write is acknowledged
@@ -62,6 +64,16 @@ pub async fn insert(
     .bind(purge)
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Puts every outbox row `tx` inserts from now on in the bulk lane: the relay publishes
+/// them after the rows of single writes, so a large import does not hold up the writes
+/// made beside it (the column's default reads this transaction-local setting).
+pub async fn bulk_lane(tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+    sqlx::query("set local catalog.outbox_lane = 'bulk'")
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
