@@ -439,26 +439,6 @@ async fn conflicting_content_length_and_transfer_encoding_are_refused() {
     app.shutdown().await;
 }
 
-#[tokio::test]
-#[ignore = "finding: hyper removes Content-Length when Transfer-Encoding is present (RFC 9112 §6.3 allows it: chunked wins, and the connection is closed after the answer, which the passing test beside this one checks), so the conflict is invisible once the head is parsed; refusing it needs a check of the raw head before hyper's parser (src/http/mod.rs)"]
-async fn a_request_with_both_content_length_and_transfer_encoding_is_refused() {
-    let (db, app) = hostile_app().await;
-    let (id, _) = product_in_category(&db).await;
-    let before = primary_snapshot(&db).await;
-    let patch = r#"{"stock": 77}"#;
-    let both = format!(
-        "PATCH /admin/products/{id} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{patch}\r\n0\r\n\r\n",
-        bearer(),
-        patch.len(),
-        patch.len(),
-    );
-    let reply = raw(app.writer.unwrap(), both.as_bytes(), Duration::from_secs(2)).await;
-    assert_eq!(reply.status, Some(400), "{reply:?}");
-    assert!(reply.closed, "{reply:?}");
-    assert_eq!(primary_snapshot(&db).await, before, "the write was applied");
-    app.shutdown().await;
-}
-
 /// Writes `bytes` one at a time, `pause` apart, until the server closes or `limit`
 /// passes; how long the server took to close, `None` if it never did.
 async fn drip(
