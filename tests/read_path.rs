@@ -984,3 +984,89 @@ async fn metrics_can_be_served_on_an_address_of_their_own() {
     stop.cancel();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn reads_around_the_caches_are_bounded_by_the_bypass_limit() {
+    let db = seeded(10, 2).await;
+    let (replica, mut config) = replica_behind_proxy(&db).await;
+    let primary = FaultProxy::start(fault::target(&db.primary_url)).await;
+    config.database_url = fault::through(&db.primary_url, primary.addr);
+    config.read.token_bypass_max = 1;
+    // A reader alone, without a feed: its watermark never moves, so every token read
+    // goes around the caches.
+    let app = TestApp::spawn(&config).await;
+    replica_healthy(&app).await;
+    let committed = catalog::write::tx::product::patch(&db.primary, 1, br#"{"stock": 5}"#, None)
+        .await
+        .unwrap();
+    assert_eq!(committed.written.version, 2);
+    let token = catalog::write::tx::outbox::token(&db.primary, Duration::from_secs(2))
+        .await
+        .expect("the write's token");
+    let with_token = [("min-catalog-token", token.as_str())];
+    // The first read learns the primary's position and goes around the caches.
+    let read = app.request("GET", "/products/1", &with_token).await;
+    assert_eq!(read.json()["version"], 2);
+    assert_eq!(app.metric("catalog_token_bypasses_total").await, 1.0);
+
+    // Every database stops answering: the next token read holds the one permit...
+    replica.freeze();
+    primary.freeze();
+    let addr = app.addr;
+    let token_read = {
+        let token = token.clone();
+        tokio::spawn(async move {
+            common::http_request(addr, "GET", "/products/1", &[("min-catalog-token", &token)]).await
+        })
+    };
+    poll(|| async { (app.metric("catalog_token_bypasses_total").await == 2.0).then_some(()) })
+        .await;
+    // ...so another is refused at once, without reaching a database.
+    let refused = app.request("GET", "/products/2", &with_token).await;
+    refused.assert_problem(503, "unavailable");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert!(
+        !token_read.is_finished(),
+        "the first token read did not wait"
+    );
+    assert_eq!(app.metric("catalog_token_bypasses_total").await, 2.0);
+    // Reads without a token are not limited by it: L1 answers.
+    assert_eq!(app.get("/products/1").await.status, 200);
+
+    replica.thaw();
+    primary.thaw();
+    token_read.await.unwrap();
+    // The permit is back.
+    let read = app.request("GET", "/products/2", &with_token).await;
+    assert_eq!(read.status, 200, "{}", read.text());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reader_starts_and_serves_while_the_primary_is_down() {
+    let db = seeded(10, 2).await;
+    replica_has_products(&db, 10).await;
+    let (replica, mut config) = replica_behind_proxy(&db).await;
+    let primary = FaultProxy::start(fault::target(&db.primary_url)).await;
+    primary.down();
+    config.database_url = fault::through(&db.primary_url, primary.addr);
+    let app = TestApp::spawn(&config).await;
+    replica_healthy(&app).await;
+    assert_eq!(app.get("/healthz").await.status, 200);
+    assert_eq!(app.get("/readyz").await.status, 200);
+    let read = app.get("/products/3").await;
+    assert_eq!(read.status, 200, "{}", read.text());
+    assert_eq!(read.json()["id"], 3);
+    assert_eq!(app.get("/categories").await.status, 200);
+    assert_eq!(app.metric("catalog_db_reads_primary_total").await, 0.0);
+
+    // The primary comes back and the replica goes: the same reader reads the primary,
+    // without a restart.
+    primary.up();
+    replica.down();
+    let read = app.get("/products/4").await;
+    assert_eq!(read.status, 200, "{}", read.text());
+    assert_eq!(read.json()["id"], 4);
+    assert!(app.metric("catalog_db_reads_primary_total").await >= 1.0);
+    app.shutdown().await;
+}
