@@ -10,7 +10,7 @@
 //! The tests run one at a time (a lock): they measure recovery times, and one of them
 //! pauses replay on the shared replica. Tests that stop a server use servers of their
 //! own: a Redis per test, a fault proxy in front of the shared PostgreSQL nodes, and
-//! for failover a primary + replica pair started with `ops/dev.sh`.
+//! for a stopped primary and for failover a primary + replica pair started with `ops/dev.sh`.
 
 mod common;
 
@@ -580,17 +580,11 @@ async fn primary_partitioned_then_back() {
     );
 }
 
-// ------------------------------------------------------------------ failover
+// ------------------------------------------------------------------ own stack
 
-/// A primary + replica of the test's own, failed over under load: the primary crashes
-/// (immediate shutdown), the replica is promoted, and the address the catalogd
-/// processes use for the primary (a proxy) moves to it. With `synchronous`, the replica
-/// is a synchronous standby and the writer commits with `remote_apply`. Without it,
-/// the primary's WAL sender is stopped (`SIGSTOP`) for the last second before the
-/// crash, so acknowledged writes are missing from it. Returns the acknowledged writes
-/// the promoted primary lacks.
-async fn failover(synchronous: bool) -> usize {
-    let _serial = SERIAL.lock().await;
+/// A primary + replica + Redis of the test's own (`ops/dev.sh`), migrated and seeded
+/// with the hot set, which the replica has replayed; and a pool on its primary.
+async fn own_seeded_stack() -> (OwnStack, PgPool) {
     let stack = tokio::task::block_in_place(OwnStack::up);
     let primary = common::pool(&stack.primary_url(), 4).await;
     catalog::store::postgres::migrate(&primary)
@@ -607,6 +601,119 @@ async fn failover(synchronous: bool) -> usize {
         .execute(&primary)
         .await
         .unwrap();
+    let replica = common::pool(&stack.replica_url(), 1).await;
+    poll(|| async {
+        let n: i64 = sqlx::query_scalar("select count(*) from products where active")
+            .fetch_one(&replica)
+            .await
+            .ok()?;
+        (n == HOT).then_some(())
+    })
+    .await;
+    (stack, primary)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_stopped_then_restarted() {
+    let _serial = SERIAL.lock().await;
+    let (stack, primary) = own_seeded_stack().await;
+    let writer = Catalogd::start(
+        "writer",
+        &writer_env(&stack.primary_url(), &stack.redis_url(), "s:"),
+    )
+    .await;
+    let reader = Catalogd::start(
+        "reader",
+        &reader_env(
+            &stack.primary_url(),
+            &stack.replica_url(),
+            &stack.redis_url(),
+            "s:",
+        ),
+    )
+    .await;
+    warm(reader.reader.unwrap()).await;
+    let (reader_t, writer_t) = (
+        Target::new(reader.reader.unwrap()),
+        Target::new(writer.writer.unwrap()),
+    );
+
+    let load = load(&reader_t, &writer_t);
+    run_for(Duration::from_secs(2)).await;
+    // A real stop of the primary server (a fast shutdown: sessions are ended, the
+    // replica keeps serving what it replayed and tries to reconnect).
+    let stopped = Instant::now();
+    tokio::task::block_in_place(|| stack.dev_ok(&["stop", "primary"]));
+    run_for(Duration::from_secs(4)).await;
+    let writer_ready = request(writer_t.get(), "GET", "/readyz", &[], String::new()).await;
+    tokio::task::block_in_place(|| stack.dev_ok(&["up"]));
+    let heal = Instant::now();
+    run_for(Duration::from_secs(4)).await;
+    let outcome = load.finish().await;
+
+    outbox_drained(&primary).await;
+    let converge = converged(reader_t.get(), &primary).await;
+    let report = outcome.report(SILENT_FEED_WINDOW);
+    let figures = Figures {
+        name: "primary stopped 4 s, then started",
+        outcome: &outcome,
+        report: &report,
+        lost: outcome.lost_writes(&primary).await,
+        heal,
+        converge,
+    };
+    let refused = outcome
+        .write_errors
+        .iter()
+        .filter(|f| f.at >= stopped && f.at < heal)
+        .count();
+    figures.print(&format!(
+        "; writer: {refused} writes refused while stopped, {} 503s without Retry-After, \
+         /readyz {:?}",
+        outcome.unavailable_without_retry_after,
+        writer_ready.as_ref().map(|r| r.status)
+    ));
+    figures.assert_guarantees(true);
+    assert!(
+        refused > 0,
+        "no write was refused while the primary was stopped"
+    );
+    assert!(
+        outcome
+            .write_errors
+            .iter()
+            .all(|f| f.what.starts_with("503 ")),
+        "a write failed otherwise than with 503: {:?}",
+        outcome
+            .write_errors
+            .iter()
+            .find(|f| !f.what.starts_with("503 "))
+    );
+    assert_eq!(
+        outcome.unavailable_without_retry_after, 0,
+        "a 503 without Retry-After"
+    );
+    assert_eq!(
+        writer_ready.map(|r| r.status),
+        Ok(503),
+        "writer /readyz while the primary was stopped"
+    );
+    drop((reader, writer));
+    drop(stack);
+}
+
+// ------------------------------------------------------------------ failover
+
+/// A primary + replica of the test's own, failed over under load: the primary crashes
+/// (immediate shutdown), the replica is promoted, and the address the catalogd
+/// processes use for the primary (a proxy) moves to it. With `synchronous`, the replica
+/// is a synchronous standby and the writer commits with `remote_apply`. Without it,
+/// the primary's WAL sender is stopped (`SIGSTOP`) for the last second before the
+/// crash, so acknowledged writes are missing from it. Returns the acknowledged writes
+/// the promoted primary lacks.
+async fn failover(synchronous: bool) -> usize {
+    let _serial = SERIAL.lock().await;
+    let (stack, primary) = own_seeded_stack().await;
     if synchronous {
         sqlx::query("alter system set synchronous_standby_names = 'catalog_replica'")
             .execute(&primary)
@@ -618,15 +725,6 @@ async fn failover(synchronous: bool) -> usize {
             .unwrap();
     }
     let replica = common::pool(&stack.replica_url(), 2).await;
-    poll(|| async {
-        let n: i64 = sqlx::query_scalar("select count(*) from products where active")
-            .fetch_one(&replica)
-            .await
-            .ok()?;
-        (n == HOT).then_some(())
-    })
-    .await;
-
     let replica_addr = fault::target(&stack.replica_url());
     let proxy = FaultProxy::start(fault::target(&stack.primary_url())).await;
     let primary_via_proxy = fault::through(&stack.primary_url(), proxy.addr);
