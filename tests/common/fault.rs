@@ -86,6 +86,11 @@ impl FaultProxy {
         *self.trigger.lock().unwrap() = Some(pattern);
     }
 
+    /// Whether the proxy holds everything back (by [`FaultProxy::freeze`] or a trigger).
+    pub fn is_frozen(&self) -> bool {
+        *self.frozen.borrow()
+    }
+
     /// Forwards again, what was held back first; disarms any trigger.
     pub fn thaw(&self) {
         *self.trigger.lock().unwrap() = None;
