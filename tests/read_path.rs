@@ -539,6 +539,51 @@ async fn a_slow_reader_of_large_responses_receives_them_whole() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_is_cut_after_the_stall_limit() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let db = seeded(200, 2).await;
+    let mut config = TestApp::config(&db);
+    config.read.header_read_timeout = Duration::from_millis(50);
+    config.read.write_stall = Duration::from_millis(500);
+    let app = TestApp::spawn(&config).await;
+    let ids: Vec<String> = (1..=200).map(|id| id.to_string()).collect();
+    let path = format!("/products?ids={}", ids.join(","));
+    // 40 pipelined batches, more than the socket buffers hold, then no reading at all:
+    // the client's behaviour under test, for four times the stall limit.
+    let requests = 40;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let mut heads = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").repeat(requests - 1);
+    heads.push_str(&format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    ));
+    stream.write_all(heads.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // What the server wrote before it gave up is still there to read, then the end.
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the connection was never closed");
+    let answered = String::from_utf8_lossy(&received)
+        .matches("HTTP/1.1 200 OK\r\n")
+        .count();
+    assert!(
+        answered < requests,
+        "a client that stopped reading kept its connection: {answered} answers"
+    );
+    // The server goes on serving others.
+    assert_eq!(app.get("/products/1").await.status, 200);
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_prefix_of_the_h2_preface_is_cut_and_a_split_preface_is_served() {
     use http_body_util::{BodyExt as _, Empty};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

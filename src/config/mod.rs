@@ -202,6 +202,9 @@ pub struct ReadConfig {
     pub max_connections: usize,
     /// `CATALOG_HEADER_TIMEOUT_MS`: a client must send its request head within this time.
     pub header_read_timeout: Duration,
+    /// `CATALOG_WRITE_STALL_MS`: a response whose client takes none of it for this long
+    /// (it stopped reading) has its connection closed.
+    pub write_stall: Duration,
     /// `CATALOG_REQUEST_TIMEOUT_MS`: deadline of a storefront request from its head to
     /// its answer; past it the request is answered 503.
     pub request_timeout: Duration,
@@ -237,6 +240,7 @@ impl Default for ReadConfig {
             primary_fallback: true,
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(5),
+            write_stall: Duration::from_secs(30),
             request_timeout: Duration::from_secs(5),
             token_bypass_max: 32,
             l1_soft_ttl: Duration::from_secs(240),
@@ -424,6 +428,9 @@ impl Config {
                 d.header_read_timeout,
                 |raw| parse_in_range(raw, 1..=600_000).map(Duration::from_millis),
             )?,
+            write_stall: var.or("CATALOG_WRITE_STALL_MS", d.write_stall, |raw| {
+                parse_in_range(raw, 100..=3_600_000).map(Duration::from_millis)
+            })?,
             request_timeout: var.or("CATALOG_REQUEST_TIMEOUT_MS", d.request_timeout, |raw| {
                 parse_in_range(raw, 10..=600_000).map(Duration::from_millis)
             })?,

@@ -85,6 +85,7 @@ fn every_bad_value_names_its_variable() {
         ("CATALOG_PRIMARY_FALLBACK", "maybe"),
         ("CATALOG_MAX_CONNECTIONS", "0"),
         ("CATALOG_HEADER_TIMEOUT_MS", "0"),
+        ("CATALOG_WRITE_STALL_MS", "99"),
     ];
     for (var, value) in cases {
         let mut src: HashMap<String, String> = HashMap::new();

@@ -14,7 +14,8 @@
 //!   writes a body after its handler returned; a write that waits for a slow reader to
 //!   make room keeps the connection): a client too slow to send a head, or silent, is
 //!   cut off after one to two periods, for two relaxed atomic increments per request
-//!   and a relaxed store per write.
+//!   and a relaxed store per write. A response whose client takes none of it for
+//!   `write_stall` (it stopped reading) is cut too: one more relaxed increment per write.
 //! - hyper's `max_headers` option initialises a heap vector of that many header slots
 //!   for every request; its default (100, on the stack, uninitialised) is used instead.
 
@@ -55,6 +56,9 @@ pub struct Limits {
     /// a client too slow to send a head, or idle, is closed after one to two periods
     /// (slow-loris protection and idle keep-alive timeout).
     pub header_read_timeout: Duration,
+    /// Longest time a response may wait for its client to take any more of it; past it
+    /// the connection is closed (a client that stopped reading holds nothing for long).
+    pub write_stall: Duration,
     /// Time in-flight requests get to finish after shutdown begins.
     pub drain: Duration,
 }
@@ -191,7 +195,7 @@ pub async fn serve<H: Handler>(
             })
         };
         let (h1, h2, stop) = (h1.clone(), h2.clone(), stop.clone());
-        let period = limits.header_read_timeout;
+        let (period, stall) = (limits.header_read_timeout, limits.write_stall);
         connections.spawn(async move {
             let prior_knowledge = tokio::select! {
                 () = stop.cancelled() => return,
@@ -207,6 +211,7 @@ pub async fn serve<H: Handler>(
             let watch = Watch {
                 activity: &state.activity,
                 period,
+                stall,
                 stop: &stop,
             };
             if prior_knowledge {
@@ -310,9 +315,11 @@ struct Counted {
 
 impl Counted {
     fn wrote<T>(&self, written: &Poll<T>) {
-        self.activity
-            .writing
-            .store(written.is_pending(), Ordering::Relaxed);
+        let pending = written.is_pending();
+        self.activity.writing.store(pending, Ordering::Relaxed);
+        if !pending {
+            self.activity.writes.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -382,6 +389,8 @@ struct Activity {
     /// Whether the last write to the socket waited for room: a response (its body
     /// perhaps long after its handler returned) is still being written.
     writing: AtomicBool,
+    /// Writes to the socket that went through: a stalled response's count stands still.
+    writes: AtomicU64,
 }
 
 /// The watchdog of one connection: cuts off clients too slow to send a request head
@@ -389,13 +398,16 @@ struct Activity {
 struct Watch<'a> {
     activity: &'a Activity,
     period: Duration,
+    /// How long a response may wait for its client to take more of it.
+    stall: Duration,
     stop: &'a CancellationToken,
 }
 
 impl Watch<'_> {
     /// Drives `connection` to its end, closing it when a whole period passes in which
     /// no request began while none was in flight and no response was being written; on
-    /// stop, `shut_down` lets the requests in flight finish first.
+    /// stop, `shut_down` lets the requests in flight finish first. A response still being
+    /// written that made no progress for `stall` (checked once a period) closes it too.
     async fn run<C, E>(&self, connection: C, shut_down: impl Fn(Pin<&mut C>))
     where
         C: Future<Output = Result<(), E>>,
@@ -404,6 +416,7 @@ impl Watch<'_> {
         let mut connection = std::pin::pin!(connection);
         let mut seen = 0;
         let mut stopping = false;
+        let (mut writes_seen, mut stalled) = (0, Duration::ZERO);
         loop {
             tokio::select! {
                 biased;
@@ -427,6 +440,17 @@ impl Watch<'_> {
                         return;
                     }
                     seen = begun;
+                    let writes = self.activity.writes.load(Ordering::Relaxed);
+                    if self.activity.writing.load(Ordering::Relaxed) && writes == writes_seen {
+                        stalled += self.period;
+                        if stalled >= self.stall {
+                            tracing::debug!(stalled = ?stalled, "closing a connection whose client stopped reading its response");
+                            return;
+                        }
+                    } else {
+                        stalled = Duration::ZERO;
+                    }
+                    writes_seen = writes;
                 }
             }
         }

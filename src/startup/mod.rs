@@ -192,6 +192,7 @@ impl Application {
             limits: Limits {
                 max_connections: config.read.max_connections,
                 header_read_timeout: config.read.header_read_timeout,
+                write_stall: config.read.write_stall,
                 drain: DRAIN,
             },
             read_rate: config.read_rate,
