@@ -215,6 +215,39 @@ struct Figures<'a> {
 }
 
 impl Figures<'_> {
+    /// For a fault that took the primary away from `away` until the heal: prints the
+    /// figures with the writer's, and asserts the guarantees and what the writer does
+    /// meanwhile: every write refused with 503 and `Retry-After`, and `/readyz` 503
+    /// (`ready`, asked during the fault).
+    fn assert_primary_away(&self, away: Instant, ready: Result<common::Reply, String>, how: &str) {
+        let o = self.outcome;
+        let during = o.write_errors.iter().filter(|f| f.at >= away);
+        let refused = during.clone().filter(|f| f.at < self.heal).count();
+        let first = during.map(|f| f.at - away).min();
+        self.print(&format!(
+            "; writer: {refused} writes refused while {how}, first after {first:?}, {} 503s \
+             without Retry-After, /readyz {:?}",
+            o.unavailable_without_retry_after,
+            ready.as_ref().map(|r| r.status)
+        ));
+        self.assert_guarantees(true);
+        assert!(refused > 0, "no write was refused while {how}");
+        let other = o.write_errors.iter().find(|f| !f.what.starts_with("503 "));
+        assert!(
+            other.is_none(),
+            "a write failed otherwise than with 503: {other:?}"
+        );
+        assert_eq!(
+            o.unavailable_without_retry_after, 0,
+            "a 503 without Retry-After"
+        );
+        assert_eq!(
+            ready.map(|r| r.status),
+            Ok(503),
+            "writer /readyz while {how}"
+        );
+    }
+
     fn print(&self, extra: &str) {
         let o = self.outcome;
         let ms =
@@ -242,7 +275,6 @@ impl Figures<'_> {
         );
     }
 
-    /// The assertions every test makes.
     /// The assertions every test makes; `writes`: the load's writing task ran.
     fn assert_guarantees(&self, writes: bool) {
         let o = self.outcome;
@@ -535,49 +567,7 @@ async fn primary_partitioned_then_back() {
         heal,
         converge,
     };
-    let refused = outcome
-        .write_errors
-        .iter()
-        .filter(|f| f.at >= down_at && f.at < heal)
-        .count();
-    let first_refusal = outcome
-        .write_errors
-        .iter()
-        .filter(|f| f.at >= down_at)
-        .map(|f| f.at - down_at)
-        .min();
-    figures.print(&format!(
-        "; writer: {refused} writes refused while partitioned, first after {:?}, {} 503s without \
-         Retry-After, /readyz {:?}",
-        first_refusal,
-        outcome.unavailable_without_retry_after,
-        writer_ready.as_ref().map(|r| r.status)
-    ));
-    figures.assert_guarantees(true);
-    assert!(
-        refused > 0,
-        "no write was refused while the primary was away"
-    );
-    assert!(
-        outcome
-            .write_errors
-            .iter()
-            .all(|f| f.what.starts_with("503 ")),
-        "a write failed otherwise than with 503: {:?}",
-        outcome
-            .write_errors
-            .iter()
-            .find(|f| !f.what.starts_with("503 "))
-    );
-    assert_eq!(
-        outcome.unavailable_without_retry_after, 0,
-        "a 503 without Retry-After"
-    );
-    assert_eq!(
-        writer_ready.map(|r| r.status),
-        Ok(503),
-        "writer /readyz while partitioned"
-    );
+    figures.assert_primary_away(down_at, writer_ready, "partitioned");
 }
 
 // ------------------------------------------------------------------ own stack
@@ -662,42 +652,7 @@ async fn primary_stopped_then_restarted() {
         heal,
         converge,
     };
-    let refused = outcome
-        .write_errors
-        .iter()
-        .filter(|f| f.at >= stopped && f.at < heal)
-        .count();
-    figures.print(&format!(
-        "; writer: {refused} writes refused while stopped, {} 503s without Retry-After, \
-         /readyz {:?}",
-        outcome.unavailable_without_retry_after,
-        writer_ready.as_ref().map(|r| r.status)
-    ));
-    figures.assert_guarantees(true);
-    assert!(
-        refused > 0,
-        "no write was refused while the primary was stopped"
-    );
-    assert!(
-        outcome
-            .write_errors
-            .iter()
-            .all(|f| f.what.starts_with("503 ")),
-        "a write failed otherwise than with 503: {:?}",
-        outcome
-            .write_errors
-            .iter()
-            .find(|f| !f.what.starts_with("503 "))
-    );
-    assert_eq!(
-        outcome.unavailable_without_retry_after, 0,
-        "a 503 without Retry-After"
-    );
-    assert_eq!(
-        writer_ready.map(|r| r.status),
-        Ok(503),
-        "writer /readyz while the primary was stopped"
-    );
+    figures.assert_primary_away(stopped, writer_ready, "stopped");
     drop((reader, writer));
     drop(stack);
 }
