@@ -77,6 +77,7 @@ fn setup(runtime: &tokio::runtime::Runtime) -> (Reader, Vec<Arc<Document>>) {
                         max_age_secs: 5,
                         stale_while_revalidate_secs: 30,
                         stale_if_error_secs: 300,
+                        surrogate_keys: false,
                     },
                     db_timeout: Duration::from_secs(2),
                     request_timeout: Duration::from_secs(5),

@@ -2,7 +2,8 @@
 //! version and shared by every cache tier.
 //!
 //! A [`Document`] is immutable: its body is a `Bytes` that a cache hit clones (a
-//! reference-count increment) and writes; its `ETag` header is built with it. What a
+//! reference-count increment) and writes; its `ETag` and surrogate-key headers are built
+//! with it. What a
 //! tier can know about an id is a [`Lookup`]: a live document, a version that is gone
 //! (deleted or deactivated: a tombstone), or nothing at all.
 
@@ -15,8 +16,8 @@ use serde_json::value::RawValue;
 
 /// One product as served: pre-serialized JSON and the headers derived from its version.
 ///
-/// The body, the `ETag` and the SKU live in one exactly sized buffer that the three
-/// fields slice: an entry costs that buffer, `bytes`' shared header and this struct,
+/// The body, the `ETag`, the surrogate key and the SKU live in one exactly sized buffer
+/// that the four fields slice: an entry costs that buffer, `bytes`' shared header and this struct,
 /// whatever buffer the body arrived in (a serializer's doubled `Vec`, a slice of a Redis
 /// reply holding many values).
 #[derive(Debug, Clone)]
@@ -29,6 +30,8 @@ pub struct Document {
     pub body: Bytes,
     /// `ETag` value, `"<version>"`, built once.
     pub etag: HeaderValue,
+    /// The product's surrogate key, `p<id>`, which an edge cache purges it by.
+    pub key: HeaderValue,
     /// The product's SKU (UTF-8), to check `by-sku` lookups against.
     sku: Bytes,
     /// When this copy was read from its source (PostgreSQL or Redis): its age is the
@@ -55,23 +58,31 @@ impl Eq for Document {}
 impl Document {
     /// Copies an already-rendered body into the document's own buffer.
     pub fn new(id: i64, version: i64, sku: &str, body: &[u8]) -> Self {
-        let mut digits = itoa::Buffer::new();
-        let digits = digits.format(version).as_bytes();
-        let etag_end = body.len() + digits.len() + 2;
-        let mut buffer = Vec::with_capacity(etag_end + sku.len());
+        let (mut version_digits, mut id_digits) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let version_digits = version_digits.format(version).as_bytes();
+        let id_digits = id_digits.format(id).as_bytes();
+        let etag_end = body.len() + version_digits.len() + 2;
+        let key_end = etag_end + 1 + id_digits.len();
+        let mut buffer = Vec::with_capacity(key_end + sku.len());
         buffer.extend_from_slice(body);
         buffer.push(b'"');
-        buffer.extend_from_slice(digits);
+        buffer.extend_from_slice(version_digits);
         buffer.push(b'"');
+        buffer.push(b'p');
+        buffer.extend_from_slice(id_digits);
         buffer.extend_from_slice(sku.as_bytes());
         let buffer = Bytes::from(buffer);
+        let header = |range: std::ops::Range<usize>| {
+            HeaderValue::from_maybe_shared(buffer.slice(range))
+                .expect("digits, quotes and a letter are a valid header value")
+        };
         Self {
             id,
             version,
             body: buffer.slice(..body.len()),
-            etag: HeaderValue::from_maybe_shared(buffer.slice(body.len()..etag_end))
-                .expect("digits and quotes are a valid header value"),
-            sku: buffer.slice(etag_end..),
+            etag: header(body.len()..etag_end),
+            key: header(etag_end..key_end),
+            sku: buffer.slice(key_end..),
             loaded: std::time::Instant::now(),
         }
     }
@@ -244,6 +255,7 @@ mod tests {
             r#"{"id":7,"sku":"ACM-LAM-7","name":"Desk \"Lamp\"","description":"Bright","brand":"Acme","price":{"amount":2999,"currency":"EUR"},"stock":3,"attributes":{"color": "red"},"images":["https://img/1.jpg"],"categories":["lamps","office"],"version":4,"updated_at":"2026-01-02T03:04:05.000006Z"}"#
         );
         assert_eq!(doc.etag, "\"4\"");
+        assert_eq!(doc.key, "p7");
         assert_eq!(doc.sku(), "ACM-LAM-7");
     }
 

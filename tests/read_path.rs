@@ -881,7 +881,13 @@ async fn browsers_from_configured_origins_get_cors_headers() {
             reply.header("access-control-allow-origin"),
             Some("https://shop.example")
         );
-        assert_eq!(reply.header("vary"), Some("Origin"));
+        let vary: Vec<&str> = reply
+            .headers
+            .get_all("vary")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        assert_eq!(vary, ["min-catalog-token", "Origin"]);
     }
     let other = app
         .request("GET", "/products/1", &[("origin", "https://evil.example")])
@@ -1113,5 +1119,77 @@ async fn a_reader_starts_and_serves_while_the_primary_is_down() {
     assert_eq!(read.status, 200, "{}", read.text());
     assert_eq!(read.json()["id"], 4);
     assert!(app.metric("catalog_db_reads_primary_total").await >= 1.0);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn listings_have_strong_validators_and_surrogate_keys() {
+    let db = seeded(30, 3).await;
+    let mut config = TestApp::config(&db);
+    config.read.surrogate_keys = true;
+    let app = TestApp::spawn(&config).await;
+    let (id, slug) = common::admin::product_in_category(&db).await;
+
+    // A product: its key, and no shared copy for token reads.
+    let doc = app.get(&format!("/products/{id}")).await;
+    assert_eq!(doc.header("xkey"), Some(format!("p{id}").as_str()));
+    assert_eq!(doc.header("surrogate-key"), Some(format!("p{id}").as_str()));
+    assert_eq!(doc.header("vary"), Some("min-catalog-token"));
+
+    // Every listing: an ETag, a 304 for it, and its keys.
+    let batch = format!("/products?ids={id},2,999999");
+    let page = format!("/categories/{slug}/products?limit=5");
+    for (path, keys) in [
+        (batch.as_str(), format!("p{id} p2")),
+        (page.as_str(), format!("c:{slug}")),
+        ("/categories", "categories".to_owned()),
+    ] {
+        let first = app.get(path).await;
+        assert_eq!(first.status, 200, "{path}: {}", first.text());
+        let etag = first.header("etag").expect("an ETag").to_owned();
+        assert!(etag.starts_with("\"l"), "{path}: {etag}");
+        assert_eq!(first.header("xkey"), Some(keys.as_str()), "{path}");
+        assert_eq!(first.header("vary"), Some("min-catalog-token"), "{path}");
+        let again = app.request("GET", path, &[("if-none-match", &etag)]).await;
+        assert_eq!(again.status, 304, "{path}");
+        assert!(again.body.is_empty());
+        assert_eq!(again.header("etag"), Some(etag.as_str()));
+    }
+
+    // A write changes the validators of what shows the product.
+    let before = app.get(&batch).await.header("etag").unwrap().to_owned();
+    let before_page = app.get(&page).await.header("etag").unwrap().to_owned();
+    catalog::write::tx::product::patch(&db.primary, id, br#"{"stock": 9}"#, None)
+        .await
+        .unwrap();
+    let token = catalog::write::tx::outbox::token(&db.primary, Duration::from_secs(2))
+        .await
+        .expect("a token");
+    let fresh = app
+        .request(
+            "GET",
+            &batch,
+            &[("if-none-match", &before), ("min-catalog-token", &token)],
+        )
+        .await;
+    assert_eq!(fresh.status, 200, "the old validator still matched");
+    assert_ne!(fresh.header("etag"), Some(before.as_str()));
+    // A read with a token is for its client alone.
+    assert_eq!(fresh.header("cache-control"), Some("no-store"));
+    let fresh_page = app
+        .request("GET", &page, &[("min-catalog-token", &token)])
+        .await;
+    assert_ne!(fresh_page.header("etag"), Some(before_page.as_str()));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn surrogate_keys_are_off_by_default() {
+    let db = seeded(5, 1).await;
+    let app = TestApp::spawn(&TestApp::config(&db)).await;
+    let doc = app.get("/products/1").await;
+    assert_eq!(doc.status, 200);
+    assert_eq!(doc.header("xkey"), None);
+    assert_eq!(doc.header("surrogate-key"), None);
     app.shutdown().await;
 }

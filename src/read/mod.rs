@@ -118,6 +118,8 @@ pub struct HttpCaching {
     /// `Cache-Control: stale-if-error`, seconds: as long as this reader keeps a copy
     /// to serve when no database answers.
     pub stale_if_error_secs: u64,
+    /// Whether documents and listings carry surrogate keys (`CATALOG_SURROGATE_KEYS`).
+    pub surrogate_keys: bool,
 }
 
 /// Everything the storefront face needs; shared by all connections.
@@ -135,6 +137,8 @@ pub struct Reader {
     http: HttpMetrics<ReadRoute>,
     /// `Cache-Control` of documents and listings, built once from the configuration.
     cache_control: HeaderValue,
+    /// Whether documents and listings carry surrogate keys for an edge cache.
+    surrogate_keys: bool,
     /// Deadline of each database call.
     db_timeout: Duration,
     /// Deadline of each request that is not an L1 hit.
@@ -178,6 +182,7 @@ impl Reader {
             http: HttpMetrics::new(&metrics),
             metrics,
             cache_control: response::cache_control(settings.caching),
+            surrogate_keys: settings.caching.surrogate_keys,
             db_timeout: settings.db_timeout,
             request_timeout: settings.request_timeout,
             bypasses: tokio::sync::Semaphore::new(settings.token_bypass_max),
@@ -296,20 +301,36 @@ impl Reader {
         request: &Request<B>,
     ) -> Result<Response<Full<Bytes>>, ReadError> {
         let headers = request.headers();
-        let query = request.uri().query();
         // A token read that goes around the caches holds a bypass permit until it ends.
         let (at, _bypass) = match headers.get(MIN_CATALOG_TOKEN) {
             None => (Consistency::Cached, None),
             Some(token) => Box::pin(self.consistency_for(token)).await?,
         };
+        let mut answer = self.route(route, request, at).await;
+        if let Ok(response) = &mut answer
+            && headers.contains_key(MIN_CATALOG_TOKEN)
+        {
+            response::not_stored(response);
+        }
+        answer
+    }
+
+    async fn route<B>(
+        &self,
+        route: Route<'_>,
+        request: &Request<B>,
+        at: Consistency,
+    ) -> Result<Response<Full<Bytes>>, ReadError> {
+        let headers = request.headers();
+        let query = request.uri().query();
         match route {
             Route::Product(id) => self.product(id, headers, at).await,
             // The other routes are boxed to keep the product route's future small.
             Route::ProductBySku(sku) => Box::pin(self.product_by_sku(sku, headers, at)).await,
-            Route::Batch => Box::pin(self.batch(query, at)).await,
-            Route::Categories => Box::pin(self.categories()).await,
+            Route::Batch => Box::pin(self.batch(query, headers, at)).await,
+            Route::Categories => Box::pin(self.categories(headers)).await,
             Route::CategoryProducts(slug) => {
-                Box::pin(self.category_products(slug, query, at)).await
+                Box::pin(self.category_products(slug, query, headers, at)).await
             }
             Route::Healthz => Ok(plain::healthy()),
             Route::Readyz => self.readyz(),
@@ -372,6 +393,7 @@ impl Reader {
     async fn batch(
         &self,
         query: Option<&str>,
+        headers: &HeaderMap,
         at: Consistency,
     ) -> Result<Response<Full<Bytes>>, ReadError> {
         let ids = listing::parse_ids(query_param(query, "ids"))?;
@@ -384,15 +406,26 @@ impl Reader {
                 Lookup::Gone { .. } | Lookup::Unknown => missing.push(*id),
             }
         }
-        Ok(self.json(listing::batch_body(&docs, &missing)))
+        let missing_ids: Vec<u8> = missing.iter().flat_map(|id| id.to_le_bytes()).collect();
+        let etag = response::listing_etag(&docs, &missing_ids);
+        let keys = || {
+            let keys: Vec<&str> = docs.iter().filter_map(|d| d.key.to_str().ok()).collect();
+            keys.join(" ")
+        };
+        let body = listing::batch_body(&docs, &missing);
+        Ok(self.listing_response(body, etag, keys, headers))
     }
 
     /// `GET /categories`: from L1, else from a database that has replayed everything
     /// this reader's watermark covers (so never older than an invalidation it applied),
     /// stored only if no invalidation came while it was read.
-    async fn categories(&self) -> Result<Response<Full<Bytes>>, ReadError> {
+    async fn categories(&self, headers: &HeaderMap) -> Result<Response<Full<Bytes>>, ReadError> {
+        let answer = |body: Bytes| {
+            let etag = response::body_etag(&body);
+            self.listing_response(body, etag, || response::CATEGORIES_KEY.to_owned(), headers)
+        };
         if let Some(body) = self.l1.body(&Key::Categories) {
-            return Ok(self.json(body));
+            return Ok(answer(body));
         }
         let generation = self.l1.body_generation();
         let applied = *self.applied.borrow();
@@ -406,13 +439,14 @@ impl Reader {
         let body = Bytes::from(serde_json::to_vec(&Items { items: &rows })?);
         self.l1
             .insert_body(Key::Categories, body.clone(), generation);
-        Ok(self.json(body))
+        Ok(answer(body))
     }
 
     async fn category_products(
         &self,
         raw_slug: &str,
         query: Option<&str>,
+        headers: &HeaderMap,
         at: Consistency,
     ) -> Result<Response<Full<Bytes>>, ReadError> {
         let limit = listing::parse_limit(query_param(query, "limit"))?;
@@ -453,7 +487,10 @@ impl Reader {
             Some(&last) if more => Some(listing::encode_cursor(raw_slug, last)),
             _ => None,
         };
-        Ok(self.json(listing::page_body(&docs, cursor.as_deref())))
+        let etag = response::listing_etag(&docs, cursor.as_deref().unwrap_or("").as_bytes());
+        let body = listing::page_body(&docs, cursor.as_deref());
+        let keys = || response::category_key(raw_slug);
+        Ok(self.listing_response(body, etag, keys, headers))
     }
 }
 

@@ -1,17 +1,60 @@
 //! Documents and listings as responses: the cached bytes, their `ETag` (304 when
-//! `If-None-Match` names it) and the `Cache-Control` that lets downstream caches keep
-//! them. Error and operational answers are built in [`crate::http::response`].
+//! `If-None-Match` names it), the `Cache-Control` that lets downstream caches keep them,
+//! `Vary: Min-Catalog-Token` (a read with a token never gets a shared copy), and, when
+//! `CATALOG_SURROGATE_KEYS` is on, the surrogate keys an edge cache purges them by
+//! (`xkey` for Varnish's xkey module, `Surrogate-Key` for hosted CDNs): `p<id>` for a
+//! product, `c:<slug>` for a category's pages, `categories` for `/categories`. Error
+//! and operational answers are built in [`crate::http::response`].
+
+use std::hash::{BuildHasher as _, Hasher as _};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{
-    AGE, CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderMap, HeaderValue, IF_NONE_MATCH,
+    AGE, CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderMap, HeaderName, HeaderValue, IF_NONE_MATCH, VARY,
 };
 use hyper::{Response, StatusCode};
 
 use super::{HttpCaching, Reader};
 use crate::document::Document;
 use crate::http::response::JSON;
+
+/// The header Varnish's xkey module reads surrogate keys from.
+pub const XKEY: HeaderName = HeaderName::from_static("xkey");
+/// The header hosted CDNs (Fastly, and others after it) read surrogate keys from.
+pub const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
+/// The surrogate key of `/categories`.
+pub const CATEGORIES_KEY: &str = "categories";
+
+/// The surrogate key of a category's pages.
+pub fn category_key(slug: &str) -> String {
+    format!("c:{slug}")
+}
+
+/// A strong validator of a listing: a hash of what its body was assembled from (each
+/// document's id and version, and what else the body says), the same in every reader
+/// running this build, so an edge can revalidate with any of them.
+pub(super) fn listing_etag(docs: &[&Document], extra: &[u8]) -> HeaderValue {
+    let mut hasher = foldhash::quality::FixedState::with_seed(0x6361_7461_6c6f_6721).build_hasher();
+    for doc in docs {
+        hasher.write_i64(doc.id);
+        hasher.write_i64(doc.version);
+    }
+    hasher.write(extra);
+    tagged_etag(hasher.finish())
+}
+
+/// A strong validator of a body held whole (`/categories`).
+pub(super) fn body_etag(body: &[u8]) -> HeaderValue {
+    let mut hasher = foldhash::quality::FixedState::with_seed(0x6361_7461_6c6f_6722).build_hasher();
+    hasher.write(body);
+    tagged_etag(hasher.finish())
+}
+
+fn tagged_etag(hash: u64) -> HeaderValue {
+    HeaderValue::try_from(format!("\"l{hash:016x}\""))
+        .expect("hex digits and quotes are a valid header value")
+}
 
 /// `Cache-Control` of documents and listings.
 pub(super) fn cache_control(caching: HttpCaching) -> HeaderValue {
@@ -44,6 +87,11 @@ impl Reader {
         let headers = response.headers_mut();
         headers.insert(ETAG, doc.etag.clone());
         headers.insert(CACHE_CONTROL, self.cache_control.clone());
+        headers.insert(VARY, VARY_TOKEN);
+        if self.surrogate_keys {
+            headers.insert(XKEY, doc.key.clone());
+            headers.insert(SURROGATE_KEY, doc.key.clone());
+        }
         // Only a copy past the hard TTL is ever served this old: a stale answer, because
         // no database could answer. Say how old (RFC 9111 `Age`).
         let age = doc.loaded.elapsed();
@@ -53,14 +101,51 @@ impl Reader {
         response
     }
 
-    /// 200 with a listing's JSON body.
-    pub(super) fn json(&self, body: Bytes) -> Response<Full<Bytes>> {
-        let mut response = Response::new(Full::new(body));
+    /// 200 with a listing's JSON body, or 304 when `If-None-Match` names `etag`; `keys`
+    /// are its surrogate keys, space-separated.
+    pub(super) fn listing_response(
+        &self,
+        body: Bytes,
+        etag: HeaderValue,
+        keys: impl FnOnce() -> String,
+        request: &HeaderMap,
+    ) -> Response<Full<Bytes>> {
+        let not_modified = request
+            .get(IF_NONE_MATCH)
+            .is_some_and(|value| etag_matches(value, &etag));
+        let mut response = if not_modified {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            response
+        } else {
+            let mut response = Response::new(Full::new(body));
+            response.headers_mut().insert(CONTENT_TYPE, JSON);
+            response
+        };
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, JSON);
+        headers.insert(ETAG, etag);
         headers.insert(CACHE_CONTROL, self.cache_control.clone());
+        headers.insert(VARY, VARY_TOKEN);
+        if self.surrogate_keys
+            && let Ok(keys) = HeaderValue::try_from(keys())
+        {
+            headers.insert(XKEY, keys.clone());
+            headers.insert(SURROGATE_KEY, keys);
+        }
         response
     }
+}
+
+/// Documents and listings vary with `Min-Catalog-Token`: a shared cache must not answer
+/// a read that carries one with a copy stored for reads without (or with another).
+const VARY_TOKEN: HeaderValue = HeaderValue::from_static("min-catalog-token");
+
+/// A read with `Min-Catalog-Token` is answered for that client alone: no shared or
+/// private cache may store it.
+pub(super) fn not_stored(response: &mut Response<Full<Bytes>>) {
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
 /// Whether an `If-None-Match` value names `etag` (weak comparison, lists, `*`).
@@ -98,11 +183,42 @@ mod tests {
     }
 
     #[test]
+    fn listing_validators_follow_what_the_body_was_made_of() {
+        let a = Document::new(1, 3, "A", b"{}");
+        let b = Document::new(2, 5, "B", b"{}");
+        let b6 = Document::new(2, 6, "B", b"{}");
+        let etag = listing_etag(&[&a, &b], b"");
+        assert_eq!(etag, listing_etag(&[&a, &b], b""), "not stable");
+        assert_ne!(
+            etag,
+            listing_etag(&[&a, &b6], b""),
+            "a new version kept the tag"
+        );
+        assert_ne!(
+            etag,
+            listing_etag(&[&b, &a], b""),
+            "another order kept the tag"
+        );
+        assert_ne!(
+            etag,
+            listing_etag(&[&a, &b], b"7"),
+            "another tail kept the tag"
+        );
+        let tag = etag.to_str().unwrap();
+        assert!(
+            tag.starts_with("\"l") && tag.ends_with('"') && tag.len() == 19,
+            "{tag}"
+        );
+        assert_ne!(body_etag(b"[1]"), body_etag(b"[2]"));
+    }
+
+    #[test]
     fn cache_control_names_both_lifetimes() {
         let value = cache_control(HttpCaching {
             max_age_secs: 5,
             stale_while_revalidate_secs: 30,
             stale_if_error_secs: 300,
+            surrogate_keys: false,
         });
         assert_eq!(
             value,

@@ -278,6 +278,7 @@ impl Application {
                     max_age_secs: config.read.http_max_age_secs,
                     stale_while_revalidate_secs: config.read.http_stale_while_revalidate_secs,
                     stale_if_error_secs: config.read.stale_if_error.as_secs(),
+                    surrogate_keys: config.read.surrogate_keys,
                 },
                 db_timeout: config.db_timeout,
                 request_timeout: config.read.request_timeout,
