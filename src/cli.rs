@@ -26,6 +26,12 @@ pub enum Command {
     Writer,
     /// Run the reader and the writer in one process, for a single machine.
     All,
+    /// Exit 0 if `GET <url>` answers 2xx within 2 s, else 1: a container's health check
+    /// (reads no configuration).
+    Probe {
+        /// An `http://host:port/path` URL, such as `http://127.0.0.1:8080/healthz`.
+        url: String,
+    },
 }
 
 /// Options of `catalogd seed`.

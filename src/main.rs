@@ -21,6 +21,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Probe { url } = &cli.command {
+        return probe(url);
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(err) => {
@@ -48,12 +51,45 @@ fn main() -> ExitCode {
     }
 }
 
+/// `catalogd probe <url>`: 0 when the URL answers 2xx within its deadline, 1 otherwise
+/// (said on stderr), 2 for a URL that is not `http://`.
+fn probe(url: &str) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let answer = match runtime {
+        Ok(runtime) => runtime.block_on(catalog::http::client::get(url, PROBE_DEADLINE)),
+        Err(err) => {
+            eprintln!("catalogd probe: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match answer {
+        Ok(status) if status.is_success() => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("catalogd probe: {url} answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(err @ catalog::http::client::ClientError::Url(_)) => {
+            eprintln!("catalogd probe: {err}");
+            ExitCode::from(2)
+        }
+        Err(err) => {
+            eprintln!("catalogd probe: {url}: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// How long `catalogd probe` waits for its answer.
+const PROBE_DEADLINE: Duration = Duration::from_secs(2);
+
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Reader => return serve(&config, Role::Reader).await,
         Command::Writer => return serve(&config, Role::Writer).await,
         Command::All => return serve(&config, Role::All).await,
-        Command::Migrate | Command::Seed(_) => {}
+        Command::Migrate | Command::Seed(_) | Command::Probe { .. } => {}
     }
     let settings = postgres::PoolSettings {
         max_connections: 2,
@@ -84,7 +120,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 "catalog seeded"
             );
         }
-        Command::Reader | Command::Writer | Command::All => unreachable!("served above"),
+        Command::Reader | Command::Writer | Command::All | Command::Probe { .. } => {
+            unreachable!("answered above")
+        }
     }
     Ok(())
 }

@@ -277,3 +277,29 @@ async fn configuration_errors_name_the_variable() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("CATALOG_DATABASE_URL"));
 }
+
+#[tokio::test]
+async fn probe_answers_a_health_check_without_configuration() {
+    let db = common::seeded(3, 1).await;
+    let app = common::TestApp::spawn(&common::TestApp::config(&db)).await;
+    let probe = |path: String| {
+        Command::new(env!("CARGO_BIN_EXE_catalogd"))
+            .env_clear()
+            .args(["probe", &path])
+            .output()
+            .unwrap()
+    };
+    // Healthy, a 404, nothing listening, and a URL that is not http://.
+    let urls = [
+        format!("http://{}/healthz", app.addr),
+        format!("http://{}/nowhere", app.addr),
+        "http://127.0.0.1:1/healthz".to_owned(),
+        "https://x/".to_owned(),
+    ];
+    let answers = tokio::task::spawn_blocking(move || urls.map(probe))
+        .await
+        .unwrap();
+    app.shutdown().await;
+    let codes = answers.each_ref().map(|out| out.status.code());
+    assert_eq!(codes, [Some(0), Some(1), Some(1), Some(2)], "{answers:?}");
+}

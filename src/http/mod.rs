@@ -19,6 +19,7 @@
 //! - hyper's `max_headers` option initialises a heap vector of that many header slots
 //!   for every request; its default (100, on the stack, uninitialised) is used instead.
 
+pub mod client;
 pub mod parse;
 pub mod problem;
 pub mod rate;
