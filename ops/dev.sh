@@ -38,6 +38,19 @@
 #                       suite's status. Then the last `test` run still using the stack
 #                       stops what test runs started (a stack that was up before stays
 #                       up); --keep / CATALOG_DEV_KEEP=1 leaves it all up
+#   redis-cluster up|down|status|url   a Redis Cluster of three masters on 127.0.0.1,
+#                       ports $CATALOG_DEV_REDIS_CLUSTER_PORT..+2 (default 17000..17002,
+#                       cluster bus on each port + 10000), apart from the stack (up, down
+#                       and test leave it alone). up returns once every node says
+#                       cluster_state:ok; down stops it and drops its state; url prints
+#                       export CATALOG_REDIS_URL=redis-cluster://127.0.0.1:17000,... (see
+#                       ops/lib/rediscluster.sh)
+#   cluster up|down|status   readers and writers of catalogd on the stack, HAProxy in
+#                       front of the readers, Varnish (xkey) in front of HAProxy,
+#                       Prometheus scraping them all: ports $CATALOG_DEV_CLUSTER_PORT
+#                       (18000: Varnish), +1 HAProxy, +2 Prometheus, +11.. readers,
+#                       +31.. writers (see ops/lib/cluster.sh)
+#   cluster stop|kill|start|restart reader|writer I   one of the cluster's processes
 #
 # Other environment: CATALOG_DEV_TIMEOUT (seconds for each bounded wait, default 60).
 #
@@ -89,6 +102,10 @@ source "$ROOT/ops/lib/packages.sh"
 source "$ROOT/ops/lib/postgres.sh"
 # shellcheck source=ops/lib/redis.sh
 source "$ROOT/ops/lib/redis.sh"
+# shellcheck source=ops/lib/rediscluster.sh
+source "$ROOT/ops/lib/rediscluster.sh"
+# shellcheck source=ops/lib/cluster.sh
+source "$ROOT/ops/lib/cluster.sh"
 
 usage() {
   sed -n '/^# Usage:/,/^# Other environment/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2
@@ -564,6 +581,8 @@ main() {
     psql) cmd_psql "$@" ;;
     run) cmd_run ;;
     test) cmd_test "$@" ;;
+    redis-cluster) cmd_redis_cluster "$@" ;;
+    cluster) cmd_cluster "$@" ;;
     *) usage ;;
   esac
 }

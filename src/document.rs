@@ -68,7 +68,7 @@ impl Document {
         buffer.push(b'"');
         buffer.extend_from_slice(version_digits);
         buffer.push(b'"');
-        buffer.push(b'p');
+        buffer.push(crate::http::surrogate::PRODUCT_PREFIX);
         buffer.extend_from_slice(id_digits);
         buffer.extend_from_slice(sku.as_bytes());
         let buffer = Bytes::from(buffer);

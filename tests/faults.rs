@@ -894,7 +894,12 @@ async fn stream_seqs(redis_url: &str, prefix: &str) -> Vec<i64> {
         .unwrap();
     redis.init().await.unwrap();
     let entries: Vec<(String, std::collections::HashMap<String, String>)> = redis
-        .xrange(format!("{prefix}invalidations"), "-", "+", None)
+        .xrange(
+            catalog::coherence::relay::stream_key(prefix),
+            "-",
+            "+",
+            None,
+        )
         .await
         .unwrap();
     redis.quit().await.unwrap();

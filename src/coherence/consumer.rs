@@ -1,9 +1,12 @@
 //! The reader's invalidation consumer: stream → floors → L1 evictions.
 //!
-//! It reads `<prefix>invalidations` with a blocking `XREAD` on a Redis client of its own
-//! (a blocking read holds its connection). On start it replays the whole retained
-//! stream: L1 is empty then, but the floors it rebuilds keep a lagging replica from
-//! serving a version older than a write acknowledged before this reader started.
+//! It reads `<prefix>{invalidations}` with a blocking `XREAD` on a Redis client of its
+//! own (a blocking read holds its connection). On a Redis Cluster the stream and its
+//! epoch share one slot (the `{invalidations}` hash tag), so both are on the node this
+//! client's read waits on, and they are lost together when that node is. On start it
+//! replays the whole retained stream: L1 is empty then, but the floors it rebuilds keep
+//! a lagging replica from serving a version older than a write acknowledged before this
+//! reader started.
 //!
 //! Each entry carries a dense sequence number and the stream's epoch. The consumer
 //! cannot trust stream ids to reveal what it missed (`XREAD` from a trimmed id silently
@@ -92,9 +95,9 @@ pub enum Source {
     Redis {
         /// The consumer's client (a blocking read holds its connection).
         client: Client,
-        /// `<prefix>invalidations`.
+        /// `<prefix>{invalidations}`.
         stream_key: String,
-        /// `<prefix>invalidations:epoch`.
+        /// `<prefix>{invalidations}:epoch`.
         epoch_key: String,
     },
     /// The in-process bus of `catalogd all` without Redis. A receiver that falls more
@@ -103,9 +106,11 @@ pub enum Source {
 }
 
 impl Source {
-    /// The Redis stream of the deployment with key `prefix`, on its own connection.
+    /// The Redis stream of the deployment with key `prefix`, on its own connection (a
+    /// connection to each master, on a cluster). `url` is any form
+    /// [`crate::store::redis::redis_config`] takes.
     pub fn redis(url: &str, prefix: &str) -> Result<Self, fred::error::Error> {
-        let client = Builder::from_config(fred::prelude::Config::from_url(url)?)
+        let client = Builder::from_config(crate::store::redis::redis_config(url)?)
             .with_performance_config(|perf| perf.default_command_timeout = COMMAND_TIMEOUT)
             .with_connection_config(|conn| {
                 conn.connection_timeout = Duration::from_secs(2);

@@ -1,7 +1,7 @@
 //! The coherence protocol: how an acknowledged write reaches every reader.
 //!
 //! - [`relay`] (writer side): publishes committed outbox rows to the Redis stream
-//!   `<prefix>invalidations` with a dense sequence number and the stream's epoch, and
+//!   `<prefix>{invalidations}` with a dense sequence number and the stream's epoch, and
 //!   writes the new document (or tombstone) to L2 by version; publishes a heartbeat
 //!   when there is nothing to publish.
 //! - [`consumer`] (reader side): reads the stream from its last-seen id, raises
@@ -12,6 +12,8 @@
 //!   flushes L1 and limits caching until the feed is heard again.
 //! - [`auditor`] (reader side): samples L1 against the primary in production and counts
 //!   what it finds stale.
+//! - [`purger`] (writer side): purges what the relay published from the edge caches
+//!   by surrogate key.
 //! - [`stream`]: the entry format both sides share.
 //! - [`backoff`]: the retry pause of both loops.
 
@@ -20,5 +22,6 @@ pub mod backoff;
 pub mod consumer;
 pub mod feed;
 pub mod floors;
+pub mod purger;
 pub mod relay;
 pub mod stream;

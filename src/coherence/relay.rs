@@ -8,7 +8,7 @@
 //! transaction on the primary: lock `relay_state` (one relay at a time, so the sequence
 //! stays dense), take the oldest unpublished rows (single writes before a bulk import's:
 //! see [`crate::write::tx::outbox::bulk_lane`]), `XADD` each to
-//! `<prefix>invalidations` (`MAXLEN ~`) with the next sequence number and the stream's
+//! `<prefix>{invalidations}` (`MAXLEN ~`) with the next sequence number and the stream's
 //! epoch, write each product's current document (or tombstone) to L2 by version, then
 //! mark the rows published and advance the sequence. When the round took every
 //! unpublished row, its last entry carries the WAL position read before the rows were
@@ -16,7 +16,9 @@
 //! batch limit carries none, since older rows still wait. If anything fails the transaction
 //! rolls back and the rows are published again later: delivery is at least once, and
 //! applying an invalidation twice is harmless. Rows left by a writer that stopped
-//! between commit and publish are published by the next relay round, on restart.
+//! between commit and publish are published by the next relay round, on restart. Once a
+//! round committed, its rows' surrogate keys go to the edge purger, if there is one
+//! ([`super::purger`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
+use super::purger::{EdgePurger, Keys};
 use super::stream::Invalidation;
 use crate::document::Lookup;
 use crate::metrics::Metrics;
@@ -68,14 +71,18 @@ pub enum RelayError {
     Timeout,
 }
 
-/// The stream's key.
+/// The stream's key, `<prefix>{invalidations}`. The braces are a Redis Cluster hash tag:
+/// only `invalidations` is hashed, so the stream and its epoch ([`epoch_key`]) live in
+/// one slot, on one node, and a node restarted empty loses both together (a reset every
+/// reader sees). One server ignores the braces.
 pub fn stream_key(prefix: &str) -> String {
-    format!("{prefix}invalidations")
+    format!("{prefix}{{invalidations}}")
 }
 
-/// The key holding the stream's epoch.
+/// The key holding the stream's epoch, `<prefix>{invalidations}:epoch`: the stream's
+/// slot ([`stream_key`]).
 pub fn epoch_key(prefix: &str) -> String {
-    format!("{prefix}invalidations:epoch")
+    format!("{prefix}{{invalidations}}:epoch")
 }
 
 /// Where the relay publishes.
@@ -85,9 +92,9 @@ pub enum Sink {
     Redis {
         /// L2, whose client also carries the stream commands.
         l2: L2,
-        /// `<prefix>invalidations`.
+        /// `<prefix>{invalidations}`.
         stream_key: String,
-        /// `<prefix>invalidations:epoch`.
+        /// `<prefix>{invalidations}:epoch`.
         epoch_key: String,
         /// Entries the stream keeps (`MAXLEN ~`).
         max_len: u64,
@@ -135,6 +142,8 @@ pub struct Relay {
     /// When the last entry (change or heartbeat) was published, and whether it was a
     /// round of changes whose watermark a follow-up heartbeat should cover.
     last: std::sync::Mutex<(Instant, bool)>,
+    /// Purges what each round published from the edge caches, if there are any.
+    purger: Option<Arc<EdgePurger>>,
 }
 
 /// One outbox row.
@@ -158,7 +167,14 @@ impl Relay {
             metrics,
             heartbeat,
             last: std::sync::Mutex::new((Instant::now(), false)),
+            purger: None,
         }
+    }
+
+    /// Hands what each round publishes to `purger` once the round committed.
+    pub fn with_purger(mut self, purger: Arc<EdgePurger>) -> Self {
+        self.purger = Some(purger);
+        self
     }
 
     /// Publishes until `stop` fires.
@@ -346,6 +362,13 @@ impl Relay {
         advance_sequence(&mut tx, next_seq + rows.len() as i64).await?;
         tx.commit().await?;
         self.published(true);
+        if let Some(purger) = &self.purger {
+            let mut keys = Keys::default();
+            for row in &rows {
+                keys.add_change(row.product_id, &row.categories, row.purge);
+            }
+            purger.purge(keys);
+        }
         self.metrics.relay_published.inc_by(rows.len() as u64);
         let now = super::stream::now_micros();
         for row in &rows {

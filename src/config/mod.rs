@@ -155,6 +155,11 @@ pub struct Config {
     /// `CATALOG_HEARTBEAT_MS`: the relay publishes a heartbeat when this long passes
     /// without an entry, so readers can tell a quiet feed from a dead one.
     pub heartbeat: Duration,
+    /// `CATALOG_EDGE_PURGE_URLS`: edge caches (Varnish with xkey) the writer purges by
+    /// surrogate key as changes are published; empty: none.
+    pub edge_purge_urls: Vec<crate::http::client::Target>,
+    /// `CATALOG_EDGE_REPURGE_MS`: each purge is sent again this much later.
+    pub edge_repurge: Duration,
     /// `CATALOG_FEED_SILENCE_MS`: a reader that hears no entry (not even a heartbeat) for
     /// this long treats its feed as lost: it flushes L1 and caps entries' life at this.
     pub feed_silence: Duration,
@@ -282,6 +287,8 @@ impl Config {
             write_rate: None,
             shutdown_delay: Duration::ZERO,
             heartbeat: Duration::from_secs(1),
+            edge_purge_urls: Vec::new(),
+            edge_repurge: Duration::from_millis(200),
             feed_silence: Duration::from_secs(5),
             log_filter: "info".to_owned(),
             log_format: LogFormat::Text,
@@ -375,6 +382,14 @@ impl Config {
             })?;
         config.heartbeat = var.or("CATALOG_HEARTBEAT_MS", config.heartbeat, |raw| {
             parse_in_range(raw, 10..=60_000).map(Duration::from_millis)
+        })?;
+        config.edge_purge_urls = var.or("CATALOG_EDGE_PURGE_URLS", Vec::new(), |raw| {
+            split_list(raw)
+                .map(|url| crate::http::client::Target::parse(url).map_err(|e| e.to_string()))
+                .collect()
+        })?;
+        config.edge_repurge = var.or("CATALOG_EDGE_REPURGE_MS", config.edge_repurge, |raw| {
+            parse_in_range(raw, 1..=60_000).map(Duration::from_millis)
         })?;
         config.feed_silence = var.or("CATALOG_FEED_SILENCE_MS", config.feed_silence, |raw| {
             parse_in_range(raw, 20..=3_600_000).map(Duration::from_millis)

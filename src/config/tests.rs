@@ -152,6 +152,36 @@ fn urls_are_masked_whole() {
 }
 
 #[test]
+fn redis_urls_may_name_a_cluster_or_sentinels() {
+    for url in [
+        "redis://127.0.0.1:16379",
+        "rediss://h:6380/1",
+        "redis-cluster://127.0.0.1:17000,127.0.0.1:17001,127.0.0.1:17002",
+        "redis-cluster://h:7000?node=h:7001",
+        "redis-sentinel://s1:26379,s2:26379/0?sentinelServiceName=catalog",
+    ] {
+        let src = [DB, ("CATALOG_REDIS_URL", url)];
+        let config = Config::from_source(&src[..]).unwrap();
+        assert_eq!(config.redis_url.as_deref(), Some(url));
+    }
+    for url in [
+        "cluster://h:1",
+        "redis+cluster://h:1",
+        "http://h:1",
+        "h:7000,h:7001",
+    ] {
+        let src = [DB, ("CATALOG_REDIS_URL", url)];
+        let err = Config::from_source(&src[..]).unwrap_err();
+        assert_eq!(err.var, "CATALOG_REDIS_URL", "{url}");
+        assert!(err.to_string().contains("redis-cluster://"), "{err}");
+    }
+    // A password in any node's part is masked.
+    let src = [DB, ("CATALOG_REDIS_URL", "cluster://:hunter2@a:1,b:2")];
+    let err = Config::from_source(&src[..]).unwrap_err().to_string();
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
 fn blank_optional_values_mean_unset() {
     let src = [DB, ("CATALOG_REDIS_URL", "  ")];
     assert_eq!(Config::from_source(&src[..]).unwrap().redis_url, None);

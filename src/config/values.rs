@@ -159,11 +159,25 @@ pub(super) fn parse_pg_url(raw: &str) -> Result<String, String> {
     }
 }
 
+/// One server (`redis://`, `rediss://`), a Redis Cluster by its seed nodes
+/// (`redis-cluster://host:port[,host:port...]`), or a primary behind sentinels
+/// (`redis-sentinel://host:port[,host:port...][/db]?sentinelServiceName=name`); the
+/// rest of the URL is checked when the client is built (`store::redis::redis_config`).
 pub(super) fn parse_redis_url(raw: &str) -> Result<String, String> {
-    if raw.starts_with("redis://") || raw.starts_with("rediss://") {
+    const SCHEMES: [&str; 4] = [
+        "redis://",
+        "rediss://",
+        "redis-cluster://",
+        "redis-sentinel://",
+    ];
+    if SCHEMES.iter().any(|scheme| raw.starts_with(scheme)) {
         Ok(raw.to_owned())
     } else {
-        Err("expected a redis:// URL".to_owned())
+        Err(
+            "expected a redis://, redis-cluster://host:port[,host:port...] or \
+             redis-sentinel://host:port[,host:port...]?sentinelServiceName=name URL"
+                .to_owned(),
+        )
     }
 }
 

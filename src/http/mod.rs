@@ -24,6 +24,7 @@ pub mod parse;
 pub mod problem;
 pub mod rate;
 pub mod response;
+pub mod surrogate;
 
 use std::convert::Infallible;
 use std::future::Future;

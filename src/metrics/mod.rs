@@ -92,6 +92,10 @@ pub struct Metrics {
     pub relay_errors: Counter,
     /// Outbox rows not yet published.
     pub outbox_backlog: Gauge,
+    /// Edge purge requests by outcome (`ok`, `failed` after every retry).
+    pub edge_purges: Family<Labels, Counter>,
+    /// Surrogate keys waiting to be purged from the edges (first purges and re-purges).
+    pub edge_purge_backlog: Gauge,
     /// Sweeper rounds run (each deletes what it finds).
     pub sweeper_rounds: Counter,
     /// Expired idempotency keys the sweeper deleted.
@@ -108,6 +112,15 @@ pub struct Metrics {
     l1_bytes: Gauge,
 }
 
+/// Registers `metric` under `name` and hands it back.
+fn registered<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -119,24 +132,21 @@ impl Metrics {
     /// [`HttpMetrics::new`].
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("catalog");
-        let http_requests: Family<Labels, Counter> = Family::default();
-        registry.register(
+        let http_requests: Family<Labels, Counter> = registered(
+            &mut registry,
             "http_requests",
             "HTTP requests answered, by route and status",
-            http_requests.clone(),
+            Family::default(),
         );
-        let http_latency: Family<Labels, AtomicHistogram, fn() -> AtomicHistogram> =
-            Family::new_with_constructor(|| AtomicHistogram::new(&LATENCY_BUCKETS));
-        registry.register(
+        let http_latency: Family<Labels, AtomicHistogram, fn() -> AtomicHistogram> = registered(
+            &mut registry,
             "http_request_duration_seconds",
             "Time from request head to response head",
-            http_latency.clone(),
+            Family::new_with_constructor(|| AtomicHistogram::new(&LATENCY_BUCKETS)),
         );
 
         let counter = |registry: &mut Registry, name: &str, help: &str| {
-            let c = Counter::default();
-            registry.register(name, help, c.clone());
-            c
+            registered(registry, name, help, Counter::default())
         };
         let r = &mut registry;
         let l1_hits = counter(r, "l1_hits", "Product lookups answered by L1");
@@ -178,11 +188,11 @@ impl Metrics {
         );
         let l1_flushes = counter(r, "l1_flushes", "Whole-L1 flushes after a gap or reset");
         let consumer_errors = counter(r, "consumer_errors", "Failed invalidation stream reads");
-        let rate_limited: Family<Labels, Counter> = Family::default();
-        r.register(
+        let rate_limited: Family<Labels, Counter> = registered(
+            r,
             "rate_limited",
             "Requests refused by a per-client rate limit, by face",
-            rate_limited.clone(),
+            Family::default(),
         );
         let stale_served = counter(
             r,
@@ -199,11 +209,11 @@ impl Metrics {
             "stale_detected",
             "L1 entries the auditor found older than the primary past the grace period",
         );
-        let stalest_entry_seconds = Gauge::default();
-        r.register(
+        let stalest_entry_seconds = registered(
+            r,
             "stalest_entry_seconds",
             "Age of the newest version of the stalest entry of the last audit round",
-            stalest_entry_seconds.clone(),
+            Gauge::default(),
         );
         let feed_silences = counter(
             r,
@@ -211,11 +221,11 @@ impl Metrics {
             "Times the invalidation feed went silent past the limit",
         );
         let relay_heartbeats = counter(r, "relay_heartbeats", "Heartbeats published by the relay");
-        let feed_silent = Gauge::default();
-        r.register(
+        let feed_silent = registered(
+            r,
             "feed_silent",
             "1 while the invalidation feed is silent",
-            feed_silent.clone(),
+            Gauge::default(),
         );
         let relay_published = counter(r, "relay_published", "Outbox rows published");
         let token_bypasses = counter(
@@ -236,40 +246,60 @@ impl Metrics {
             "Published outbox rows past their retention deleted by the sweeper",
         );
         let sweeper_errors = counter(r, "sweeper_errors", "Failed sweeper rounds");
-        let propagation = AtomicHistogram::new(&LATENCY_BUCKETS);
-        registry.register(
+        let propagation = registered(
+            &mut registry,
             "propagation_seconds",
             "Commit on the primary to invalidation applied at this reader",
-            propagation.clone(),
+            AtomicHistogram::new(&LATENCY_BUCKETS),
         );
-        let relay_lag = AtomicHistogram::new(&LATENCY_BUCKETS);
-        registry.register(
+        let relay_lag = registered(
+            &mut registry,
             "relay_lag_seconds",
             "Commit on the primary to publication by the relay",
-            relay_lag.clone(),
+            AtomicHistogram::new(&LATENCY_BUCKETS),
         );
-        let outbox_backlog = Gauge::default();
-        registry.register(
+        let outbox_backlog = registered(
+            &mut registry,
             "outbox_backlog",
             "Outbox rows not yet published",
-            outbox_backlog.clone(),
+            Gauge::default(),
         );
-        let replica_healthy = Family::default();
-        registry.register(
+        let edge_purges: Family<Labels, Counter> = registered(
+            &mut registry,
+            "edge_purges",
+            "Edge purge requests, by outcome (failed: after every retry)",
+            Family::default(),
+        );
+        let edge_purge_backlog = registered(
+            &mut registry,
+            "edge_purge_backlog",
+            "Surrogate keys waiting to be purged from the edge caches",
+            Gauge::default(),
+        );
+        let replica_healthy = registered(
+            &mut registry,
             "replica_healthy",
             "1 when the replica is in the healthy set",
-            replica_healthy.clone(),
+            Family::default(),
         );
-        let replica_lag_bytes = Family::default();
-        registry.register(
+        let replica_lag_bytes = registered(
+            &mut registry,
             "replica_lag_bytes",
             "Replay lag behind the primary's WAL position",
-            replica_lag_bytes.clone(),
+            Family::default(),
         );
-        let l1_entries = Gauge::default();
-        registry.register("l1_entries", "Entries in L1", l1_entries.clone());
-        let l1_bytes = Gauge::default();
-        registry.register("l1_bytes", "Weighted bytes held by L1", l1_bytes.clone());
+        let l1_entries = registered(
+            &mut registry,
+            "l1_entries",
+            "Entries in L1",
+            Gauge::default(),
+        );
+        let l1_bytes = registered(
+            &mut registry,
+            "l1_bytes",
+            "Weighted bytes held by L1",
+            Gauge::default(),
+        );
         Self {
             registry,
             http_requests,
@@ -307,6 +337,8 @@ impl Metrics {
             relay_lag,
             relay_errors,
             outbox_backlog,
+            edge_purges,
+            edge_purge_backlog,
             sweeper_rounds,
             sweeper_keys_deleted,
             sweeper_outbox_deleted,

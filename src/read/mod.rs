@@ -48,6 +48,7 @@ use crate::document::{Document, Lookup};
 use crate::http::Draining;
 use crate::http::parse::query_param;
 use crate::http::response as plain;
+use crate::http::surrogate::{CATEGORIES_KEY, category_key};
 use crate::metrics::{HttpMetrics, Metrics};
 use crate::store::catalog;
 use crate::store::redis::L2;
@@ -422,7 +423,7 @@ impl Reader {
     async fn categories(&self, headers: &HeaderMap) -> Result<Response<Full<Bytes>>, ReadError> {
         let answer = |body: Bytes| {
             let etag = response::body_etag(&body);
-            self.listing_response(body, etag, || response::CATEGORIES_KEY.to_owned(), headers)
+            self.listing_response(body, etag, || CATEGORIES_KEY.to_owned(), headers)
         };
         if let Some(body) = self.l1.body(&Key::Categories) {
             return Ok(answer(body));
@@ -489,7 +490,7 @@ impl Reader {
         };
         let etag = response::listing_etag(&docs, cursor.as_deref().unwrap_or("").as_bytes());
         let body = listing::page_body(&docs, cursor.as_deref());
-        let keys = || response::category_key(raw_slug);
+        let keys = || category_key(raw_slug);
         Ok(self.listing_response(body, etag, keys, headers))
     }
 }

@@ -2,34 +2,22 @@
 //! `If-None-Match` names it), the `Cache-Control` that lets downstream caches keep them,
 //! `Vary: Min-Catalog-Token` (a read with a token never gets a shared copy), and, when
 //! `CATALOG_SURROGATE_KEYS` is on, the surrogate keys an edge cache purges them by
-//! (`xkey` for Varnish's xkey module, `Surrogate-Key` for hosted CDNs): `p<id>` for a
-//! product, `c:<slug>` for a category's pages, `categories` for `/categories`. Error
-//! and operational answers are built in [`crate::http::response`].
+//! ([`crate::http::surrogate`]). Error and operational answers are built in
+//! [`crate::http::response`].
 
 use std::hash::{BuildHasher as _, Hasher as _};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{
-    AGE, CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderMap, HeaderName, HeaderValue, IF_NONE_MATCH, VARY,
+    AGE, CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderMap, HeaderValue, IF_NONE_MATCH, VARY,
 };
 use hyper::{Response, StatusCode};
 
 use super::{HttpCaching, Reader};
 use crate::document::Document;
 use crate::http::response::JSON;
-
-/// The header Varnish's xkey module reads surrogate keys from.
-pub const XKEY: HeaderName = HeaderName::from_static("xkey");
-/// The header hosted CDNs (Fastly, and others after it) read surrogate keys from.
-pub const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
-/// The surrogate key of `/categories`.
-pub const CATEGORIES_KEY: &str = "categories";
-
-/// The surrogate key of a category's pages.
-pub fn category_key(slug: &str) -> String {
-    format!("c:{slug}")
-}
+use crate::http::surrogate::{SURROGATE_KEY, XKEY};
 
 /// A strong validator of a listing: a hash of what its body was assembled from (each
 /// document's id and version, and what else the body says), the same in every reader

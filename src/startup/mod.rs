@@ -20,6 +20,7 @@ use crate::coherence::auditor::{AuditSettings, Auditor};
 use crate::coherence::consumer::{Consumer, Source, Targets};
 use crate::coherence::feed::Feed;
 use crate::coherence::floors::Floors;
+use crate::coherence::purger::EdgePurger;
 use crate::coherence::relay::{Relay, Sink};
 use crate::coherence::stream::Invalidation;
 use crate::config::Config;
@@ -104,6 +105,7 @@ struct WriteSide {
     writer: Arc<Writer>,
     listener: TcpListener,
     relay: Option<Relay>,
+    purger: Option<Arc<EdgePurger>>,
     sweeper: Sweeper,
 }
 
@@ -326,13 +328,22 @@ impl Application {
         if config.admin_tokens.is_empty() {
             tracing::warn!("CATALOG_ADMIN_TOKENS is empty: every admin request will be refused");
         }
-        let relay = match sink {
-            Some(sink) => Some(Relay::new(
-                primary.clone(),
-                sink,
+        let purger = (!config.edge_purge_urls.is_empty()).then(|| {
+            EdgePurger::new(
+                config.edge_purge_urls.clone(),
+                config.edge_repurge,
                 Arc::clone(metrics),
-                config.heartbeat,
-            )),
+            )
+        });
+        let relay = match sink {
+            Some(sink) => {
+                let relay =
+                    Relay::new(primary.clone(), sink, Arc::clone(metrics), config.heartbeat);
+                Some(match &purger {
+                    Some(purger) => relay.with_purger(Arc::clone(purger)),
+                    None => relay,
+                })
+            }
             None => {
                 tracing::warn!(
                     "writer without CATALOG_REDIS_URL: writes are not broadcast to other \
@@ -377,6 +388,7 @@ impl Application {
             writer,
             listener,
             relay,
+            purger,
             sweeper,
         })
     }
@@ -469,6 +481,9 @@ impl Application {
         if let Some(write) = self.write {
             if let Some(relay) = write.relay {
                 tasks.spawn("outbox relay", relay.run(stop.child_token()));
+            }
+            if let Some(purger) = write.purger {
+                tasks.spawn("edge purger", purger.run(stop.child_token()));
             }
             tasks.spawn("sweeper", write.sweeper.run(stop.child_token()));
             let policy = policy(self.write_rate, &self.metrics, "admin");

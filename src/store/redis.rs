@@ -6,7 +6,14 @@
 //! command has a short timeout: a slow or absent Redis costs a read a few milliseconds
 //! and a counted error, never a failed request; and a Redis that keeps failing opens a
 //! [`Breaker`], so reads stop waiting on it at all until it answers again.
+//!
+//! Redis is one server (`redis://`), a Redis Cluster (`redis-cluster://`, seed nodes) or
+//! a primary found through sentinels (`redis-sentinel://`): see [`redis_config`]. On a
+//! cluster, documents spread over every master by their own keys: each command names
+//! one key (the script included), and a batch is a pipeline that fred sends to each
+//! key's node, never a multi-key command.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +22,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use fred::prelude::*;
 use fred::types::CustomCommand;
 use fred::types::scripts::Script;
+use fred::util::redis_keyslot;
 use prometheus_client::metrics::counter::Counter;
 
 use super::breaker::Breaker;
@@ -36,7 +44,7 @@ return 1
 /// How to reach Redis and how long documents live there.
 #[derive(Debug, Clone)]
 pub struct L2Config {
-    /// `redis://` URL.
+    /// `redis://`, `redis-cluster://` or `redis-sentinel://` URL ([`redis_config`]).
     pub url: String,
     /// Prefix of every key, so deployments (and tests) can share one Redis.
     pub prefix: String,
@@ -69,7 +77,7 @@ impl L2 {
     /// the service starts (and serves from L1 and the databases) even while Redis is down.
     pub fn connect(config: &L2Config) -> Result<Self, fred::error::Error> {
         let timeout = config.command_timeout;
-        let client = Builder::from_config(Config::from_url(&config.url)?)
+        let client = Builder::from_config(redis_config(&config.url)?)
             .with_performance_config(|perf| perf.default_command_timeout = timeout)
             .with_connection_config(|conn| {
                 conn.connection_timeout = Duration::from_secs(1);
@@ -148,7 +156,24 @@ impl L2 {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = ids.iter().map(|&id| self.key(id)).collect();
-        let raw: Vec<Option<Bytes>> = self.guarded(self.client.mget(keys)).await?;
+        let raw: Vec<Option<Bytes>> = if self.client.is_clustered() {
+            // MGET needs all its keys in one slot, and documents are spread over the
+            // cluster. A pipeline of GETs instead: fred writes each to the node that owns
+            // its key's slot (one round trip per node, all at once) and answers in order.
+            let pipeline = self.client.pipeline();
+            for key in keys {
+                let _: () = pipeline.get(key).await?;
+            }
+            self.guarded(pipeline.all()).await?
+        } else {
+            self.guarded(self.client.mget(keys)).await?
+        };
+        if raw.len() != ids.len() {
+            return Err(fred::error::Error::new(
+                fred::error::ErrorKind::Protocol,
+                "Redis answered a batch with a different number of values",
+            ));
+        }
         Ok(ids
             .iter()
             .zip(raw)
@@ -172,22 +197,30 @@ impl L2 {
         if values.is_empty() {
             return Ok(());
         }
-        // EVALSHA needs the script loaded; loading it again is harmless.
+        // EVALSHA needs the script loaded; loading it again is harmless. On a cluster
+        // fred loads it on every master (`SCRIPT LOAD` to each).
         self.guarded(self.put_if_newer.load(&self.client)).await?;
         let sha: Value = self.put_if_newer.sha1().clone().into();
         let ttl: Value = i64::try_from(self.ttl_secs).unwrap_or(i64::MAX).into();
         let pipeline = self.client.pipeline();
         for (id, version, value) in values {
+            let key = self.key(id);
+            // The key's slot, said explicitly: fred would otherwise hash the first
+            // string argument, the script's digest, and send it to the wrong node.
+            let slot = redis_keyslot(key.as_bytes());
             let args: Vec<Value> = vec![
                 sha.clone(),
                 1.into(),
-                self.key(id).into(),
+                key.into(),
                 version.into(),
                 value.into(),
                 ttl.clone(),
             ];
             let _: () = pipeline
-                .custom(CustomCommand::new_static("EVALSHA", None, false), args)
+                .custom(
+                    CustomCommand::new_static("EVALSHA", Some(slot), false),
+                    args,
+                )
                 .await?;
         }
         let _: Vec<Value> = self.guarded(pipeline.all()).await?;
@@ -213,6 +246,59 @@ impl L2 {
             .await?;
         Ok(stored == 1)
     }
+}
+
+/// The fred configuration of `CATALOG_REDIS_URL`:
+///
+/// - `redis://[user:password@]host[:port][/db]`: one server.
+/// - `redis-cluster://[user:password@]host:port[,host:port...]`: a Redis Cluster, by
+///   seed nodes (any masters or replicas; the rest is discovered, and followed through
+///   resharding and failover).
+/// - `redis-sentinel://[user:password@]host:port[,host:port...][/db]?sentinelServiceName=name`:
+///   the primary that these sentinels name, followed across failovers.
+///
+/// The comma-separated node list is this service's form; it becomes fred's own
+/// `?node=host:port` parameters, which are accepted as they are too.
+pub fn redis_config(url: &str) -> Result<Config, fred::error::Error> {
+    Config::from_url(&seed_nodes_as_params(url))
+}
+
+/// For the cluster and sentinel schemes, `scheme://[auth@]a:1,b:2,c:3[/path][?query]` as
+/// `scheme://[auth@]a:1[/path]?node=b:2&node=c:3[&query]`; any other URL as it is.
+fn seed_nodes_as_params(url: &str) -> Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Cow::Borrowed(url);
+    };
+    if !(scheme.ends_with("-cluster") || scheme.ends_with("-sentinel")) {
+        return Cow::Borrowed(url);
+    }
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    // The user information ends at the last `@` (a password may hold one).
+    let (auth, hosts_and_path) = before_query
+        .rfind('@')
+        .map_or(("", before_query), |at| before_query.split_at(at + 1));
+    let (hosts, path) = hosts_and_path
+        .find('/')
+        .map_or((hosts_and_path, ""), |slash| hosts_and_path.split_at(slash));
+    let mut nodes = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|node| !node.is_empty());
+    let (Some(first), others) = (nodes.next(), nodes.collect::<Vec<_>>()) else {
+        return Cow::Borrowed(url);
+    };
+    if others.is_empty() {
+        return Cow::Borrowed(url);
+    }
+    let params: Vec<String> = others
+        .iter()
+        .map(|node| format!("node={node}"))
+        .chain((!query.is_empty()).then(|| query.to_owned()))
+        .collect();
+    Cow::Owned(format!(
+        "{scheme}://{auth}{first}{path}?{}",
+        params.join("&")
+    ))
 }
 
 /// The stored form of a lookup; `None` for `Unknown`.
@@ -292,6 +378,56 @@ mod tests {
         let gone = Lookup::Gone { version: 3 };
         assert_eq!(decode(5, encode(&gone).unwrap()), Some(gone));
         assert_eq!(encode(&Lookup::Unknown), None);
+    }
+
+    #[test]
+    fn seed_node_lists_become_node_parameters() {
+        for plain in [
+            "redis://127.0.0.1:6379",
+            "redis://:pw@h:1/2",
+            "redis-cluster://h:1",
+            "redis-cluster://h:1?node=h:2",
+        ] {
+            assert_eq!(seed_nodes_as_params(plain), plain);
+        }
+        assert_eq!(
+            seed_nodes_as_params(
+                "redis-cluster://127.0.0.1:17000,127.0.0.1:17001, 127.0.0.1:17002"
+            ),
+            "redis-cluster://127.0.0.1:17000?node=127.0.0.1:17001&node=127.0.0.1:17002"
+        );
+        assert_eq!(
+            seed_nodes_as_params("redis-cluster://u:p@ss@a:1,b:2"),
+            "redis-cluster://u:p@ss@a:1?node=b:2"
+        );
+        assert_eq!(
+            seed_nodes_as_params("redis-sentinel://s1:26379,s2:26380/1?sentinelServiceName=main"),
+            "redis-sentinel://s1:26379/1?node=s2:26380&sentinelServiceName=main"
+        );
+        let hosts = |url: &str| {
+            let server = redis_config(url).unwrap().server;
+            let kind = if server.is_clustered() {
+                "cluster"
+            } else if server.is_sentinel() {
+                "sentinel"
+            } else {
+                "centralized"
+            };
+            (server.hosts().len(), kind)
+        };
+        assert_eq!(
+            hosts("redis-cluster://127.0.0.1:17000,127.0.0.1:17001,127.0.0.1:17002"),
+            (3, "cluster")
+        );
+        assert_eq!(
+            hosts("redis-sentinel://127.0.0.1:26379,127.0.0.1:26380?sentinelServiceName=m"),
+            (2, "sentinel")
+        );
+        assert_eq!(hosts("redis://127.0.0.1:6379"), (1, "centralized"));
+        assert!(
+            redis_config("redis-sentinel://127.0.0.1:26379").is_err(),
+            "no service name"
+        );
     }
 
     #[test]
