@@ -706,3 +706,35 @@ async fn the_auditor_finds_an_entry_a_lost_invalidation_left_stale() {
     assert!(app.metric("catalog_stalest_entry_seconds").await >= 10.0);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn one_writer_relay_leads_and_another_takes_over_when_it_stops() {
+    let db = seeded(10, 4).await;
+    let config = TestApp::config(&db);
+    let reader = TestApp::spawn_as(&config, Role::Reader).await;
+    let first = TestApp::spawn_as(&config, Role::Writer).await;
+    poll(|| async { (first.metric("catalog_relay_leader").await == 1.0).then_some(()) }).await;
+    let second = TestApp::spawn_as(&config, Role::Writer).await;
+    // The second writer follows (it keeps trying, and keeps failing, while the first leads).
+    let (id, _) = product_in_category(&db).await;
+    assert_eq!(patch_stock(&second, id, 11).await.status, 200);
+    wait_for_version(&reader, id, 2).await;
+    const PUBLISHED: &str = "catalog_relay_published_total";
+    poll(|| async { (first.metric(PUBLISHED).await >= 1.0).then_some(()) }).await;
+    assert_eq!(second.metric("catalog_relay_leader").await, 0.0);
+    assert_eq!(second.metric(PUBLISHED).await, 0.0);
+
+    // The leader stops: the follower takes over and publishes, with no gap.
+    first.shutdown().await;
+    let stopped = Instant::now();
+    poll(|| async { (second.metric("catalog_relay_leader").await == 1.0).then_some(()) }).await;
+    let handover = stopped.elapsed();
+    assert_eq!(patch_stock(&second, id, 12).await.status, 200);
+    wait_for_version(&reader, id, 3).await;
+    poll(|| async { (second.metric(PUBLISHED).await >= 1.0).then_some(()) }).await;
+    assert_eq!(reader.metric("catalog_stream_gaps_total").await, 0.0);
+    assert_eq!(reader.metric("catalog_stream_resets_total").await, 0.0);
+    eprintln!("relay leadership handed over {handover:?} after the leader stopped");
+    second.shutdown().await;
+    reader.shutdown().await;
+}

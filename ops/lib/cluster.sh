@@ -213,9 +213,10 @@ cluster_up() {
     log "not seeded: the catalog is not empty (or see $CLUSTER_DIR/logs/seed.log)"
   fi
   cluster_write_configs
-  for ((i = 1; i <= CLUSTER_WRITERS; i++)); do cluster_start_catalogd writer "$i"; done
+  # Readers first (the edge's health checks need them), writers last (they purge the edge).
   for ((i = 1; i <= CLUSTER_READERS; i++)); do cluster_start_catalogd reader "$i"; done
   cluster_start_edge
+  for ((i = 1; i <= CLUSTER_WRITERS; i++)); do cluster_start_catalogd writer "$i"; done
   cat <<EOT
 
   the cluster is up; one request through each hop:

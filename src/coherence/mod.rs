@@ -12,6 +12,7 @@
 //!   flushes L1 and limits caching until the feed is heard again.
 //! - [`auditor`] (reader side): samples L1 against the primary in production and counts
 //!   what it finds stale.
+//! - [`leader`] (writer side): one writer's relay publishes at a time.
 //! - [`purger`] (writer side): purges what the relay published from the edge caches
 //!   by surrogate key.
 //! - [`stream`]: the entry format both sides share.
@@ -22,6 +23,7 @@ pub mod backoff;
 pub mod consumer;
 pub mod feed;
 pub mod floors;
+pub mod leader;
 pub mod purger;
 pub mod relay;
 pub mod stream;

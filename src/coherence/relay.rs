@@ -1,5 +1,6 @@
 //! The outbox relay (in the writer): committed outbox rows → the invalidation stream,
-//! and the new documents → L2. Without Redis, `catalogd all` publishes to an in-process
+//! and the new documents → L2. With several writers, the one that holds the relay
+//! leadership publishes ([`super::leader`]). Without Redis, `catalogd all` publishes to an in-process
 //! bus instead ([`Sink::Local`]), with the same entries and the same protocol.
 //!
 //! Every write's transaction inserts an outbox row and `NOTIFY catalog_outbox`; the
@@ -30,6 +31,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
+use super::leader::{self, Leadership};
 use super::purger::{EdgePurger, Keys};
 use super::stream::Invalidation;
 use crate::document::Lookup;
@@ -177,11 +179,21 @@ impl Relay {
         self
     }
 
-    /// Publishes until `stop` fires.
+    /// Publishes until `stop` fires, while this writer leads ([`Leadership`]); a
+    /// follower tries to take the lead every [`leader::TRY_EVERY`].
     pub async fn run(self, stop: CancellationToken) {
         let mut listener = None;
         let mut backoff = Backoff::default();
+        let mut leadership = Leadership::new(self.primary.clone());
         loop {
+            let leads = leadership.lead().await;
+            self.metrics.relay_leader.set(i64::from(leads));
+            if !leads {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(leader::TRY_EVERY) => continue,
+                }
+            }
             if listener.is_none() {
                 listener = self.listen().await;
             }

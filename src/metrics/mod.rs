@@ -92,6 +92,8 @@ pub struct Metrics {
     pub relay_errors: Counter,
     /// Outbox rows not yet published.
     pub outbox_backlog: Gauge,
+    /// 1 while this writer's relay holds the leadership (publishes), else 0.
+    pub relay_leader: Gauge,
     /// Edge purge requests by outcome (`ok`, `failed` after every retry).
     pub edge_purges: Family<Labels, Counter>,
     /// Surrogate keys waiting to be purged from the edges (first purges and re-purges).
@@ -264,6 +266,12 @@ impl Metrics {
             "Outbox rows not yet published",
             Gauge::default(),
         );
+        let relay_leader = registered(
+            &mut registry,
+            "relay_leader",
+            "1 while this writer's relay holds the leadership and publishes",
+            Gauge::default(),
+        );
         let edge_purges: Family<Labels, Counter> = registered(
             &mut registry,
             "edge_purges",
@@ -337,6 +345,7 @@ impl Metrics {
             relay_lag,
             relay_errors,
             outbox_backlog,
+            relay_leader,
             edge_purges,
             edge_purge_backlog,
             sweeper_rounds,
