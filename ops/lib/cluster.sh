@@ -95,7 +95,7 @@ cluster_start_catalogd() {
   local env=(
     "CATALOG_READER_ADDR=127.0.0.1:$(cluster_port reader "$i")"
     "CATALOG_WRITER_ADDR=127.0.0.1:$(cluster_port writer "$i")"
-    "CATALOG_SHUTDOWN_DELAY_MS=${CATALOG_SHUTDOWN_DELAY_MS:-2500}"
+    "CATALOG_SHUTDOWN_DELAY_MS=${CATALOG_SHUTDOWN_DELAY_MS:-3000}"
     "CATALOG_SURROGATE_KEYS=true"
     "CATALOG_EDGE_PURGE_URLS=http://127.0.0.1:$(cluster_port varnish)"
     "CATALOG_LOG_FORMAT=json"

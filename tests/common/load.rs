@@ -53,6 +53,8 @@ pub struct Outcome {
     pub write_errors: Vec<Failure>,
     /// 503 answers of the writer without `Retry-After`.
     pub unavailable_without_retry_after: usize,
+    /// Reads an edge cache answered from its copy (`X-Cache: HIT`).
+    pub edge_hits: usize,
 }
 
 impl Outcome {
@@ -114,8 +116,8 @@ impl Outcome {
     }
 }
 
-/// What a reading task recorded: reads, failures.
-type ReadLog = (Vec<Event>, Vec<Failure>);
+/// What a reading task recorded: reads, failures, reads an edge answered from its copy.
+type ReadLog = (Vec<Event>, Vec<Failure>, usize);
 /// What the writing task recorded: acknowledgements, failures, 503s without `Retry-After`.
 type WriteLog = (Vec<Event>, Vec<Failure>, usize);
 
@@ -142,7 +144,7 @@ impl Load {
             .map(|r| {
                 let (stop, reader) = (Arc::clone(&stop), reader.clone());
                 tokio::spawn(async move {
-                    let (mut reads, mut errors) = (Vec::new(), Vec::new());
+                    let (mut reads, mut errors, mut edge_hits) = (Vec::new(), Vec::new(), 0);
                     let mut i = r as i64;
                     while !stop.load(Ordering::Relaxed) {
                         i += 1;
@@ -151,6 +153,7 @@ impl Load {
                         let path = format!("/products/{id}");
                         match request(reader.get(), "GET", &path, &[], String::new()).await {
                             Ok(reply) if reply.status == 200 => {
+                                edge_hits += usize::from(reply.header("x-cache") == Some("HIT"));
                                 let version =
                                     serde_json::from_slice::<serde_json::Value>(&reply.body)
                                         .ok()
@@ -170,7 +173,7 @@ impl Load {
                             Err(err) => errors.push(Failure { at, what: err }),
                         }
                     }
-                    (reads, errors)
+                    (reads, errors, edge_hits)
                 })
             })
             .collect();
@@ -227,9 +230,10 @@ impl Load {
         self.stop.store(true, Ordering::Relaxed);
         let mut outcome = Outcome::default();
         for reader in self.readers.drain(..) {
-            let (reads, errors) = reader.await.expect("a reader task");
+            let (reads, errors, edge_hits) = reader.await.expect("a reader task");
             outcome.reads.extend(reads);
             outcome.read_errors.extend(errors);
+            outcome.edge_hits += edge_hits;
         }
         if let Some(writer) = self.writer.take() {
             let (acks, errors, no_retry_after) = writer.await.expect("the writer task");
