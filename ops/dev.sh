@@ -34,8 +34,10 @@
 #                       it listens on $CATALOG_READER_ADDR and $CATALOG_WRITER_ADDR
 #                       (default 127.0.0.1:8080 and 127.0.0.1:8081), which must be free
 #   test [--keep] [cargo test args]      up, drop the databases of finished test
-#                       processes, cargo test --workspace --all-targets; exits with the
-#                       suite's status. Then the last `test` run still using the stack
+#                       processes, cargo test --workspace --all-targets, and without
+#                       cargo test args the static checks ops/check/{manifests,
+#                       monitoring,openapi}.sh (containers, Kubernetes, alert rules and
+#                       dashboard, OpenAPI); exits with the first failure's status. Then the last `test` run still using the stack
 #                       stops what test runs started (a stack that was up before stays
 #                       up); --keep / CATALOG_DEV_KEEP=1 leaves it all up
 #   redis-cluster up|down|status|url   a Redis Cluster of three masters on 127.0.0.1,
@@ -547,6 +549,7 @@ cmd_test() {
   trap 'exit 130' INT
   trap 'exit 143' TERM
   ensure_packages
+  cluster_packages # tests/cluster.rs runs HAProxy, Varnish and Prometheus
   prepare_state_dir
   lock_acquire
   stack_up
@@ -559,6 +562,14 @@ cmd_test() {
   log "running: cargo test --workspace --all-targets ${args[*]}"
   cargo test --workspace --all-targets "${args[@]}" || rc=$?
   log "test suite exited with status $rc"
+  if ((${#args[@]} == 0)); then
+    local check
+    for check in "$ROOT"/ops/check/{manifests,monitoring,openapi}.sh; do
+      log "running: $check"
+      bash "$check" || rc=$((rc ? rc : 1))
+    done
+    log "test suite and checks exited with status $rc"
+  fi
   exit "$rc"
 }
 
