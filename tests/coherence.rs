@@ -738,3 +738,34 @@ async fn one_writer_relay_leads_and_another_takes_over_when_it_stops() {
     second.shutdown().await;
     reader.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_starting_readers_replay_is_not_counted_as_propagation() {
+    let db = seeded(10, 4).await;
+    let config = TestApp::config(&db);
+    let writer = TestApp::spawn_as(&config, Role::Writer).await;
+    let first = TestApp::spawn_as(&config, Role::Reader).await;
+    for stock in 1..=3 {
+        assert_eq!(patch_stock(&writer, 1, stock).await.status, 200);
+    }
+    wait_for_version(&first, 1, 4).await;
+    poll(|| async {
+        (first.metric("catalog_propagation_seconds_count").await >= 3.0).then_some(())
+    })
+    .await;
+    // A reader started now replays those changes from the stream: invalidations, but
+    // not propagation (they were committed before it existed).
+    let late = TestApp::spawn_as(&config, Role::Reader).await;
+    poll(|| async { (late.metric("catalog_invalidations_total").await >= 3.0).then_some(()) })
+        .await;
+    assert_eq!(late.metric("catalog_propagation_seconds_count").await, 0.0);
+    // What it applies from now on is.
+    assert_eq!(patch_stock(&writer, 1, 9).await.status, 200);
+    poll(|| async {
+        (late.metric("catalog_propagation_seconds_count").await >= 1.0).then_some(())
+    })
+    .await;
+    for app in [late, first, writer] {
+        app.shutdown().await;
+    }
+}

@@ -155,6 +155,9 @@ pub struct Consumer {
     position: Position,
     watermark: tokio::sync::watch::Sender<u64>,
     feed: Feed,
+    /// When this consumer started (µs since the epoch): entries committed before are its
+    /// start-up replay, not propagation, and stay out of the histogram.
+    started_micros: i64,
 }
 
 impl Consumer {
@@ -170,6 +173,7 @@ impl Consumer {
             },
             watermark: targets.watermark,
             feed: targets.feed,
+            started_micros: super::stream::now_micros(),
         }
     }
 
@@ -333,6 +337,9 @@ impl Consumer {
             return;
         }
         self.metrics.invalidations.inc();
+        if entry.committed_at_micros < self.started_micros {
+            return;
+        }
         let now = super::stream::now_micros();
         let micros = u64::try_from(now.saturating_sub(entry.committed_at_micros)).unwrap_or(0);
         self.metrics
