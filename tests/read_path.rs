@@ -1193,3 +1193,23 @@ async fn surrogate_keys_are_off_by_default() {
     assert_eq!(doc.header("surrogate-key"), None);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn each_face_serves_its_openapi_description() {
+    let db = seeded(3, 1).await;
+    let app = TestApp::spawn_as(&TestApp::config(&db), catalog::startup::Role::All).await;
+    let storefront = app.get("/openapi.json").await;
+    let admin = common::http_request(app.writer.unwrap(), "GET", "/openapi.json", &[]).await;
+    for (reply, route) in [
+        (&storefront, "/products/{id}"),
+        (&admin, "/admin/products/{id}"),
+    ] {
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+        let spec = reply.json();
+        assert_eq!(spec["openapi"], "3.1.0");
+        assert!(spec["paths"][route].is_object(), "{route} is not described");
+    }
+    assert!(storefront.json()["paths"]["/admin/products/{id}"].is_null());
+    app.shutdown().await;
+}

@@ -1,5 +1,5 @@
-//! Responses that no cache may keep: plain-text operational answers (`/healthz`,
-//! `/readyz`, `/metrics`), admin answers and problem documents all get
+//! Responses that no cache may keep: operational answers (`/healthz`, `/readyz`,
+//! `/metrics`, `/openapi.json`), admin answers and problem documents all get
 //! `Cache-Control: no-store` here, in one place.
 
 use bytes::Bytes;
@@ -40,6 +40,11 @@ pub fn healthy() -> Response<Full<Bytes>> {
 /// `200 ready`, the readiness answer of both faces.
 pub fn ready() -> Response<Full<Bytes>> {
     no_store(StatusCode::OK, TEXT, Bytes::from_static(b"ready\n"))
+}
+
+/// `200` with a face's OpenAPI description (`GET /openapi.json`).
+pub fn openapi(spec: &'static str) -> Response<Full<Bytes>> {
+    no_store(StatusCode::OK, JSON, Bytes::from_static(spec.as_bytes()))
 }
 
 /// `200` with a Prometheus exposition.

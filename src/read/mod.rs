@@ -60,6 +60,9 @@ use route::{ReadRoute, Route};
 use singleflight::SingleFlight;
 use token::Consistency;
 
+/// This face's OpenAPI description, served at `GET /openapi.json`.
+const OPENAPI: &str = include_str!("../../docs/openapi/storefront.json");
+
 /// The read-your-writes header: a `Catalog-Token` a write answered.
 pub const MIN_CATALOG_TOKEN: HeaderName = HeaderName::from_static("min-catalog-token");
 
@@ -337,6 +340,7 @@ impl Reader {
             Route::Readyz => self.readyz(),
             Route::Metrics if self.metrics_elsewhere => Err(ReadError::RouteNotFound),
             Route::Metrics => Ok(self.metrics_text()),
+            Route::OpenApi => Ok(plain::openapi(OPENAPI)),
         }
     }
 

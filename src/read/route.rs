@@ -24,6 +24,8 @@ pub enum Route<'a> {
     Readyz,
     /// `GET /metrics`
     Metrics,
+    /// `GET /openapi.json`
+    OpenApi,
 }
 
 /// The storefront's routes as metric labels, with one for requests no route matched.
@@ -45,6 +47,8 @@ pub enum ReadRoute {
     Readyz,
     /// `/metrics`
     Metrics,
+    /// `/openapi.json`
+    OpenApi,
     /// No route matched.
     Unmatched,
 }
@@ -59,6 +63,7 @@ impl RouteLabel for ReadRoute {
         Self::Healthz,
         Self::Readyz,
         Self::Metrics,
+        Self::OpenApi,
         Self::Unmatched,
     ];
 
@@ -72,6 +77,7 @@ impl RouteLabel for ReadRoute {
             Self::Healthz => "healthz",
             Self::Readyz => "readyz",
             Self::Metrics => "metrics",
+            Self::OpenApi => "openapi",
             Self::Unmatched => "unmatched",
         }
     }
@@ -93,6 +99,7 @@ impl<'a> Route<'a> {
             Self::Healthz => ReadRoute::Healthz,
             Self::Readyz => ReadRoute::Readyz,
             Self::Metrics => ReadRoute::Metrics,
+            Self::OpenApi => ReadRoute::OpenApi,
         }
     }
 
@@ -104,6 +111,7 @@ impl<'a> Route<'a> {
             "/healthz" => return Ok(Self::Healthz),
             "/readyz" => return Ok(Self::Readyz),
             "/metrics" => return Ok(Self::Metrics),
+            "/openapi.json" => return Ok(Self::OpenApi),
             _ => {}
         }
         if let Some(rest) = path.strip_prefix("/products/") {

@@ -45,6 +45,8 @@ use payload::ProductInput;
 use route::{AdminRoute, WriteRoute};
 use tx::Written;
 
+/// This face's OpenAPI description, served at `GET /openapi.json`.
+const OPENAPI: &str = include_str!("../../docs/openapi/admin.json");
 /// The header naming a retry-safe request.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
@@ -159,12 +161,16 @@ impl Writer {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         match route {
-            AdminRoute::Healthz | AdminRoute::Readyz | AdminRoute::Metrics
+            AdminRoute::Healthz
+            | AdminRoute::Readyz
+            | AdminRoute::Metrics
+            | AdminRoute::OpenApi
                 if request.method() != Method::GET && request.method() != Method::HEAD =>
             {
                 Err(WriteError::MethodNotAllowed("GET, HEAD"))
             }
             AdminRoute::Healthz => Ok(plain::healthy()),
+            AdminRoute::OpenApi => Ok(plain::openapi(OPENAPI)),
             AdminRoute::Readyz => {
                 if self.draining.is_draining() {
                     return Err(WriteError::ShuttingDown);

@@ -20,6 +20,8 @@ pub enum AdminRoute<'a> {
     Readyz,
     /// `/metrics`
     Metrics,
+    /// `/openapi.json`
+    OpenApi,
 }
 
 /// The admin face's routes as metric labels, with one for requests no route matched.
@@ -33,7 +35,7 @@ pub enum WriteRoute {
     Category,
     /// `/admin/purge`
     Purge,
-    /// `/healthz`, `/readyz` and `/metrics`.
+    /// `/healthz`, `/readyz`, `/metrics` and `/openapi.json`.
     Operations,
     /// No route matched.
     Unmatched,
@@ -72,6 +74,7 @@ impl<'a> AdminRoute<'a> {
             "/healthz" => return Some(Self::Healthz),
             "/readyz" => return Some(Self::Readyz),
             "/metrics" => return Some(Self::Metrics),
+            "/openapi.json" => return Some(Self::OpenApi),
             "/admin/purge" => return Some(Self::Purge),
             "/admin/products/bulk" => return Some(Self::Bulk),
             _ => {}
@@ -89,7 +92,7 @@ impl<'a> AdminRoute<'a> {
             Self::Bulk => WriteRoute::Bulk,
             Self::Category(_) => WriteRoute::Category,
             Self::Purge => WriteRoute::Purge,
-            Self::Healthz | Self::Readyz | Self::Metrics => WriteRoute::Operations,
+            Self::Healthz | Self::Readyz | Self::Metrics | Self::OpenApi => WriteRoute::Operations,
         }
     }
 }
