@@ -71,6 +71,7 @@ fn entry(seq: i64, product: i64, version: i64) -> Invalidation {
         product_id: Some(product),
         version,
         purge: false,
+        deleted: false,
         categories: Vec::new(),
         committed_at_micros: 1_790_000_000_000_000,
         seq,
@@ -106,6 +107,7 @@ fn invalidation(c: &mut Criterion) {
         watermark,
         feed: catalog::coherence::feed::Feed::new(Duration::from_secs(3600)),
         metrics: Arc::new(Metrics::new()),
+        changes: None,
     });
     let mut seq = 0;
     c.bench_function("invalidation_apply", |b| {

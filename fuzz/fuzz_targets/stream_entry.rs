@@ -24,6 +24,7 @@ struct Entry {
     product_id: Option<i64>,
     version: i64,
     purge: bool,
+    deleted: bool,
     categories: Vec<String>,
     committed_at_micros: i64,
     seq: i64,
@@ -48,6 +49,7 @@ fuzz_target!(|input: Input| {
         product_id: e.product_id,
         version: e.version,
         purge: e.purge,
+        deleted: e.deleted,
         categories: e
             .categories
             .into_iter()

@@ -6,7 +6,8 @@
 # What it caches: GET and HEAD of the storefront, for as long as the reader's
 # Cache-Control allows (max-age; stale-while-revalidate as grace). What it never caches:
 # reads carrying Min-Catalog-Token (read-your-writes goes to a reader), the operational
-# endpoints, and anything else than GET/HEAD. Objects carry the readers' surrogate keys
+# endpoints, the change feed (/changes, streamed through), and anything else than
+# GET/HEAD. Objects carry the readers' surrogate keys
 # (the xkey header, CATALOG_SURROGATE_KEYS=true on the readers), which the writers'
 # edge purger purges as changes are published:
 #   PURGE / with `xkey-purge: p42 c:lamps`  -> every object carrying one of the keys
@@ -41,6 +42,10 @@ sub vcl_recv {
         return (pass);
     }
     if (req.url ~ "^/(healthz|readyz|metrics|openapi\.json)") {
+        return (pass);
+    }
+    # The live change feed: one long response per subscriber, streamed as it comes.
+    if (req.url ~ "^/changes") {
         return (pass);
     }
     # The storefront reads no cookies and no credentials.

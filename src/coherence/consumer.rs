@@ -31,6 +31,7 @@ use super::floors::Floors;
 use super::stream::Invalidation;
 use crate::cache::{Key, L1};
 use crate::metrics::Metrics;
+use crate::read::changes::ChangeFeed;
 
 /// How long one `XREAD` blocks; after an empty read the epoch key is checked.
 const BLOCK_MS: u64 = 1_000;
@@ -144,6 +145,8 @@ pub struct Targets {
     pub feed: Feed,
     /// Its counters.
     pub metrics: Arc<Metrics>,
+    /// The live change feed it hands each applied change to, if the reader serves one.
+    pub changes: Option<Arc<ChangeFeed>>,
 }
 
 /// The consumer task.
@@ -155,6 +158,7 @@ pub struct Consumer {
     position: Position,
     watermark: tokio::sync::watch::Sender<u64>,
     feed: Feed,
+    changes: Option<Arc<ChangeFeed>>,
     /// When this consumer started (µs since the epoch): entries committed before are its
     /// start-up replay, not propagation, and stay out of the histogram.
     started_micros: i64,
@@ -173,6 +177,7 @@ impl Consumer {
             },
             watermark: targets.watermark,
             feed: targets.feed,
+            changes: targets.changes,
             started_micros: super::stream::now_micros(),
         }
     }
@@ -299,17 +304,25 @@ impl Consumer {
     /// Applies one invalidation (or heartbeat).
     pub fn apply(&mut self, entry: &Invalidation) {
         self.feed.heard();
-        match self.position.advance(entry) {
+        let step = self.position.advance(entry);
+        match step {
             Step::InOrder | Step::Duplicate => {}
             Step::Gap => {
                 self.metrics.stream_gaps.inc();
                 self.flush("gap in the invalidation sequence");
+                self.changes
+                    .iter()
+                    .for_each(|f| f.reset("the reader missed changes"));
             }
             Step::Reset => {
                 self.metrics.stream_resets.inc();
                 self.flush("the invalidation stream was reset");
+                self.changes
+                    .iter()
+                    .for_each(|f| f.reset("the invalidation stream was reset"));
             }
         }
+
         match (entry.product_id, entry.purge) {
             (Some(id), false) => {
                 self.floors.raise(id, entry.version);
@@ -332,6 +345,12 @@ impl Consumer {
                 *current = (*current).max(watermark);
                 raised
             });
+        }
+        // Subscribers hear of a change once this reader serves it: after the evictions.
+        if step != Step::Duplicate
+            && let Some(changes) = &self.changes
+        {
+            changes.publish(entry, &self.position.last_id);
         }
         if entry.heartbeat {
             return;
@@ -391,6 +410,7 @@ mod tests {
             product_id: Some(1),
             version: 1,
             purge: false,
+            deleted: false,
             categories: Vec::new(),
             committed_at_micros: 0,
             seq,

@@ -55,6 +55,10 @@ const FOLLOW_UP: Duration = Duration::from_millis(5);
 /// `statement_timeout`; past it the round is dropped (its transaction rolls back and its
 /// rows are published again), so a silent primary or Redis cannot stall the relay.
 const ROUND_DEADLINE: Duration = Duration::from_secs(30);
+/// While rounds come full, the backlog gauge (`catalog_outbox_backlog`) is counted at
+/// most this often: counting reads every unpublished row, which at a backlog of a
+/// million rows costs more than the round itself.
+const BACKLOG_COUNT_EVERY: Duration = Duration::from_secs(5);
 
 /// Why a relay round failed; the round rolled back and its rows are published again.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +148,8 @@ pub struct Relay {
     /// When the last entry (change or heartbeat) was published, and whether it was a
     /// round of changes whose watermark a follow-up heartbeat should cover.
     last: std::sync::Mutex<(Instant, bool)>,
+    /// When a full round last counted the backlog ([`BACKLOG_COUNT_EVERY`]).
+    backlog_counted: std::sync::Mutex<Option<Instant>>,
     /// Purges what each round published from the edge caches, if there are any.
     purger: Option<Arc<EdgePurger>>,
 }
@@ -154,6 +160,7 @@ struct OutboxRow {
     id: i64,
     product_id: Option<i64>,
     purge: bool,
+    deleted: bool,
     version: i64,
     categories: Vec<String>,
     created_micros: i64,
@@ -169,6 +176,7 @@ impl Relay {
             metrics,
             heartbeat,
             last: std::sync::Mutex::new((Instant::now(), false)),
+            backlog_counted: std::sync::Mutex::new(None),
             purger: None,
         }
     }
@@ -263,6 +271,23 @@ impl Relay {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Whether the backlog gauge is due for a count after a full round.
+    fn backlog_count_due(&self) -> bool {
+        // EXPERIMENT (temporary): count after every round, as before.
+        if std::env::var("CATALOG_RELAY_EXPERIMENT").as_deref() == Ok("every") {
+            return true;
+        }
+        let mut counted = self
+            .backlog_counted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if counted.is_some_and(|at| at.elapsed() < BACKLOG_COUNT_EVERY) {
+            return false;
+        }
+        *counted = Some(Instant::now());
+        true
+    }
+
     fn published(&self, changes: bool) {
         *self
             .last
@@ -293,7 +318,7 @@ impl Relay {
             self.recover_from_rollback(&mut tx, l2, epoch_key).await?;
         }
         let rows: Vec<OutboxRow> = sqlx::query_as(
-            "select id, product_id, purge, coalesce(version, 0) as version, categories, \
+            "select id, product_id, purge, deleted, coalesce(version, 0) as version, categories, \
              (extract(epoch from created_at) * 1000000)::bigint as created_micros \
              from outbox where published_at is null order by bulk, id limit $1",
         )
@@ -311,6 +336,7 @@ impl Relay {
                 product_id: None,
                 version: 0,
                 purge: false,
+                deleted: false,
                 categories: Vec::new(),
                 committed_at_micros: super::stream::now_micros(),
                 seq: next_seq,
@@ -338,6 +364,7 @@ impl Relay {
                 product_id: row.product_id,
                 version: row.version,
                 purge: row.purge,
+                deleted: row.deleted,
                 categories: row.categories.clone(),
                 committed_at_micros: row.created_micros,
                 seq: next_seq + i as i64,
@@ -387,11 +414,15 @@ impl Relay {
             let lag = u64::try_from(now.saturating_sub(row.created_micros)).unwrap_or(0);
             self.metrics.relay_lag.observe(Duration::from_micros(lag));
         }
-        let backlog: i64 =
-            sqlx::query_scalar("select count(*) from outbox where published_at is null")
-                .fetch_one(&self.primary)
-                .await?;
-        self.metrics.outbox_backlog.set(backlog);
+        // Counting the backlog reads all of it: while rounds come full (a large backlog
+        // drains), the gauge is refreshed at most every BACKLOG_COUNT_EVERY.
+        if drained || self.backlog_count_due() {
+            let backlog: i64 =
+                sqlx::query_scalar("select count(*) from outbox where published_at is null")
+                    .fetch_one(&self.primary)
+                    .await?;
+            self.metrics.outbox_backlog.set(backlog);
+        }
         Ok(rows.len())
     }
 

@@ -15,6 +15,7 @@ const EPOCH: &str = "e";
 const WATERMARK: &str = "w";
 const PURGE: &str = "x";
 const HEARTBEAT: &str = "h";
+const DELETED: &str = "d";
 
 /// Microseconds since the Unix epoch, the unit of [`Invalidation::committed_at_micros`].
 pub fn now_micros() -> i64 {
@@ -61,6 +62,8 @@ pub struct Invalidation {
     /// An operator's purge: drop the product (or, without one and without categories,
     /// everything) from the caches whatever its version.
     pub purge: bool,
+    /// The write left the product invisible to the storefront (deleted or inactive).
+    pub deleted: bool,
     /// Slugs of the categories the write touched (before and after).
     pub categories: Vec<String>,
     /// Commit time, microseconds since the Unix epoch (for propagation latency).
@@ -91,6 +94,7 @@ impl Invalidation {
         .chain(self.product_id.map(|id| (PRODUCT, id.to_string())))
         .chain(self.watermark.map(|w| (WATERMARK, w.to_string())))
         .chain(self.purge.then(|| (PURGE, "1".to_owned())))
+        .chain(self.deleted.then(|| (DELETED, "1".to_owned())))
         .chain(self.heartbeat.then(|| (HEARTBEAT, "1".to_owned())))
         .collect()
     }
@@ -106,6 +110,7 @@ impl Invalidation {
             },
             version: number(VERSION)?,
             purge: fields.contains_key(PURGE),
+            deleted: fields.contains_key(DELETED),
             categories: categories
                 .split(',')
                 .filter(|s| !s.is_empty())
@@ -133,6 +138,7 @@ mod tests {
             product_id: Some(7),
             version: 3,
             purge: false,
+            deleted: true,
             categories: vec!["lamps".into(), "desks".into()],
             committed_at_micros: 1_700_000_000_000_000,
             seq: 42,

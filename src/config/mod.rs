@@ -179,6 +179,38 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Read-path tuning.
     pub read: ReadConfig,
+    /// Webhook delivery (`CATALOG_WEBHOOK_*`).
+    pub webhooks: WebhookConfig,
+}
+
+/// How the writer delivers webhooks ([`crate::write::webhooks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// `CATALOG_WEBHOOK_RETRY_SECS`: how long a delivery is retried, from its first
+    /// attempt (or its replay), before it becomes a dead letter.
+    pub retry_period: Duration,
+    /// `CATALOG_WEBHOOK_BACKOFF_MS`: the pause after a delivery's first failure; it
+    /// doubles after each further failure (with jitter), up to `backoff_max`.
+    pub backoff_first: Duration,
+    /// `CATALOG_WEBHOOK_BACKOFF_MAX_MS`: the longest pause between two attempts.
+    pub backoff_max: Duration,
+    /// `CATALOG_WEBHOOK_TIMEOUT_MS`: deadline of one attempt (connect, send, answer).
+    pub timeout: Duration,
+    /// `CATALOG_WEBHOOK_RETENTION_SECS`: how long delivered deliveries and dead letters
+    /// are kept before they are deleted.
+    pub retention: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            retry_period: Duration::from_secs(86_400),
+            backoff_first: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(600),
+            timeout: Duration::from_secs(10),
+            retention: Duration::from_secs(7 * 86_400),
+        }
+    }
 }
 
 /// Tuning of the read path (L1, replicas, HTTP caching headers, connection limits).
@@ -228,6 +260,10 @@ pub struct ReadConfig {
     /// `CATALOG_CORS_ORIGINS`: browser origins (`https://shop.example`, or `*`) allowed to
     /// read the storefront API; empty: no CORS headers.
     pub cors_origins: Vec<String>,
+    /// `CATALOG_CHANGES_MAX_SUBSCRIBERS`, `CATALOG_CHANGES_MAX_PER_CLIENT`,
+    /// `CATALOG_CHANGES_BUFFER` and `CATALOG_CHANGES_HEARTBEAT_MS`: the live change feed's
+    /// limits.
+    pub changes: crate::read::changes::FeedSettings,
     /// `CATALOG_AUDIT_INTERVAL_MS`: time between rounds of the consistency auditor;
     /// `None` (0) turns it off.
     pub audit_interval: Option<Duration>,
@@ -255,6 +291,12 @@ impl Default for ReadConfig {
             l1_soft_ttl: Duration::from_secs(240),
             stale_if_error: Duration::from_secs(300),
             cors_origins: Vec::new(),
+            changes: crate::read::changes::FeedSettings {
+                max_subscribers: 10_000,
+                max_per_client: 100,
+                buffer: 4096,
+                heartbeat: Duration::from_secs(15),
+            },
             audit_interval: Some(Duration::from_secs(10)),
             audit_sample: 64,
         }
@@ -293,6 +335,7 @@ impl Config {
             log_filter: "info".to_owned(),
             log_format: LogFormat::Text,
             read: ReadConfig::default(),
+            webhooks: WebhookConfig::default(),
         }
     }
 
@@ -463,6 +506,24 @@ impl Config {
             stale_if_error: var.or("CATALOG_STALE_IF_ERROR_SECS", d.stale_if_error, |raw| {
                 parse_in_range(raw, 0..=86_400).map(Duration::from_secs)
             })?,
+            changes: crate::read::changes::FeedSettings {
+                max_subscribers: var.or(
+                    "CATALOG_CHANGES_MAX_SUBSCRIBERS",
+                    d.changes.max_subscribers,
+                    |raw| parse_in_range(raw, 0..=1_000_000),
+                )?,
+                max_per_client: var.or(
+                    "CATALOG_CHANGES_MAX_PER_CLIENT",
+                    d.changes.max_per_client,
+                    |raw| parse_in_range(raw, 1..=1_000_000),
+                )?,
+                buffer: var.or("CATALOG_CHANGES_BUFFER", d.changes.buffer, |raw| {
+                    parse_in_range(raw, 16..=1_000_000)
+                })?,
+                heartbeat: var.or("CATALOG_CHANGES_HEARTBEAT_MS", d.changes.heartbeat, |raw| {
+                    parse_in_range(raw, 100..=600_000).map(Duration::from_millis)
+                })?,
+            },
             cors_origins: var.or("CATALOG_CORS_ORIGINS", Vec::new(), |raw| {
                 split_list(raw).map(parse_origin).collect()
             })?,
@@ -474,10 +535,43 @@ impl Config {
                 parse_in_range(raw, 1..=10_000)
             })?,
         };
+        config.webhooks = webhooks(&var)?;
         // Refresh-ahead happens before expiry, or at it.
         config.read.l1_soft_ttl = config.read.l1_soft_ttl.min(config.read.l1_max_ttl);
         Ok(config)
     }
+}
+
+/// The `CATALOG_WEBHOOK_*` variables.
+fn webhooks<S: Source + ?Sized>(var: &Vars<'_, S>) -> Result<WebhookConfig, ConfigError> {
+    let d = WebhookConfig::default();
+    let webhooks = WebhookConfig {
+        retry_period: var.or("CATALOG_WEBHOOK_RETRY_SECS", d.retry_period, |raw| {
+            parse_in_range(raw, 1..=2_592_000).map(Duration::from_secs)
+        })?,
+        backoff_first: var.or("CATALOG_WEBHOOK_BACKOFF_MS", d.backoff_first, |raw| {
+            parse_in_range(raw, 10..=3_600_000).map(Duration::from_millis)
+        })?,
+        backoff_max: var.or("CATALOG_WEBHOOK_BACKOFF_MAX_MS", d.backoff_max, |raw| {
+            parse_in_range(raw, 10..=86_400_000).map(Duration::from_millis)
+        })?,
+        timeout: var.or("CATALOG_WEBHOOK_TIMEOUT_MS", d.timeout, |raw| {
+            parse_in_range(raw, 100..=120_000).map(Duration::from_millis)
+        })?,
+        retention: var.or("CATALOG_WEBHOOK_RETENTION_SECS", d.retention, |raw| {
+            parse_in_range(raw, 60..=31_536_000).map(Duration::from_secs)
+        })?,
+    };
+    if webhooks.backoff_max < webhooks.backoff_first {
+        return Err(ConfigError {
+            var: "CATALOG_WEBHOOK_BACKOFF_MAX_MS",
+            reason: format!(
+                "must be at least CATALOG_WEBHOOK_BACKOFF_MS ({} ms)",
+                webhooks.backoff_first.as_millis()
+            ),
+        });
+    }
+    Ok(webhooks)
 }
 
 #[cfg(test)]

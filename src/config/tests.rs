@@ -86,6 +86,11 @@ fn every_bad_value_names_its_variable() {
         ("CATALOG_MAX_CONNECTIONS", "0"),
         ("CATALOG_HEADER_TIMEOUT_MS", "0"),
         ("CATALOG_WRITE_STALL_MS", "99"),
+        ("CATALOG_WEBHOOK_RETRY_SECS", "0"),
+        ("CATALOG_WEBHOOK_BACKOFF_MS", "5"),
+        ("CATALOG_WEBHOOK_BACKOFF_MAX_MS", "later"),
+        ("CATALOG_WEBHOOK_TIMEOUT_MS", "99"),
+        ("CATALOG_WEBHOOK_RETENTION_SECS", "59"),
     ];
     for (var, value) in cases {
         let mut src: HashMap<String, String> = HashMap::new();
@@ -179,6 +184,39 @@ fn redis_urls_may_name_a_cluster_or_sentinels() {
     let src = [DB, ("CATALOG_REDIS_URL", "cluster://:hunter2@a:1,b:2")];
     let err = Config::from_source(&src[..]).unwrap_err().to_string();
     assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn webhook_delivery_is_configured_and_its_backoff_bounded() {
+    let config = Config::from_source(&[DB][..]).unwrap();
+    assert_eq!(config.webhooks, WebhookConfig::default());
+    assert_eq!(config.webhooks.retry_period, Duration::from_secs(86_400));
+    let src = [
+        DB,
+        ("CATALOG_WEBHOOK_RETRY_SECS", "30"),
+        ("CATALOG_WEBHOOK_BACKOFF_MS", "50"),
+        ("CATALOG_WEBHOOK_BACKOFF_MAX_MS", "2000"),
+        ("CATALOG_WEBHOOK_TIMEOUT_MS", "1500"),
+        ("CATALOG_WEBHOOK_RETENTION_SECS", "3600"),
+    ];
+    let webhooks = Config::from_source(&src[..]).unwrap().webhooks;
+    assert_eq!(
+        webhooks,
+        WebhookConfig {
+            retry_period: Duration::from_secs(30),
+            backoff_first: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            timeout: Duration::from_millis(1500),
+            retention: Duration::from_secs(3600),
+        }
+    );
+    let src = [
+        DB,
+        ("CATALOG_WEBHOOK_BACKOFF_MS", "5000"),
+        ("CATALOG_WEBHOOK_BACKOFF_MAX_MS", "1000"),
+    ];
+    let err = Config::from_source(&src[..]).unwrap_err();
+    assert_eq!(err.var, "CATALOG_WEBHOOK_BACKOFF_MAX_MS");
 }
 
 #[test]

@@ -1,12 +1,13 @@
 //! A small HTTP/1.1 client for the calls `catalogd` makes itself: `catalogd probe` (a
-//! container's health check) and the edge purger's `PURGE` requests. Plain `http://`
-//! only (edges and probes are on the local network), one connection at a time, and
-//! every call bounded by a deadline.
+//! container's health check), the edge purger's `PURGE` requests and webhook
+//! deliveries (a `POST` with a body, [`Connection::send_body`]). Plain `http://` only:
+//! this build has no TLS, so `https://` webhook receivers are refused at registration.
+//! One connection at a time, and every call bounded by a deadline.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
@@ -83,21 +84,27 @@ impl Target {
         Ok(Connection {
             sender,
             host: self.authority.clone(),
+            closed: false,
         })
     }
 }
+
+/// Most bytes of an answer's body [`Connection::send_body`] reads.
+pub const ANSWER_BODY_LIMIT: usize = 64 * 1024;
 
 /// One open connection; requests on it go one after another.
 #[derive(Debug)]
 pub struct Connection {
     sender: SendRequest<Full<Bytes>>,
     host: String,
+    /// An answer's body was left unread: the connection cannot carry another request.
+    closed: bool,
 }
 
 impl Connection {
     /// Whether the connection can carry another request.
     pub fn is_open(&self) -> bool {
-        !self.sender.is_closed()
+        !self.closed && !self.sender.is_closed()
     }
 
     /// Sends a bodiless request with `headers` and reads the whole answer within
@@ -109,6 +116,22 @@ impl Connection {
         headers: &[(&str, &str)],
         deadline: Duration,
     ) -> Result<StatusCode, ClientError> {
+        self.send_body(method, path, headers, Bytes::new(), deadline)
+            .await
+    }
+
+    /// Sends a request with `headers` and `body` (with its `Content-Length`), and reads
+    /// the answer within `deadline`; its status. Of the answer's body at most
+    /// [`ANSWER_BODY_LIMIT`] bytes are read: past that the connection is closed (the
+    /// status stands).
+    pub async fn send_body(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+        deadline: Duration,
+    ) -> Result<StatusCode, ClientError> {
         let mut request = Request::builder()
             .method(method)
             .uri(path)
@@ -117,13 +140,21 @@ impl Connection {
             request = request.header(*name, *value);
         }
         let request = request
-            .body(Full::new(Bytes::new()))
+            .body(Full::new(body))
             .map_err(|err| ClientError::Url(err.to_string()))?;
         let exchange = async {
             self.sender.ready().await?;
             let response = self.sender.send_request(request).await?;
             let status = response.status();
-            response.into_body().collect().await?;
+            let limited = Limited::new(response.into_body(), ANSWER_BODY_LIMIT);
+            match limited.collect().await {
+                Ok(_) => {}
+                Err(err) => match err.downcast::<hyper::Error>() {
+                    Ok(err) => return Err(ClientError::Http(*err)),
+                    // Too long: the status is all we wanted; the rest is not read.
+                    Err(_) => self.closed = true,
+                },
+            }
             Ok::<_, ClientError>(status)
         };
         tokio::time::timeout(deadline, exchange)

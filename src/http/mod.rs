@@ -35,7 +35,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::server::conn::{http1, http2};
@@ -105,6 +105,9 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 
+/// The body of a response that streams (Server-Sent Events) instead of being whole.
+pub type StreamBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
 /// A face of the service: answers every request, errors included, with a response.
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request.
@@ -112,6 +115,49 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         request: Request<Incoming>,
     ) -> impl Future<Output = Response<Full<Bytes>>> + Send;
+
+    /// A response whose body streams, when `request` asks for one (from `client`): it
+    /// is answered instead of [`Handler::respond`], and counts as in flight for the
+    /// connection's watchdog until its body ends.
+    fn stream(
+        &self,
+        _request: &Request<Incoming>,
+        _client: std::net::IpAddr,
+    ) -> Option<Response<StreamBody>> {
+        None
+    }
+}
+
+/// A streaming body that tells its connection's watchdog when it ends (or is dropped).
+struct InFlight {
+    body: StreamBody,
+    activity: Arc<Activity>,
+}
+
+impl hyper::body::Body for InFlight {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.activity.answered.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Serves `handler` on `listener` until `stop` fires, then drains for at most
@@ -183,15 +229,26 @@ pub async fn serve<H: Handler>(
                         .as_ref()
                         .filter(|_| !is_operational(request.uri().path()))
                         .and_then(|r| r.check(state.client));
-                    let mut response = match refused {
-                        Some(refused) => refused,
-                        None => state.handler.respond(request).await,
+                    let streaming = match refused {
+                        None => state.handler.stream(&request, state.client),
+                        Some(_) => None,
+                    };
+                    let mut response = match (refused, streaming) {
+                        (Some(refused), _) => refused.map(Either::Left),
+                        (None, Some(streaming)) => streaming.map(|body| {
+                            // Answered when the body ends: the drop of `InFlight`.
+                            let activity = Arc::clone(&state.activity);
+                            Either::Right(InFlight { body, activity })
+                        }),
+                        (None, None) => state.handler.respond(request).await.map(Either::Left),
                     };
                     if response.status().is_server_error() {
                         tracing::warn!(request_id = ?id, status = %response.status(), "request failed");
                     }
                     response.headers_mut().insert(X_REQUEST_ID, id);
-                    state.activity.answered.fetch_add(1, Ordering::Relaxed);
+                    if matches!(response.body(), Either::Left(_)) {
+                        state.activity.answered.fetch_add(1, Ordering::Relaxed);
+                    }
                     Ok::<_, Infallible>(response)
                 }
             })

@@ -123,6 +123,18 @@ impl Problem {
         }
     }
 
+    /// 429 of `kind`, with `Retry-After: 1`.
+    pub fn too_many_requests(
+        kind: &'static str,
+        title: &'static str,
+        detail: &'static str,
+    ) -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, kind, title, detail)
+        }
+    }
+
     /// The response: status, problem+json body, `no-store` so no cache keeps an error.
     pub fn response(&self) -> Response<Full<Bytes>> {
         let type_uri = format!("/problems/{}", self.kind);

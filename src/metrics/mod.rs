@@ -92,6 +92,12 @@ pub struct Metrics {
     pub relay_errors: Counter,
     /// Outbox rows not yet published.
     pub outbox_backlog: Gauge,
+    /// Change-feed subscribers connected to this reader.
+    pub changes_subscribers: Gauge,
+    /// Change-feed frames (changes, resets, heartbeats) handed to subscribers.
+    pub changes_delivered: Counter,
+    /// Change-feed subscribers dropped because they fell a whole buffer behind.
+    pub changes_dropped: Counter,
     /// 1 while this writer's relay holds the leadership (publishes), else 0.
     pub relay_leader: Gauge,
     /// Edge purge requests by outcome (`ok`, `failed` after every retry).
@@ -106,6 +112,22 @@ pub struct Metrics {
     pub sweeper_outbox_deleted: Counter,
     /// Sweeper rounds that failed (retried at the next round).
     pub sweeper_errors: Counter,
+    /// Webhook deliveries a receiver acknowledged (2xx).
+    pub webhook_delivered: Counter,
+    /// Webhook attempts that failed (not 2xx, no answer, or past the deadline).
+    pub webhook_failed: Counter,
+    /// Webhook deliveries that became dead letters (retried for the whole period).
+    pub webhook_dead_lettered: Counter,
+    /// Webhook deliveries waiting to be sent (first attempts and retries).
+    pub webhook_backlog: Gauge,
+    /// Webhook deliveries waiting for a retry (they failed at least once).
+    pub webhook_retry_backlog: Gauge,
+    /// Dead letters kept (not replayed, not yet past their retention).
+    pub webhook_dead_letters: Gauge,
+    /// Commit of a change to its webhook's acknowledgement, in seconds.
+    pub webhook_latency: AtomicHistogram,
+    /// Webhook deliverer rounds that failed on the primary (retried).
+    pub webhook_errors: Counter,
     /// 1 when a replica is in the healthy set, else 0, by replica.
     pub replica_healthy: Family<Vec<(&'static str, String)>, Gauge>,
     /// Replay lag of each replica behind the primary's WAL position, in bytes.
@@ -113,6 +135,12 @@ pub struct Metrics {
     l1_entries: Gauge,
     l1_bytes: Gauge,
 }
+
+/// Buckets of `catalog_webhook_delivery_seconds`, in seconds: from a prompt delivery
+/// (milliseconds) to one that waited through retries (hours).
+const WEBHOOK_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 600.0, 3600.0, 86_400.0,
+];
 
 /// Registers `metric` under `name` and hands it back.
 fn registered<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
@@ -248,6 +276,50 @@ impl Metrics {
             "Published outbox rows past their retention deleted by the sweeper",
         );
         let sweeper_errors = counter(r, "sweeper_errors", "Failed sweeper rounds");
+        let webhook_delivered = counter(
+            r,
+            "webhook_delivered",
+            "Webhook deliveries acknowledged with a 2xx",
+        );
+        let webhook_failed = counter(
+            r,
+            "webhook_failed",
+            "Webhook attempts that failed (not 2xx, no answer, past the deadline)",
+        );
+        let webhook_dead_lettered = counter(
+            r,
+            "webhook_dead_lettered",
+            "Webhook deliveries given up after the retry period (dead letters)",
+        );
+        let webhook_errors = counter(
+            r,
+            "webhook_errors",
+            "Webhook deliverer rounds that failed on the primary",
+        );
+        let webhook_backlog = registered(
+            r,
+            "webhook_backlog",
+            "Webhook deliveries waiting to be sent",
+            Gauge::default(),
+        );
+        let webhook_retry_backlog = registered(
+            r,
+            "webhook_retry_backlog",
+            "Webhook deliveries waiting for a retry",
+            Gauge::default(),
+        );
+        let webhook_dead_letters = registered(
+            r,
+            "webhook_dead_letters",
+            "Webhook dead letters kept",
+            Gauge::default(),
+        );
+        let webhook_latency = registered(
+            r,
+            "webhook_delivery_seconds",
+            "Commit of a change to its webhook delivery's acknowledgement",
+            AtomicHistogram::new(&WEBHOOK_BUCKETS),
+        );
         let propagation = registered(
             &mut registry,
             "propagation_seconds",
@@ -265,6 +337,24 @@ impl Metrics {
             "outbox_backlog",
             "Outbox rows not yet published",
             Gauge::default(),
+        );
+        let changes_subscribers = registered(
+            &mut registry,
+            "changes_subscribers",
+            "Change-feed subscribers connected to this reader",
+            Gauge::default(),
+        );
+        let changes_delivered = registered(
+            &mut registry,
+            "changes_delivered",
+            "Change-feed frames handed to subscribers",
+            Counter::default(),
+        );
+        let changes_dropped = registered(
+            &mut registry,
+            "changes_dropped",
+            "Change-feed subscribers dropped for falling a whole buffer behind",
+            Counter::default(),
         );
         let relay_leader = registered(
             &mut registry,
@@ -345,6 +435,9 @@ impl Metrics {
             relay_lag,
             relay_errors,
             outbox_backlog,
+            changes_subscribers,
+            changes_delivered,
+            changes_dropped,
             relay_leader,
             edge_purges,
             edge_purge_backlog,
@@ -352,6 +445,14 @@ impl Metrics {
             sweeper_keys_deleted,
             sweeper_outbox_deleted,
             sweeper_errors,
+            webhook_delivered,
+            webhook_failed,
+            webhook_dead_lettered,
+            webhook_backlog,
+            webhook_retry_backlog,
+            webhook_dead_letters,
+            webhook_latency,
+            webhook_errors,
             replica_healthy,
             replica_lag_bytes,
             l1_entries,

@@ -83,6 +83,15 @@ pub enum ReadError {
     /// A cursor this server did not issue for this category.
     #[error("invalid cursor")]
     InvalidCursor,
+    /// A change-feed filter that is malformed or too large.
+    #[error("invalid filter: {0}")]
+    InvalidFilter(Box<str>),
+    /// The change feed has as many subscribers as this reader keeps.
+    #[error("too many change-feed subscribers")]
+    FeedFull,
+    /// This client address has as many change-feed subscriptions as it may.
+    #[error("too many change-feed subscriptions from this client")]
+    FeedClientLimit,
     /// No visible product with this id (never existed, deleted or inactive).
     #[error("product {0} not found")]
     ProductNotFound(i64),
@@ -188,6 +197,20 @@ impl ReadError {
                 "invalid-cursor",
                 "Invalid cursor",
                 "the cursor was not issued for this category; start again without one",
+            ),
+            Self::InvalidFilter(why) => Problem::new(
+                S::BAD_REQUEST,
+                "invalid-filter",
+                "Invalid filter",
+                format!("products= takes product ids, categories= slugs: {why}"),
+            ),
+            Self::FeedFull => Problem::unavailable(
+                "this reader has as many change-feed subscribers as it keeps; retry on another",
+            ),
+            Self::FeedClientLimit => Problem::too_many_requests(
+                "too-many-subscriptions",
+                "Too many subscriptions",
+                "this client address has as many change-feed subscriptions as it may",
             ),
             Self::ProductNotFound(id) => {
                 Problem::product_not_found(format!("there is no product {id}"))

@@ -20,6 +20,7 @@
 //! - [`cors`]: the headers browsers need, for configured origins;
 //! - [`error`], [`limits`]: what a request can fail with, and its bounds.
 
+pub mod changes;
 pub mod cors;
 pub mod error;
 pub mod fill;
@@ -29,6 +30,7 @@ pub mod response;
 pub mod route;
 pub mod singleflight;
 pub mod sku;
+pub mod sse;
 pub mod token;
 
 use std::future::Future;
@@ -45,23 +47,29 @@ use crate::cache::{Key, L1};
 use crate::coherence::feed::Feed;
 use crate::coherence::floors::Floors;
 use crate::document::{Document, Lookup};
-use crate::http::Draining;
 use crate::http::parse::query_param;
 use crate::http::response as plain;
 use crate::http::surrogate::{CATEGORIES_KEY, category_key};
+use crate::http::{Draining, StreamBody};
 use crate::metrics::{HttpMetrics, Metrics};
 use crate::store::catalog;
 use crate::store::redis::L2;
 use crate::store::replicas::Databases;
+use changes::ChangeFeed;
 use cors::Cors;
 use error::ReadError;
+use http_body_util::BodyExt as _;
 use limits::MAX_URI_BYTES;
 use route::{ReadRoute, Route};
 use singleflight::SingleFlight;
+use std::net::IpAddr;
 use token::Consistency;
 
 /// This face's OpenAPI description, served at `GET /openapi.json`.
 const OPENAPI: &str = include_str!("../../docs/openapi/storefront.json");
+
+/// `text/event-stream`.
+const EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
 
 /// The read-your-writes header: a `Catalog-Token` a write answered.
 pub const MIN_CATALOG_TOKEN: HeaderName = HeaderName::from_static("min-catalog-token");
@@ -158,6 +166,8 @@ pub struct Reader {
     draining: Draining,
     /// `/metrics` is served by its own listener, not here.
     metrics_elsewhere: bool,
+    /// The live change feed (`GET /changes`), if this reader has one.
+    changes: Option<Arc<ChangeFeed>>,
     /// Where hits queue documents past the soft TTL for [`Reader::refresh_ahead_loop`].
     refresh_queue: tokio::sync::mpsc::Sender<i64>,
     /// The queue's other end, taken by the refresh task.
@@ -195,8 +205,55 @@ impl Reader {
             cors: settings.cors,
             draining: Draining::default(),
             metrics_elsewhere: false,
+            changes: None,
             refresh_queue,
             refresh_rx: std::sync::Mutex::new(Some(refresh_rx)),
+        }
+    }
+
+    /// Serves `feed` at `GET /changes`.
+    pub fn with_changes(mut self, feed: Arc<ChangeFeed>) -> Self {
+        self.changes = Some(feed);
+        self
+    }
+
+    /// `GET /changes`: a subscription's head, through [`Reader::finish`] like every
+    /// answer (counted, CORS), with the feed's body; or the problem that refused it.
+    fn changes(
+        &self,
+        request: &Request<hyper::body::Incoming>,
+        client: IpAddr,
+    ) -> Response<StreamBody> {
+        let started = Instant::now();
+        let subscribed = match (&self.changes, request.method()) {
+            (None, _) => Err(ReadError::RouteNotFound),
+            (Some(_), method) if method != Method::GET => Err(ReadError::MethodNotAllowed),
+            (Some(feed), _) => changes::Filter::parse(request.uri().query()).and_then(|filter| {
+                let last = request
+                    .headers()
+                    .get("last-event-id")
+                    .and_then(|v| v.to_str().ok());
+                feed.subscribe(filter, last, client)
+                    .map_err(|refused| match refused {
+                        changes::Refused::Full => ReadError::FeedFull,
+                        changes::Refused::TooManyFromClient => ReadError::FeedClientLimit,
+                    })
+            }),
+        };
+        let (outcome, body) = match subscribed {
+            Ok(body) => {
+                let head = plain::no_store(hyper::StatusCode::OK, EVENT_STREAM, Bytes::new());
+                (Ok((ReadRoute::Changes, head)), Some(body))
+            }
+            Err(error) => (Err((ReadRoute::Changes, error)), None),
+        };
+        let response = self.finish(started, request.headers(), outcome);
+        match body {
+            Some(events) => {
+                let (parts, _) = response.into_parts();
+                Response::from_parts(parts, events.boxed())
+            }
+            None => response.map(|full| full.map_err(|never| match never {}).boxed()),
         }
     }
 
@@ -341,6 +398,8 @@ impl Reader {
             Route::Metrics if self.metrics_elsewhere => Err(ReadError::RouteNotFound),
             Route::Metrics => Ok(self.metrics_text()),
             Route::OpenApi => Ok(plain::openapi(OPENAPI)),
+            // Answered by `Handler::stream` before a request gets here.
+            Route::Changes => Err(ReadError::RouteNotFound),
         }
     }
 
@@ -414,7 +473,7 @@ impl Reader {
         let missing_ids: Vec<u8> = missing.iter().flat_map(|id| id.to_le_bytes()).collect();
         let etag = response::listing_etag(&docs, &missing_ids);
         let keys = || {
-            let keys: Vec<&str> = docs.iter().filter_map(|d| d.key.to_str().ok()).collect();
+            let keys: Vec<&str> = docs.iter().map(|d| d.key_str()).collect();
             keys.join(" ")
         };
         let body = listing::batch_body(&docs, &missing);
@@ -511,5 +570,13 @@ impl crate::http::Handler for Reader {
             Some(response) => Either::Left(std::future::ready(response)),
             None => Either::Right(Box::pin(async move { self.handle(&request).await })),
         }
+    }
+
+    fn stream(
+        &self,
+        request: &Request<hyper::body::Incoming>,
+        client: IpAddr,
+    ) -> Option<Response<StreamBody>> {
+        (request.uri().path() == "/changes").then(|| self.changes(request, client))
     }
 }

@@ -26,6 +26,8 @@ pub enum Route<'a> {
     Metrics,
     /// `GET /openapi.json`
     OpenApi,
+    /// `GET /changes` (Server-Sent Events)
+    Changes,
 }
 
 /// The storefront's routes as metric labels, with one for requests no route matched.
@@ -49,6 +51,8 @@ pub enum ReadRoute {
     Metrics,
     /// `/openapi.json`
     OpenApi,
+    /// `/changes`
+    Changes,
     /// No route matched.
     Unmatched,
 }
@@ -64,6 +68,7 @@ impl RouteLabel for ReadRoute {
         Self::Readyz,
         Self::Metrics,
         Self::OpenApi,
+        Self::Changes,
         Self::Unmatched,
     ];
 
@@ -78,6 +83,7 @@ impl RouteLabel for ReadRoute {
             Self::Readyz => "readyz",
             Self::Metrics => "metrics",
             Self::OpenApi => "openapi",
+            Self::Changes => "changes",
             Self::Unmatched => "unmatched",
         }
     }
@@ -100,6 +106,7 @@ impl<'a> Route<'a> {
             Self::Readyz => ReadRoute::Readyz,
             Self::Metrics => ReadRoute::Metrics,
             Self::OpenApi => ReadRoute::OpenApi,
+            Self::Changes => ReadRoute::Changes,
         }
     }
 
@@ -112,6 +119,7 @@ impl<'a> Route<'a> {
             "/readyz" => return Ok(Self::Readyz),
             "/metrics" => return Ok(Self::Metrics),
             "/openapi.json" => return Ok(Self::OpenApi),
+            "/changes" => return Ok(Self::Changes),
             _ => {}
         }
         if let Some(rest) = path.strip_prefix("/products/") {

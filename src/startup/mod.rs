@@ -28,12 +28,14 @@ use crate::http::rate::{Rate, RateLimit};
 use crate::http::{self, Draining, Limits, Policy};
 use crate::metrics::Metrics;
 use crate::metrics::face::MetricsFace;
+use crate::read::changes::{ChangeFeed, Replay};
 use crate::read::cors::Cors;
 use crate::read::{DocumentTtl, Freshness, HttpCaching, Reader, ReaderSettings};
 use crate::store::postgres::{self, PoolSettings};
 use crate::store::redis::{L2, L2Config};
 use crate::store::replicas::{self, Databases, Replica};
 use crate::write::sweeper::{SweepSettings, Sweeper};
+use crate::write::webhooks::deliverer::Deliverer;
 use crate::write::{Writer, WriterLimits};
 
 mod supervisor;
@@ -97,6 +99,8 @@ struct ReadSide {
     /// The consistency auditor, unless turned off.
     auditor: Option<Auditor>,
     check_interval: Duration,
+    /// The live change feed, closed at shutdown so its connections can drain.
+    changes: Arc<ChangeFeed>,
 }
 
 /// The writer's parts.
@@ -107,6 +111,8 @@ struct WriteSide {
     relay: Option<Relay>,
     purger: Option<Arc<EdgePurger>>,
     sweeper: Sweeper,
+    /// Delivers webhooks (every writer, with or without Redis).
+    deliverer: Arc<Deliverer>,
 }
 
 /// The running service, built but not yet serving.
@@ -241,6 +247,11 @@ impl Application {
         let floors = Floors::new(FLOORS_CAPACITY, config.read.l1_max_ttl.max(config.l2_ttl));
         let (watermark, applied) = tokio::sync::watch::channel(0);
         let feed = Feed::new(config.feed_silence);
+        let replay = l2.as_ref().map(|l2| Replay {
+            client: l2.client().clone(),
+            stream_key: crate::coherence::relay::stream_key(&config.redis_prefix),
+        });
+        let changes = ChangeFeed::new(config.read.changes, replay, Arc::clone(metrics));
         let consumer = source.map(|source| {
             let targets = Targets {
                 l1: l1.clone(),
@@ -248,6 +259,7 @@ impl Application {
                 watermark,
                 feed: feed.clone(),
                 metrics: Arc::clone(metrics),
+                changes: Some(Arc::clone(&changes)),
             };
             (Consumer::new(targets), source)
         });
@@ -292,6 +304,7 @@ impl Application {
                 cors: Cors::new(&config.read.cors_origins),
             },
         );
+        let reader = reader.with_changes(Arc::clone(&changes));
         let reader = Arc::new(match config.metrics_addr {
             Some(_) => reader.metrics_elsewhere(),
             None => reader,
@@ -312,6 +325,7 @@ impl Application {
             feed,
             auditor,
             check_interval: config.read.replica_check_interval,
+            changes,
         })
     }
 
@@ -361,6 +375,7 @@ impl Application {
             },
             Arc::clone(metrics),
         );
+        let deliverer = Deliverer::new(primary.clone(), config.webhooks, Arc::clone(metrics));
         let writer = Writer::new(
             primary,
             config.admin_tokens.clone(),
@@ -390,6 +405,7 @@ impl Application {
             relay,
             purger,
             sweeper,
+            deliverer,
         })
     }
 
@@ -456,6 +472,11 @@ impl Application {
                 stop.child_token(),
             );
             tasks.spawn("replica checks", checks);
+            let (changes, closing) = (Arc::clone(&read.changes), stop.child_token());
+            tasks.spawn("change feed", async move {
+                closing.cancelled().await;
+                changes.close();
+            });
             if let Some((consumer, source)) = read.consumer {
                 let run = consumer.run(source, stop.child_token());
                 tasks.spawn("invalidation consumer", run);
@@ -486,6 +507,8 @@ impl Application {
                 tasks.spawn("edge purger", purger.run(stop.child_token()));
             }
             tasks.spawn("sweeper", write.sweeper.run(stop.child_token()));
+            let deliver = write.deliverer.run(stop.child_token());
+            tasks.spawn("webhook deliverer", deliver);
             let policy = policy(self.write_rate, &self.metrics, "admin");
             let serve = http::serve(
                 write.listener,

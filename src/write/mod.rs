@@ -3,7 +3,8 @@
 //!
 //! Routes ([`route`]): `PUT`, `PATCH` (JSON merge patch) and `DELETE` on
 //! `/admin/products/{id}`; `POST /admin/products/bulk` (NDJSON, [`bulk`]); `PUT` and
-//! `DELETE` on `/admin/categories/{slug}`; `POST /admin/purge`; and, without
+//! `DELETE` on `/admin/categories/{slug}`; `POST /admin/purge`; webhook subscriptions
+//! under `/admin/webhooks` ([`webhooks`], delivered by every writer); and, without
 //! authentication, `GET /healthz`, `/readyz` (the primary answers) and `/metrics` (the
 //! relay's figures in a writer-only process).
 //! `If-Match: "<version>"` makes a write conditional (412 on another version). Every
@@ -20,6 +21,7 @@ pub mod payload;
 pub mod route;
 pub mod sweeper;
 pub mod tx;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -188,7 +190,30 @@ impl Writer {
             }
             AdminRoute::Category(slug) => self.category(request, slug).await,
             AdminRoute::Purge => self.purge(request).await,
+            AdminRoute::Webhooks(rest) => self.webhooks(request, rest).await,
         }
+    }
+
+    /// Everything under `/admin/webhooks` ([`webhooks::admin`]): authenticated first,
+    /// then routed and method-checked, then the body read (for a `POST`).
+    async fn webhooks<B>(
+        &self,
+        request: Request<B>,
+        rest: &str,
+    ) -> Result<Response<Full<Bytes>>, WriteError>
+    where
+        B: Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        auth::authorize(request.headers(), &self.tokens)?;
+        let call = webhooks::admin::Call::new(request.method(), rest, request.uri().query());
+        let body = if call.takes_body() {
+            self.body(request).await?
+        } else {
+            Bytes::new()
+        };
+        let deadline = self.limits.db_timeout;
+        Ok(webhooks::admin::answer(&self.primary, deadline, call, &body).await)
     }
 
     /// `PUT`, `PATCH` or `DELETE /admin/products/{id}`, replayed for a known
@@ -203,12 +228,12 @@ impl Writer {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         auth::authorize(request.headers(), &self.tokens)?;
-        let id = parse_id(raw_id).map_err(|_| WriteError::InvalidId(raw_id.into()))?;
-        let if_match = if_match(request.headers())?;
         let method = request.method().clone();
         if !matches!(method, Method::PUT | Method::PATCH | Method::DELETE) {
             return Err(WriteError::MethodNotAllowed("PUT, PATCH, DELETE"));
         }
+        let id = parse_id(raw_id).map_err(|_| WriteError::InvalidId(raw_id.into()))?;
+        let if_match = if_match(request.headers());
         let key = request
             .headers()
             .get(IDEMPOTENCY_KEY)
@@ -387,24 +412,23 @@ impl Writer {
 }
 
 /// `If-Match: "<version>"`; `*` or absent means unconditional.
-fn if_match(headers: &hyper::HeaderMap) -> Result<Option<i64>, WriteError> {
-    let Some(value) = headers.get(IF_MATCH) else {
-        return Ok(None);
-    };
+fn if_match(headers: &hyper::HeaderMap) -> Option<i64> {
+    let value = headers.get(IF_MATCH)?;
     let text = value.to_str().unwrap_or("").trim();
     if text == "*" {
-        return Ok(None);
+        return None;
     }
     let version = text
         .strip_prefix('"')
         .and_then(|t| t.strip_suffix('"'))
         .and_then(|t| t.parse::<i64>().ok());
-    match version {
-        Some(version) => Ok(Some(version)),
-        // An ETag we never issued cannot match any version.
-        None => Err(WriteError::PreconditionFailed { current: 0 }),
-    }
+    // An ETag we never issued (a weak one included: If-Match compares strongly) matches
+    // no version: the transaction answers 412 with the product's current version.
+    Some(version.unwrap_or(NO_VERSION))
 }
+
+/// A version no product has: what an `If-Match` we never issued asks for.
+const NO_VERSION: i64 = -1;
 
 /// A JSON answer with the write's token, when it could be read.
 fn accepted(status: StatusCode, body: String, token: Option<&str>) -> Response<Full<Bytes>> {

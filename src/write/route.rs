@@ -14,6 +14,9 @@ pub enum AdminRoute<'a> {
     Category(&'a str),
     /// `/admin/purge`
     Purge,
+    /// `/admin/webhooks` and below: the path after `/admin/webhooks` (routed by
+    /// [`crate::write::webhooks::admin::Route`]).
+    Webhooks(&'a str),
     /// `/healthz`
     Healthz,
     /// `/readyz`
@@ -35,6 +38,8 @@ pub enum WriteRoute {
     Category,
     /// `/admin/purge`
     Purge,
+    /// `/admin/webhooks` and below.
+    Webhooks,
     /// `/healthz`, `/readyz`, `/metrics` and `/openapi.json`.
     Operations,
     /// No route matched.
@@ -47,6 +52,7 @@ impl RouteLabel for WriteRoute {
         Self::Bulk,
         Self::Category,
         Self::Purge,
+        Self::Webhooks,
         Self::Operations,
         Self::Unmatched,
     ];
@@ -57,6 +63,7 @@ impl RouteLabel for WriteRoute {
             Self::Bulk => "admin_bulk",
             Self::Category => "admin_category",
             Self::Purge => "admin_purge",
+            Self::Webhooks => "admin_webhooks",
             Self::Operations => "admin_operations",
             Self::Unmatched => "admin_unmatched",
         }
@@ -82,6 +89,11 @@ impl<'a> AdminRoute<'a> {
         if let Some(slug) = path.strip_prefix("/admin/categories/") {
             return Some(Self::Category(slug));
         }
+        if let Some(rest) = path.strip_prefix("/admin/webhooks")
+            && (rest.is_empty() || rest.starts_with('/'))
+        {
+            return Some(Self::Webhooks(rest));
+        }
         path.strip_prefix("/admin/products/").map(Self::Product)
     }
 
@@ -92,6 +104,7 @@ impl<'a> AdminRoute<'a> {
             Self::Bulk => WriteRoute::Bulk,
             Self::Category(_) => WriteRoute::Category,
             Self::Purge => WriteRoute::Purge,
+            Self::Webhooks(_) => WriteRoute::Webhooks,
             Self::Healthz | Self::Readyz | Self::Metrics | Self::OpenApi => WriteRoute::Operations,
         }
     }
@@ -116,6 +129,15 @@ mod tests {
             Some(AdminRoute::Category("lamps"))
         );
         assert_eq!(AdminRoute::parse("/admin/purge"), Some(AdminRoute::Purge));
+        assert_eq!(
+            AdminRoute::parse("/admin/webhooks"),
+            Some(AdminRoute::Webhooks(""))
+        );
+        assert_eq!(
+            AdminRoute::parse("/admin/webhooks/3/rotate"),
+            Some(AdminRoute::Webhooks("/3/rotate"))
+        );
+        assert_eq!(AdminRoute::parse("/admin/webhooksx"), None);
         assert_eq!(AdminRoute::parse("/healthz"), Some(AdminRoute::Healthz));
         for unknown in ["/", "/admin", "/admin/product/1", "/products/1"] {
             assert_eq!(AdminRoute::parse(unknown), None, "{unknown}");

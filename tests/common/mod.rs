@@ -9,6 +9,7 @@ pub mod admin;
 pub mod fault;
 pub mod load;
 pub mod process;
+pub mod sse;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -271,10 +271,14 @@ fn too_deep() -> WriteError {
     )
 }
 
-/// Parses a body into `T` with simd-json, at most [`MAX_PARSE_DEPTH`] levels deep.
-fn from_json<'a, T: Deserialize<'a>>(bytes: &'a mut [u8]) -> Result<T, WriteError> {
+/// Parses a body into `T`: the JSON with simd-json, at most [`MAX_PARSE_DEPTH`] levels
+/// deep (a syntax error is malformed JSON), then its shape (a wrong type or a missing
+/// field is an invalid product, naming what was expected).
+fn from_json<T: serde::de::DeserializeOwned>(bytes: &mut [u8]) -> Result<T, WriteError> {
     let mut buffers = simd_json::Buffers::with_max_depth(bytes.len(), MAX_PARSE_DEPTH);
-    simd_json::serde::from_slice_with_buffers(bytes, &mut buffers).map_err(json_error)
+    let value: Value =
+        simd_json::serde::from_slice_with_buffers(bytes, &mut buffers).map_err(json_error)?;
+    serde_json::from_value(value).map_err(|e| invalid("body", e.to_string()))
 }
 
 /// Parses one line of a bulk import: a product object with its `id`.
