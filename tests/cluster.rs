@@ -1,7 +1,7 @@
 //! The service beyond one process, through real engines: `ops/dev.sh cluster` starts
 //! two readers and two writers of the binary cargo built, HAProxy in front of the
 //! readers, Varnish (xkey) in front of HAProxy and Prometheus scraping them all, on a
-//! database of the test's own. Each test drives real clients through the hops and
+//! database of the test's own. The live change feed is followed through both hops. Each test drives real clients through the hops and
 //! prints its figures (`cargo test --test cluster -- --nocapture`).
 //!
 //! The tests take turns (a lock): each starts and stops a cluster of its own, on ports
@@ -245,6 +245,33 @@ async fn a_request_goes_through_every_hop_and_the_edge_caches_and_revalidates() 
         Some("MISS"),
         "the purge left the copy"
     );
+
+    // The live change feed passes through both hops, uncached, as a stream.
+    let mut through_edge =
+        common::sse::Subscription::open(cluster.varnish(), "/changes?products=2", &[], false).await;
+    let mut through_balancer =
+        common::sse::Subscription::open(cluster.haproxy(), "/changes?products=2", &[], false).await;
+    assert_eq!((through_edge.status, through_balancer.status), (200, 200));
+    let bearer = format!("Bearer {}", common::ADMIN_TOKEN);
+    let written = request(
+        cluster.writer(1),
+        "PATCH",
+        "/admin/products/2",
+        &[("authorization", &bearer)],
+        r#"{"stock": 42}"#.to_owned(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(written.status, 200);
+    let version = written.json()["version"].as_i64().unwrap();
+    for feed in [&mut through_edge, &mut through_balancer] {
+        let event = feed
+            .next_event(Duration::from_secs(10))
+            .await
+            .expect("the change through the hop");
+        assert_eq!(event.json()["product_id"], 2);
+        assert_eq!(event.json()["version"], version);
+    }
 
     // Prometheus scrapes every reader and writer.
     let query = "/api/v1/query?query=sum(up%7Bjob%3D%22catalog%22%7D)";
