@@ -125,7 +125,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("bare_response", |b| {
         b.iter(|| {
             n = (n + 7919) % docs.len();
-            let body = docs[n].body.clone();
+            let body = docs[n].body_bytes();
             let mut response = hyper::Response::new(http_body_util::Full::new(body));
             let headers = response.headers_mut();
             headers.insert(

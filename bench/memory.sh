@@ -3,9 +3,11 @@
 # catalog cached, and the bytes each entry costs beyond its payload.
 #
 # Starts a reader over the large catalog that bench/compare.sh uses too (catalog_bench_1m,
-# seeded by bench/lib.sh the first time, about a minute) without Redis and with an L1
-# budget far above the catalog,
-# reads its resident set (VmRSS), loads every product through batches of 200 ids (the
+# seeded by bench/lib.sh the first time, about a minute) without Redis, with an L1
+# budget far above the catalog and entries that outlive the run (a reader without Redis
+# hears no invalidation feed, so it would otherwise cap every entry's life at
+# CATALOG_FEED_SILENCE_MS, 5 s, and hold only the last few seconds of the load), reads
+# its resident set (VmRSS), loads every product through batches of 200 ids (the
 # sum of the response bodies is the payload: every document once, plus a few bytes of
 # envelope per batch), reads VmRSS again and prints:
 #   entries held, payload bytes, RSS growth, bytes per entry, overhead per entry
@@ -31,7 +33,7 @@ ensure_large_catalog "$RELEASE/catalogd"
 
 env -u CATALOG_REDIS_URL CATALOG_DATABASE_URL="$LARGE_PRIMARY" CATALOG_REPLICA_URLS="$LARGE_REPLICA" \
   CATALOG_READER_ADDR=$ADDR CATALOG_LOG=warn CATALOG_L1_BYTES=$((8 * 1024 * 1024 * 1024)) \
-  CATALOG_L1_TTL_SECS=3600 "$RELEASE/catalogd" reader &
+  CATALOG_L1_TTL_SECS=3600 CATALOG_FEED_SILENCE_MS=3600000 "$RELEASE/catalogd" reader &
 pid=$!
 PIDS+=("$pid")
 wait_up "$ADDR" /healthz
@@ -49,6 +51,10 @@ done | curl -s --parallel --parallel-max 4 -K - | awk '{s += $1} END {printf "%.
 entries=$(metric "$ADDR" catalog_l1_entries)
 weighted=$(metric "$ADDR" catalog_l1_bytes)
 after=$(rss)
+if ((entries != LARGE)); then
+  log "L1 holds $entries entries, not $LARGE: the figures would not be per entry (expired or evicted?)"
+  exit 1
+fi
 
 echo "bench/memory.sh: $LARGE products loaded into L1 (reader without Redis, budget 8 GiB)"
 awk -v e="$entries" -v p="$payload" -v b="$before" -v a="$after" -v w="$weighted" 'BEGIN {

@@ -7,49 +7,49 @@
 //! tier can know about an id is a [`Lookup`]: a live document, a version that is gone
 //! (deleted or deactivated: a tombstone), or nothing at all.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::header::HeaderValue;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+/// The reference point of [`Document::loaded`]: a document keeps its load time as
+/// nanoseconds since this instant, 8 bytes rather than an `Instant`'s 16.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
 /// One product as served: pre-serialized JSON and the headers derived from its version.
 ///
-/// The body, the `ETag`, the surrogate key and the SKU live in one exactly sized buffer
-/// that the four fields slice: an entry costs that buffer, `bytes`' shared header and this struct,
-/// whatever buffer the body arrived in (a serializer's doubled `Vec`, a slice of a Redis
-/// reply holding many values).
+/// The body, the `ETag`, the surrogate key and the SKU live in one exactly sized buffer,
+/// and the document keeps only that buffer and where each part ends: 64 bytes beside the
+/// buffer, whatever buffer the body arrived in (a serializer's doubled `Vec`, a slice of a
+/// Redis reply holding many values). The headers are sliced from the buffer when a
+/// response needs them (a reference-count increment each, as cloning them was). L1 holds
+/// a million of these: every byte here is a megabyte there (`bench/memory.sh`).
 #[derive(Debug, Clone)]
 pub struct Document {
     /// Product id.
     pub id: i64,
     /// The row's version; every write increments it.
     pub version: i64,
-    /// The exact response body.
-    pub body: Bytes,
-    /// `ETag` value, `"<version>"`, built once.
-    pub etag: HeaderValue,
-    /// The product's surrogate key, `p<id>`, which an edge cache purges it by.
-    pub key: HeaderValue,
-    /// The product's SKU (UTF-8), to check `by-sku` lookups against.
-    sku: Bytes,
-    /// When this copy was read from its source (PostgreSQL or Redis): its age is the
-    /// HTTP `Age` of a stale answer, and drives refresh-ahead and expiry in L1.
-    pub loaded: std::time::Instant,
+    /// Body, then `ETag` (`"<version>"`), surrogate key (`p<id>`) and SKU (UTF-8).
+    buffer: Bytes,
+    /// When this copy was read from its source (PostgreSQL or Redis), in nanoseconds since
+    /// [`EPOCH`]: see [`Document::loaded`].
+    loaded: u64,
+    /// Where the body ends in `buffer`.
+    body_end: u32,
+    /// The lengths of the `ETag` and of the surrogate key that follow the body.
+    etag_len: u8,
+    key_len: u8,
 }
 
 /// Two copies are the same document whenever they were loaded.
 impl PartialEq for Document {
     fn eq(&self, other: &Self) -> bool {
-        (self.id, self.version, &self.body, &self.etag, &self.sku)
-            == (
-                other.id,
-                other.version,
-                &other.body,
-                &other.etag,
-                &other.sku,
-            )
+        (self.id, self.version, self.body_end, &self.buffer)
+            == (other.id, other.version, other.body_end, &other.buffer)
     }
 }
 
@@ -57,13 +57,16 @@ impl Eq for Document {}
 
 impl Document {
     /// Copies an already-rendered body into the document's own buffer.
+    ///
+    /// # Panics
+    ///
+    /// If the body is 4 GiB or more.
     pub fn new(id: i64, version: i64, sku: &str, body: &[u8]) -> Self {
         let (mut version_digits, mut id_digits) = (itoa::Buffer::new(), itoa::Buffer::new());
         let version_digits = version_digits.format(version).as_bytes();
         let id_digits = id_digits.format(id).as_bytes();
-        let etag_end = body.len() + version_digits.len() + 2;
-        let key_end = etag_end + 1 + id_digits.len();
-        let mut buffer = Vec::with_capacity(key_end + sku.len());
+        let mut buffer =
+            Vec::with_capacity(body.len() + version_digits.len() + 3 + id_digits.len() + sku.len());
         buffer.extend_from_slice(body);
         buffer.push(b'"');
         buffer.extend_from_slice(version_digits);
@@ -71,25 +74,76 @@ impl Document {
         buffer.push(crate::http::surrogate::PRODUCT_PREFIX);
         buffer.extend_from_slice(id_digits);
         buffer.extend_from_slice(sku.as_bytes());
-        let buffer = Bytes::from(buffer);
-        let header = |range: std::ops::Range<usize>| {
-            HeaderValue::from_maybe_shared(buffer.slice(range))
-                .expect("digits, quotes and a letter are a valid header value")
-        };
+        let loaded = Instant::now().saturating_duration_since(*EPOCH);
         Self {
             id,
             version,
-            body: buffer.slice(..body.len()),
-            etag: header(body.len()..etag_end),
-            key: header(etag_end..key_end),
-            sku: buffer.slice(key_end..),
-            loaded: std::time::Instant::now(),
+            buffer: Bytes::from(buffer),
+            loaded: u64::try_from(loaded.as_nanos()).unwrap_or(u64::MAX),
+            body_end: u32::try_from(body.len()).expect("a document body under 4 GiB"),
+            // at most 20 digits and a sign, and two quotes or a prefix
+            etag_len: u8::try_from(version_digits.len() + 2).expect("an i64's digits"),
+            key_len: u8::try_from(id_digits.len() + 1).expect("an i64's digits"),
         }
+    }
+
+    fn etag_range(&self) -> std::ops::Range<usize> {
+        let start = self.body_end as usize;
+        start..start + usize::from(self.etag_len)
+    }
+
+    fn key_range(&self) -> std::ops::Range<usize> {
+        let start = self.body_end as usize + usize::from(self.etag_len);
+        start..start + usize::from(self.key_len)
+    }
+
+    fn header(&self, range: std::ops::Range<usize>) -> HeaderValue {
+        HeaderValue::from_maybe_shared(self.buffer.slice(range))
+            .expect("digits, quotes and a letter are a valid header value")
+    }
+
+    /// The exact response body.
+    pub fn body(&self) -> &[u8] {
+        &self.buffer[..self.body_end as usize]
+    }
+
+    /// The body as a response takes it: shares the buffer (a reference-count increment).
+    pub fn body_bytes(&self) -> Bytes {
+        self.buffer.slice(..self.body_end as usize)
+    }
+
+    /// `ETag` value, `"<version>"`; shares the buffer.
+    pub fn etag(&self) -> HeaderValue {
+        self.header(self.etag_range())
+    }
+
+    /// The product's surrogate key, `p<id>`, which an edge cache purges it by; shares the
+    /// buffer.
+    pub fn key(&self) -> HeaderValue {
+        self.header(self.key_range())
+    }
+
+    /// The surrogate key as text.
+    pub fn key_str(&self) -> &str {
+        std::str::from_utf8(&self.buffer[self.key_range()]).expect("a letter and digits")
     }
 
     /// The product's SKU.
     pub fn sku(&self) -> &str {
-        std::str::from_utf8(&self.sku).expect("built from a str")
+        let start = self.key_range().end;
+        std::str::from_utf8(&self.buffer[start..]).expect("built from a str")
+    }
+
+    /// When this copy was read from its source (PostgreSQL or Redis): its age is the HTTP
+    /// `Age` of a stale answer, and drives refresh-ahead and expiry in L1.
+    pub fn loaded(&self) -> Instant {
+        *EPOCH + Duration::from_nanos(self.loaded)
+    }
+
+    /// The bytes of the document's buffer (body, `ETag`, surrogate key, SKU): what it
+    /// holds beyond its fixed size.
+    pub fn held_bytes(&self) -> usize {
+        self.buffer.len()
     }
 }
 
@@ -251,12 +305,31 @@ mod tests {
             panic!("not found")
         };
         assert_eq!(
-            std::str::from_utf8(&doc.body).unwrap(),
+            std::str::from_utf8(doc.body()).unwrap(),
             r#"{"id":7,"sku":"ACM-LAM-7","name":"Desk \"Lamp\"","description":"Bright","brand":"Acme","price":{"amount":2999,"currency":"EUR"},"stock":3,"attributes":{"color": "red"},"images":["https://img/1.jpg"],"categories":["lamps","office"],"version":4,"updated_at":"2026-01-02T03:04:05.000006Z"}"#
         );
-        assert_eq!(doc.etag, "\"4\"");
-        assert_eq!(doc.key, "p7");
+        assert_eq!(doc.etag(), "\"4\"");
+        assert_eq!(doc.key(), "p7");
+        assert_eq!(doc.key_str(), "p7");
         assert_eq!(doc.sku(), "ACM-LAM-7");
+        assert_eq!(&doc.body_bytes()[..], doc.body());
+        assert_eq!(
+            doc.held_bytes(),
+            doc.body().len() + "\"4\"p7ACM-LAM-7".len()
+        );
+        let age = doc.loaded().elapsed();
+        assert!(age < Duration::from_secs(5), "loaded {age:?} ago");
+    }
+
+    #[test]
+    fn a_document_keeps_64_bytes_beside_its_buffer() {
+        // What L1 charges per entry counts on it (`src/cache/mod.rs`, `bench/memory.sh`).
+        assert_eq!(std::mem::size_of::<Document>(), 64);
+        let a = Document::new(1, 2, "AB", b"{}");
+        let b = Document::new(1, 2, "AB", b"{}");
+        assert!(b.loaded() >= a.loaded());
+        assert_eq!(a, b, "the same document whenever loaded");
+        assert_ne!(a, Document::new(1, 3, "AB", b"{}"));
     }
 
     #[test]

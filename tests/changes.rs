@@ -156,15 +156,7 @@ async fn positions_the_stream_lost_or_from_another_epoch_get_a_reset() {
         .admin("POST", "/admin/products/bulk", &[], &lines)
         .await;
     assert_eq!(bulk.status, 200, "{}", bulk.text());
-    poll(|| async {
-        let unpublished: i64 =
-            sqlx::query_scalar("select count(*) from outbox where published_at is null")
-                .fetch_one(&db.primary)
-                .await
-                .ok()?;
-        (unpublished == 0).then_some(())
-    })
-    .await;
+    common::admin::outbox_drained(&db.primary).await;
     for position in [
         old.clone(),
         old.replacen(|_: char| true, "x", 1),

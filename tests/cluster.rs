@@ -390,15 +390,7 @@ async fn the_relay_leader_killed_hands_over_without_a_gap() {
     run_for(Duration::from_secs(3)).await;
     let outcome = load.finish().await;
 
-    poll(|| async {
-        let unpublished: i64 =
-            sqlx::query_scalar("select count(*) from outbox where published_at is null")
-                .fetch_one(&db.primary)
-                .await
-                .ok()?;
-        (unpublished == 0).then_some(())
-    })
-    .await;
+    common::admin::outbox_drained(&db.primary).await;
     let mut gaps = 0.0;
     let mut resets = 0.0;
     for i in [1, 2] {

@@ -135,15 +135,7 @@ async fn a_writer_stopped_between_commit_and_publish_is_healed_by_the_relay() {
     let doc = wait_for_version(&reader, id, 2).await;
     assert_eq!(doc["name"], "Healed");
     // The round marks its rows once its entries are out (a reader may be quicker).
-    poll(|| async {
-        let unpublished: i64 =
-            sqlx::query_scalar("select count(*) from outbox where published_at is null")
-                .fetch_one(&db.primary)
-                .await
-                .ok()?;
-        (unpublished == 0).then_some(())
-    })
-    .await;
+    common::admin::outbox_drained(&db.primary).await;
     writer.shutdown().await;
     reader.shutdown().await;
 }

@@ -176,19 +176,6 @@ async fn converged(reader: SocketAddr, primary: &PgPool) -> Duration {
     started.elapsed()
 }
 
-/// Waits until the primary has no unpublished outbox row.
-async fn outbox_drained(primary: &PgPool) {
-    poll(|| async {
-        let left: i64 =
-            sqlx::query_scalar("select count(*) from outbox where published_at is null")
-                .fetch_one(primary)
-                .await
-                .ok()?;
-        (left == 0).then_some(())
-    })
-    .await;
-}
-
 /// A metric of a child, 0 if absent.
 async fn metric(addr: SocketAddr, series: &str) -> f64 {
     let Ok(reply) = request(addr, "GET", "/metrics", &[], String::new()).await else {
@@ -323,7 +310,7 @@ async fn redis_stopped_then_restarted_empty() {
     run_for(Duration::from_secs(4)).await;
     let outcome = load.finish().await;
 
-    outbox_drained(&db.primary).await;
+    common::admin::outbox_drained(&db.primary).await;
     let converge = converged(reader.get(), &db.primary).await;
     let report = outcome.report(SILENT_FEED_WINDOW);
     let figures = Figures {
@@ -366,7 +353,7 @@ async fn redis_frozen_longer_than_every_timeout() {
     run_for(Duration::from_secs(4)).await;
     let outcome = load.finish().await;
 
-    outbox_drained(&db.primary).await;
+    common::admin::outbox_drained(&db.primary).await;
     let converge = converged(reader.get(), &db.primary).await;
     let report = outcome.report(SILENT_FEED_WINDOW);
     let figures = Figures {
@@ -554,7 +541,7 @@ async fn primary_partitioned_then_back() {
     run_for(Duration::from_secs(4)).await;
     let outcome = load.finish().await;
 
-    outbox_drained(&db.primary).await;
+    common::admin::outbox_drained(&db.primary).await;
     let converge = converged(reader.get(), &db.primary).await;
     // The relay needs the primary for every round, heartbeats included: the
     // partition silences the feed, so the silent-feed bound applies.
@@ -641,7 +628,7 @@ async fn primary_stopped_then_restarted() {
     run_for(Duration::from_secs(4)).await;
     let outcome = load.finish().await;
 
-    outbox_drained(&primary).await;
+    common::admin::outbox_drained(&primary).await;
     let converge = converged(reader_t.get(), &primary).await;
     let report = outcome.report(SILENT_FEED_WINDOW);
     let figures = Figures {
@@ -867,7 +854,7 @@ async fn writers_killed_while_writes_are_in_flight() {
     run_for(Duration::from_secs(2)).await;
     let outcome = load.finish().await;
 
-    outbox_drained(&db.primary).await;
+    common::admin::outbox_drained(&db.primary).await;
     let converge = converged(reader.get(), &db.primary).await;
     let report = outcome.report(SILENT_FEED_WINDOW);
     let figures = Figures {
@@ -953,7 +940,7 @@ async fn a_relay_killed_between_publishing_and_marking() {
     run_for(Duration::from_secs(3)).await;
     let outcome = load.finish().await;
 
-    outbox_drained(&db.primary).await;
+    common::admin::outbox_drained(&db.primary).await;
     let converge = converged(reader.get(), &db.primary).await;
     let report = outcome.report(SILENT_FEED_WINDOW);
     let figures = Figures {
@@ -1104,7 +1091,7 @@ async fn writer_killed_mid_bulk_import_then_the_import_re_run() {
         (LINES, LINES),
         "rows and rows with the line's content"
     );
-    outbox_drained(&db.primary).await;
+    common::admin::outbox_drained(&db.primary).await;
     let converge = converged(reader.get(), &db.primary).await;
     // The reader serves bulk products at the primary's content.
     for id in [FIRST, FIRST + LINES / 2, FIRST + LINES - 1] {
@@ -1172,7 +1159,7 @@ async fn a_write_beside_a_bulk_import_reaches_readers_within_the_window() {
     .await
     .expect("the import");
     assert_eq!(import.status, 200, "{}", import.text());
-    outbox_drained(&db.primary).await;
+    common::admin::outbox_drained(&db.primary).await;
     run_for(Duration::from_secs(1)).await;
     let outcome = load.finish().await;
     let converge = converged(reader.get(), &db.primary).await;

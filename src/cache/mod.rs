@@ -1,8 +1,8 @@
 //! L1: the in-process cache of pre-serialized documents (moka).
 //!
-//! Bounded by bytes, not entries: the weigher charges each entry its body, its key and a
-//! fixed overhead, against `CATALOG_L1_BYTES`. Every entry also has a maximum age
-//! (`CATALOG_L1_TTL_SECS`), the backstop that bounds staleness under any fault nobody
+//! Bounded by bytes, not entries: the weigher charges each entry what it was measured to
+//! cost in resident memory, against `CATALOG_L1_BYTES`. Every entry also has a maximum
+//! age (`CATALOG_L1_TTL_SECS`), the backstop that bounds staleness under any fault nobody
 //! detected; unknown ids are remembered for a much shorter time
 //! (`CATALOG_NEGATIVE_TTL_MS`).
 //!
@@ -11,16 +11,29 @@
 //! [`L1::evict_older`] removes an entry older than an invalidation. Both run under
 //! moka's per-key compute lock, so a fill racing an invalidation can never leave the
 //! older document behind.
+//!
+//! What an entry costs is most of what L1 weighs at a million documents, so L1 keeps
+//! only the moka features whose cost the guarantees need (`bench/memory.sh`,
+//! `docs/performance.md`): no eviction listener, no write-order queue (no global TTL),
+//! and no per-entry timer for live documents, the bulk of the entries. A document
+//! carries its load time already; L1 does not return one older than its life
+//! (`CATALOG_L1_TTL_SECS` + `CATALOG_STALE_IF_ERROR_SECS`), drops such a document when
+//! a read finds it, and a thread of its own walks the cache every half life to drop the
+//! ones no read finds. Until then they hold memory the budget counts, and LRU eviction
+//! takes them first.
+//! Negative entries, tombstones, SKUs, bodies, and every entry stored while the feed is
+//! silent keep moka's per-entry expiry.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use foldhash::fast::RandomState;
+use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 
-use crate::document::Lookup;
+use crate::document::{Document, Lookup};
 
 /// What L1 is keyed by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -33,31 +46,70 @@ pub enum Key {
     Categories,
 }
 
-/// What L1 holds.
+/// What L1 holds, in 16 bytes (a tag and a word) inside moka's entry: a wider value
+/// would take moka's entry into a larger allocation.
 #[derive(Debug, Clone)]
-pub enum Cached {
-    /// Under [`Key::Product`]: the product, its tombstone, or the fact it is unknown.
-    Product(Lookup),
-    /// Under [`Key::Sku`]: the id of the live product with that SKU, if any.
-    Sku(Option<i64>),
+enum Cached {
+    /// Under [`Key::Product`]: a live product.
+    Found(Arc<Document>),
+    /// Under [`Key::Product`]: a tombstone of this version.
+    Gone(i64),
+    /// Under [`Key::Product`]: no such product.
+    Unknown,
+    /// Under [`Key::Sku`]: the id of the live product with that SKU.
+    Sku(i64),
+    /// Under [`Key::Sku`]: no live product has it.
+    NoSku,
     /// Under [`Key::Categories`]: a whole response body.
-    Body(Bytes),
+    Body(Arc<Bytes>),
 }
 
+const _: () = assert!(std::mem::size_of::<Cached>() == 16);
+
 impl Cached {
-    /// Whether this entry records an absence, which is kept only briefly.
-    fn is_negative(&self) -> bool {
-        matches!(self, Self::Product(Lookup::Unknown) | Self::Sku(None))
+    fn product(lookup: Lookup) -> Self {
+        match lookup {
+            Lookup::Found(doc) => Self::Found(doc),
+            Lookup::Gone { version } => Self::Gone(version),
+            Lookup::Unknown => Self::Unknown,
+        }
+    }
+
+    /// The version of a product state (`Unknown` is older than any write).
+    fn version(&self) -> Option<i64> {
+        match self {
+            Self::Found(doc) => Some(doc.version),
+            Self::Gone(version) => Some(*version),
+            Self::Unknown => Some(0),
+            Self::Sku(_) | Self::NoSku | Self::Body(_) => None,
+        }
     }
 }
 
-/// Bytes charged per entry beyond its body, `ETag`, SKU and key: what an entry was
-/// measured to cost in resident memory beyond those (`bench/memory.sh`: 1,000,000
-/// documents cached, RSS growth per entry minus the payload). Most of it is moka's own
-/// (its entry, entry info, key, deque and timer-wheel nodes, hash-table bucket); the
-/// rest is the document's header and `bytes`' shared header. With it, the budget bounds
-/// the memory L1 really takes.
-const ENTRY_OVERHEAD: u32 = 620;
+/// Bytes charged per entry beyond its document's buffer: what an entry was measured to
+/// cost in resident memory beyond that buffer's allocation (`bench/memory.sh`: 1,000,000
+/// documents cached, RSS growth per entry minus the mean [`allocation_size`] of their
+/// buffers). It is moka's entry (the key's `Arc`, entry info, value entry, deque nodes,
+/// hash-table bucket and slots, about 275 bytes) and the document's own `Arc` (80) and
+/// `bytes`' shared header (24). With it the budget bounds the memory L1 really takes.
+/// An entry without a document, a tombstone, an unknown id or a SKU, costs less (moka's
+/// part and a per-entry timer node, about 320 bytes): charging it the same errs on the
+/// side of the budget.
+const ENTRY_OVERHEAD: u32 = 390;
+
+/// What the allocator (mimalloc) really hands out for `len` bytes: its size classes are
+/// 8-byte words up to 64 bytes, then four per power of two, so a 570-byte document
+/// buffer takes 640.
+fn allocation_size(len: usize) -> usize {
+    const WORD: usize = 8;
+    let words = len.div_ceil(WORD);
+    if words <= 8 {
+        return words * WORD;
+    }
+    let w = words - 1;
+    let step = 1usize << (w.ilog2() - 2);
+    ((w / step) + 1) * step * WORD
+}
 
 /// Tuning of L1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,34 +135,44 @@ pub struct L1 {
     /// Bumped by every invalidation of a cached body, before the body is dropped: a
     /// fill that began before it must not store what it read.
     generation: Arc<AtomicU64>,
+    /// How long a live document is kept after it was loaded: `max_ttl` plus
+    /// `stale_if_error`.
+    document_life: Duration,
+    /// Held by every clone; the expiry walk stops when the last one is dropped.
+    _alive: Arc<()>,
 }
 
-/// Expiry policy: negative entries live `negative_ttl`, live documents `max_ttl` plus
-/// `stale_if_error` (past `max_ttl` the read path refills them, keeping the old copy
-/// only for when no database answers), everything else `max_ttl`, counted from the last
-/// write of the entry, and never longer than the cap in force when it was written.
+/// Expiry policy: negative entries live `negative_ttl`, everything else `max_ttl`,
+/// counted from the last write of the entry, and never longer than the cap in force when
+/// it was written. Live documents have no per-entry timer unless a cap is in force: L1
+/// expires them by their load time (`document_life`), at read time and by walking.
 struct Ttl {
     config: L1Config,
     cap_millis: Arc<AtomicU64>,
 }
 
 impl Ttl {
-    fn ttl(&self, value: &Cached) -> Duration {
+    fn ttl(&self, value: &Cached) -> Option<Duration> {
         let ttl = match value {
-            _ if value.is_negative() => self.config.negative_ttl.min(self.config.max_ttl),
-            Cached::Product(Lookup::Found(_)) => self.config.max_ttl + self.config.stale_if_error,
-            _ => self.config.max_ttl,
+            Cached::Unknown | Cached::NoSku => {
+                Some(self.config.negative_ttl.min(self.config.max_ttl))
+            }
+            Cached::Found(_) => None,
+            Cached::Gone(_) | Cached::Sku(_) | Cached::Body(_) => Some(self.config.max_ttl),
         };
         match self.cap_millis.load(Ordering::Relaxed) {
             0 => ttl,
-            cap => ttl.min(Duration::from_millis(cap)),
+            cap => {
+                let cap = Duration::from_millis(cap);
+                Some(ttl.map_or(cap, |ttl| ttl.min(cap)))
+            }
         }
     }
 }
 
 impl moka::Expiry<Key, Cached> for Ttl {
     fn expire_after_create(&self, _: &Key, value: &Cached, _: Instant) -> Option<Duration> {
-        Some(self.ttl(value))
+        self.ttl(value)
     }
 
     fn expire_after_update(
@@ -120,7 +182,7 @@ impl moka::Expiry<Key, Cached> for Ttl {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(self.ttl(value))
+        self.ttl(value)
     }
 }
 
@@ -130,8 +192,8 @@ fn weigh(key: &Key, value: &Cached) -> u32 {
         Key::Sku(sku) => sku.len(),
     };
     let value_bytes = match value {
-        Cached::Product(Lookup::Found(doc)) => doc.body.len() + doc.etag.len() + doc.sku().len(),
-        Cached::Product(_) | Cached::Sku(_) => 0,
+        Cached::Found(doc) => allocation_size(doc.held_bytes()),
+        Cached::Gone(_) | Cached::Unknown | Cached::Sku(_) | Cached::NoSku => 0,
         Cached::Body(body) => body.len(),
     };
     u32::try_from(key_bytes + value_bytes)
@@ -140,7 +202,7 @@ fn weigh(key: &Key, value: &Cached) -> u32 {
 }
 
 impl L1 {
-    /// An empty cache.
+    /// An empty cache, and the thread of its expiry walk (which ends with the last clone).
     pub fn new(config: L1Config) -> Self {
         let cap_millis = Arc::new(AtomicU64::new(0));
         let cache = Cache::builder()
@@ -151,11 +213,80 @@ impl L1 {
                 cap_millis: Arc::clone(&cap_millis),
             })
             .build_with_hasher(RandomState::default());
-        Self {
+        let l1 = Self {
             cache,
             cap_millis,
             generation: Arc::default(),
+            document_life: config.max_ttl.saturating_add(config.stale_if_error),
+            _alive: Arc::new(()),
+        };
+        l1.spawn_sweeper();
+        l1
+    }
+
+    /// Walks the cache for outlived documents every half life, checking every second
+    /// whether L1 is still in use (the thread holds a clone of the cache, not of `_alive`).
+    fn spawn_sweeper(&self) {
+        let alive: Weak<()> = Arc::downgrade(&self._alive);
+        let sweeper = Self {
+            _alive: Arc::new(()),
+            ..self.clone()
+        };
+        let period = (self.document_life / 2).max(Duration::from_millis(10));
+        let spawned = std::thread::Builder::new()
+            .name("l1-expiry".into())
+            .spawn(move || {
+                // None: a life too long to ever end (no sweep needed).
+                let mut next = Instant::now().checked_add(period);
+                while alive.strong_count() > 0 {
+                    let now = Instant::now();
+                    if next.is_some_and(|next| now >= next) {
+                        sweeper.sweep(now);
+                        next = now.checked_add(period);
+                    }
+                    let wait =
+                        next.map_or(Duration::MAX, |next| next.saturating_duration_since(now));
+                    std::thread::sleep(wait.min(Duration::from_secs(1)));
+                }
+            });
+        if let Err(error) = spawned {
+            // LRU eviction still takes outlived documents first; reads never return them.
+            tracing::warn!(%error, "L1 expiry walk not started");
         }
+    }
+
+    /// Whether a live document has outlived its life in L1 as of `now`.
+    fn outlived(&self, doc: &Document, now: Instant) -> bool {
+        now.saturating_duration_since(doc.loaded()) >= self.document_life
+    }
+
+    /// Drops `id`'s document if it is still `doc` (compared by identity), outlived.
+    fn drop_outlived(&self, id: i64, doc: &Arc<Document>) {
+        self.cache
+            .entry(Key::Product(id))
+            .and_compute_with(|current| match current.as_ref().map(|e| e.value()) {
+                Some(Cached::Found(cached)) if Arc::ptr_eq(cached, doc) => Op::Remove,
+                _ => Op::Nop,
+            });
+    }
+
+    /// Drops every document outlived as of `now`: one walk of the cache. Returns how
+    /// many it dropped.
+    fn sweep(&self, now: Instant) -> usize {
+        let outlived: Vec<(i64, Arc<Document>)> = self
+            .cache
+            .iter()
+            .filter_map(|(key, value)| match (&*key, value) {
+                (Key::Product(id), Cached::Found(doc)) if self.outlived(&doc, now) => {
+                    Some((*id, doc))
+                }
+                _ => None,
+            })
+            .collect();
+        for (id, doc) in &outlived {
+            self.drop_outlived(*id, doc);
+        }
+        outlived.len()
     }
 
     /// Caps the life of entries stored from now on (`None`: no cap). Entries already
@@ -169,33 +300,52 @@ impl L1 {
 
     /// The cached state of a product, if L1 has it.
     pub fn product(&self, id: i64) -> Option<Lookup> {
-        match self.cache.get(&Key::Product(id)) {
-            Some(Cached::Product(lookup)) => Some(lookup),
-            _ => None,
+        self.product_at(id, Instant::now())
+    }
+
+    /// The cached state of a product as of `now` (the caller's clock reading): a
+    /// document that outlived its life in L1 is not returned, and dropped.
+    pub fn product_at(&self, id: i64, now: Instant) -> Option<Lookup> {
+        match self.cache.get(&Key::Product(id))? {
+            Cached::Found(doc) if self.outlived(&doc, now) => {
+                self.drop_outlived(id, &doc);
+                None
+            }
+            Cached::Found(doc) => Some(Lookup::Found(doc)),
+            Cached::Gone(version) => Some(Lookup::Gone { version }),
+            Cached::Unknown => Some(Lookup::Unknown),
+            Cached::Sku(_) | Cached::NoSku | Cached::Body(_) => None,
+        }
+    }
+
+    /// What a compute sees under `id`'s lock: its product state's version, with an
+    /// outlived document counted as absent.
+    fn held_version(&self, current: Option<&Cached>, now: Instant) -> Option<i64> {
+        match current? {
+            Cached::Found(doc) if self.outlived(doc, now) => None,
+            cached => cached.version(),
         }
     }
 
     /// Stores a product's state unless L1 already holds a newer version or the
     /// product's floor (read under the key's lock) is newer. Returns whether it stored.
     pub fn insert_fresh(&self, id: i64, lookup: Lookup, floor: impl FnOnce() -> i64) -> bool {
+        let now = Instant::now();
         let result = self
             .cache
             .entry(Key::Product(id))
             .and_compute_with(|current| {
-                let newer_cached = matches!(
-                    current.as_ref().map(|e| e.value()),
-                    Some(Cached::Product(cached)) if cached.version() > lookup.version()
-                );
+                let held = self.held_version(current.as_ref().map(|e| e.value()), now);
+                let newer_cached = held.is_some_and(|held| held > lookup.version());
                 if newer_cached || lookup.version() < floor() {
-                    moka::ops::compute::Op::Nop
+                    Op::Nop
                 } else {
-                    moka::ops::compute::Op::Put(Cached::Product(lookup))
+                    Op::Put(Cached::product(lookup))
                 }
             });
         matches!(
             result,
-            moka::ops::compute::CompResult::Inserted(_)
-                | moka::ops::compute::CompResult::ReplacedWith(_)
+            CompResult::Inserted(_) | CompResult::ReplacedWith(_)
         )
     }
 
@@ -204,13 +354,13 @@ impl L1 {
         let result = self
             .cache
             .entry(Key::Product(id))
-            .and_compute_with(|current| match current.as_ref().map(|e| e.value()) {
-                Some(Cached::Product(cached)) if cached.version() < version => {
-                    moka::ops::compute::Op::Remove
-                }
-                _ => moka::ops::compute::Op::Nop,
-            });
-        matches!(result, moka::ops::compute::CompResult::Removed(_))
+            .and_compute_with(
+                |current| match current.as_ref().and_then(|e| e.value().version()) {
+                    Some(cached) if cached < version => Op::Remove,
+                    _ => Op::Nop,
+                },
+            );
+        matches!(result, CompResult::Removed(_))
     }
 
     /// Drops a product's entry whatever its version (an operator's purge).
@@ -237,26 +387,28 @@ impl L1 {
 
     /// Stores a product's state unconditionally (tests and benchmarks warm L1 with it).
     pub fn insert_product(&self, id: i64, lookup: Lookup) {
-        self.cache.insert(Key::Product(id), Cached::Product(lookup));
+        self.cache.insert(Key::Product(id), Cached::product(lookup));
     }
 
     /// The id of the live product with `sku`, if L1 knows it.
     pub fn sku(&self, sku: &Arc<str>) -> Option<Option<i64>> {
-        match self.cache.get(&Key::Sku(sku.clone())) {
-            Some(Cached::Sku(id)) => Some(id),
+        match self.cache.get(&Key::Sku(sku.clone()))? {
+            Cached::Sku(id) => Some(Some(id)),
+            Cached::NoSku => Some(None),
             _ => None,
         }
     }
 
     /// Remembers which product has `sku`.
     pub fn insert_sku(&self, sku: Arc<str>, id: Option<i64>) {
-        self.cache.insert(Key::Sku(sku), Cached::Sku(id));
+        self.cache
+            .insert(Key::Sku(sku), id.map_or(Cached::NoSku, Cached::Sku));
     }
 
     /// A cached response body.
     pub fn body(&self, key: &Key) -> Option<Bytes> {
-        match self.cache.get(key) {
-            Some(Cached::Body(body)) => Some(body),
+        match self.cache.get(key)? {
+            Cached::Body(body) => Some(Bytes::clone(&body)),
             _ => None,
         }
     }
@@ -267,37 +419,41 @@ impl L1 {
     pub fn insert_body(&self, key: Key, body: Bytes, generation: u64) -> bool {
         let result = self.cache.entry(key).and_compute_with(|_| {
             if self.generation.load(Ordering::SeqCst) == generation {
-                moka::ops::compute::Op::Put(Cached::Body(body))
+                Op::Put(Cached::Body(Arc::new(body)))
             } else {
-                moka::ops::compute::Op::Nop
+                Op::Nop
             }
         });
         matches!(
             result,
-            moka::ops::compute::CompResult::Inserted(_)
-                | moka::ops::compute::CompResult::ReplacedWith(_)
+            CompResult::Inserted(_) | CompResult::ReplacedWith(_)
         )
     }
 
     /// Up to `n` cached product states, picked at random (reservoir sampling over one
-    /// walk of the cache), for the consistency auditor.
+    /// walk of the cache), for the consistency auditor; outlived documents, which L1
+    /// no longer serves, are left out.
     pub fn sample_products(&self, n: usize, rng: &mut impl rand::RngExt) -> Vec<(i64, i64)> {
+        let now = Instant::now();
         let mut picked: Vec<(i64, i64)> = Vec::with_capacity(n);
         let mut seen = 0usize;
         for (key, value) in self.cache.iter() {
-            let (Key::Product(id), Cached::Product(lookup)) = (&*key, &value) else {
+            let Key::Product(id) = &*key else {
                 continue;
             };
-            if *lookup == Lookup::Unknown {
-                continue;
-            }
+            let version = match &value {
+                Cached::Found(doc) if self.outlived(doc, now) => continue,
+                Cached::Found(doc) => doc.version,
+                Cached::Gone(version) => *version,
+                Cached::Unknown | Cached::Sku(_) | Cached::NoSku | Cached::Body(_) => continue,
+            };
             seen += 1;
             if picked.len() < n {
-                picked.push((*id, lookup.version()));
+                picked.push((*id, version));
             } else {
                 let slot = rng.random_range(0..seen);
                 if slot < n {
-                    picked[slot] = (*id, lookup.version());
+                    picked[slot] = (*id, version);
                 }
             }
         }
@@ -405,5 +561,138 @@ mod tests {
         l1.insert_product(3, found(3, 10));
         std::thread::sleep(Duration::from_millis(120));
         assert!(matches!(l1.product(3), Some(Lookup::Found(_))));
+    }
+
+    fn loaded(l1: &L1, id: i64) -> Instant {
+        match l1.product(id) {
+            Some(Lookup::Found(doc)) => doc.loaded(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_document_is_returned_for_its_life_from_loading_and_then_dropped() {
+        let l1 = L1::new(L1Config {
+            stale_if_error: Duration::from_secs(60),
+            ..config()
+        });
+        l1.insert_product(1, found(1, 10));
+        let life = Duration::from_secs(360);
+        let loaded = loaded(&l1, 1);
+        let last = loaded + life - Duration::from_millis(1);
+        assert!(
+            matches!(l1.product_at(1, last), Some(Lookup::Found(_))),
+            "kept past max_ttl, for stale-if-error"
+        );
+        assert_eq!(l1.product_at(1, loaded + life), None, "outlived");
+        l1.sync();
+        assert_eq!(
+            l1.usage().0,
+            0,
+            "dropped by the read that found it outlived"
+        );
+    }
+
+    #[test]
+    fn an_outlived_document_counts_as_absent_to_fills_and_the_auditor() {
+        let l1 = L1::new(L1Config {
+            max_ttl: Duration::from_millis(30),
+            negative_ttl: Duration::from_millis(30),
+            ..config()
+        });
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+        l1.insert_product(1, version(1, 5));
+        assert_eq!(l1.sample_products(10, &mut rng), vec![(1, 5)]);
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(l1.sample_products(10, &mut rng).is_empty());
+        // As when moka expired it: an older fill is stored (floors guard the rest).
+        assert!(l1.insert_fresh(1, version(1, 4), || 0));
+        assert_eq!(l1.product(1).unwrap().version(), 4);
+    }
+
+    #[test]
+    fn the_sweeper_drops_the_outlived_documents_no_read_finds() {
+        let l1 = L1::new(config());
+        l1.insert_product(1, found(1, 10));
+        l1.insert_product(2, Lookup::Gone { version: 2 });
+        let loaded = loaded(&l1, 1);
+        assert_eq!(l1.sweep(Instant::now()), 0);
+        assert_eq!(l1.sweep(loaded + Duration::from_secs(300)), 1);
+        l1.sync();
+        assert_eq!(l1.usage().0, 1, "the tombstone has a timer of its own");
+        // and the thread sweeps every half life
+        let l1 = L1::new(L1Config {
+            max_ttl: Duration::from_millis(40),
+            ..config()
+        });
+        l1.insert_product(1, found(1, 10));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            l1.sync();
+            if l1.usage().0 == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never swept");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn documents_stored_under_a_cap_expire_at_the_cap() {
+        let l1 = L1::new(config());
+        l1.limit_ttl(Some(Duration::from_millis(50)));
+        l1.insert_product(1, found(1, 10));
+        assert!(l1.insert_fresh(3, version(3, 1), || 0));
+        l1.limit_ttl(None);
+        l1.insert_product(2, found(2, 10));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while l1.product(1).is_some() || l1.product(3).is_some() {
+            assert!(Instant::now() < deadline, "capped documents never expired");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(l1.product(2).is_some(), "stored after the cap was lifted");
+    }
+
+    #[test]
+    fn skus_and_bodies_round_trip() {
+        let l1 = L1::new(config());
+        let (a, b): (Arc<str>, Arc<str>) = ("A".into(), "B".into());
+        l1.insert_sku(Arc::clone(&a), Some(7));
+        l1.insert_sku(Arc::clone(&b), None);
+        assert_eq!(l1.sku(&a), Some(Some(7)));
+        assert_eq!(l1.sku(&b), Some(None));
+        assert_eq!(l1.sku(&"C".into()), None);
+        let generation = l1.body_generation();
+        assert!(l1.insert_body(Key::Categories, Bytes::from_static(b"[]"), generation));
+        assert_eq!(l1.body(&Key::Categories).as_deref(), Some(&b"[]"[..]));
+        l1.invalidate(&Key::Categories);
+        assert!(!l1.insert_body(Key::Categories, Bytes::from_static(b"[]"), generation));
+        assert_eq!(l1.body(&Key::Categories), None);
+    }
+
+    #[test]
+    fn a_document_is_charged_the_allocation_of_its_buffer() {
+        let sizes = [
+            (0, 0),
+            (1, 8),
+            (64, 64),
+            (65, 80),
+            (570, 640),
+            (640, 640),
+            (641, 768),
+        ];
+        for (len, charged) in sizes {
+            assert_eq!(allocation_size(len), charged, "{len} bytes");
+        }
+        assert_eq!(allocation_size(1025), 1280);
+        let doc = found(1, 570);
+        let Lookup::Found(held) = &doc else {
+            unreachable!()
+        };
+        let charged = weigh(&Key::Product(1), &Cached::product(doc.clone()));
+        assert_eq!(
+            charged as usize,
+            allocation_size(held.held_bytes()) + ENTRY_OVERHEAD as usize
+        );
     }
 }

@@ -98,6 +98,23 @@ struct Change {
     frame: Bytes,
 }
 
+impl Change {
+    /// `entry`, at stream entry `entry_id`, with its frame.
+    fn of(entry: &Invalidation, entry_id: &str) -> Self {
+        let position = Position {
+            epoch: entry.epoch.clone(),
+            seq: entry.seq,
+            entry: entry_id.to_owned(),
+        };
+        Self {
+            seq: entry.seq,
+            product_id: entry.product_id,
+            categories: entry.categories.clone(),
+            frame: sse::change(entry, &position),
+        }
+    }
+}
+
 /// What a subscriber asked for: everything, or the changes of some products and/or
 /// categories.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -212,17 +229,7 @@ impl ChangeFeed {
                 .send(Message::Reset("every cached product was purged"));
             return;
         }
-        let position = Position {
-            epoch: entry.epoch.clone(),
-            seq: entry.seq,
-            entry: entry_id.to_owned(),
-        };
-        let change = Change {
-            seq: entry.seq,
-            product_id: entry.product_id,
-            categories: entry.categories.clone(),
-            frame: sse::change(entry, &position),
-        };
+        let change = Change::of(entry, entry_id);
         let _ = self.ring.send(Message::Change(Arc::new(change)));
     }
 
@@ -393,17 +400,7 @@ impl ChangeFeed {
                 if entry.heartbeat || entry.purge && entry.product_id.is_none() {
                     continue;
                 }
-                let position = Position {
-                    epoch: entry.epoch.clone(),
-                    seq: entry.seq,
-                    entry: id.clone(),
-                };
-                let change = Change {
-                    seq: entry.seq,
-                    product_id: entry.product_id,
-                    categories: entry.categories.clone(),
-                    frame: sse::change(&entry, &position),
-                };
+                let change = Change::of(&entry, id);
                 if filter.matches(&change) {
                     match self.deliver(tx, change.frame, live).await {
                         Delivery::Sent => {}

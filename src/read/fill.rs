@@ -72,11 +72,11 @@ impl Reader {
     /// document past the soft TTL is served and queued for a refresh, one past the
     /// hard TTL is not served (it is kept for when no database answers).
     pub(super) fn in_l1(&self, id: i64, now: Instant) -> InL1 {
-        let Some(lookup) = self.l1.product(id) else {
+        let Some(lookup) = self.l1.product_at(id, now) else {
             return InL1::Missing;
         };
         if let Lookup::Found(doc) = &lookup {
-            let age = now.saturating_duration_since(doc.loaded);
+            let age = now.saturating_duration_since(doc.loaded());
             if age >= self.ttl.hard {
                 return InL1::Expired(Arc::clone(doc));
             }
@@ -119,7 +119,7 @@ impl Reader {
             };
             // Queued many times by many hits: refresh only what is still old.
             if let Some(Lookup::Found(doc)) = self.l1.product(id)
-                && doc.loaded.elapsed() >= self.ttl.soft
+                && doc.loaded().elapsed() >= self.ttl.soft
             {
                 let refill = self.flight.run(id, Box::pin(self.fill_from_l2_or_db(id)));
                 if let (Err(err), _) = refill.await {

@@ -93,7 +93,7 @@ pub fn decode_cursor(slug: &str, raw: Option<&str>) -> Result<i64, ReadError> {
 
 /// `{"items":[<bodies>],"missing":[<ids>]}`, by concatenation.
 pub fn batch_body(docs: &[&Document], missing: &[i64]) -> Bytes {
-    let size: usize = docs.iter().map(|d| d.body.len() + 1).sum::<usize>() + missing.len() * 20;
+    let size: usize = docs.iter().map(|d| d.body().len() + 1).sum::<usize>() + missing.len() * 20;
     let mut out = BytesMut::with_capacity(size + 32);
     out.put_slice(b"{\"items\":[");
     put_bodies(&mut out, docs);
@@ -111,7 +111,7 @@ pub fn batch_body(docs: &[&Document], missing: &[i64]) -> Bytes {
 
 /// `{"items":[<bodies>],"next_cursor":"..."|null}`, by concatenation.
 pub fn page_body(docs: &[&Document], next_cursor: Option<&str>) -> Bytes {
-    let size: usize = docs.iter().map(|d| d.body.len() + 1).sum();
+    let size: usize = docs.iter().map(|d| d.body().len() + 1).sum();
     let mut out = BytesMut::with_capacity(size + 64);
     out.put_slice(b"{\"items\":[");
     put_bodies(&mut out, docs);
@@ -133,7 +133,7 @@ fn put_bodies(out: &mut BytesMut, docs: &[&Document]) {
         if i > 0 {
             out.put_u8(b',');
         }
-        out.put_slice(&doc.body);
+        out.put_slice(doc.body());
     }
 }
 

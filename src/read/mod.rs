@@ -227,7 +227,7 @@ impl Reader {
         let started = Instant::now();
         let subscribed = match (&self.changes, request.method()) {
             (None, _) => Err(ReadError::RouteNotFound),
-            (Some(_), method) if method != Method::GET => Err(ReadError::MethodNotAllowed),
+            (Some(_), method) if method != Method::GET => Err(ReadError::FeedMethodNotAllowed),
             (Some(feed), _) => changes::Filter::parse(request.uri().query()).and_then(|filter| {
                 let last = request
                     .headers()

@@ -60,29 +60,31 @@ impl Reader {
         doc: &Document,
         headers: &HeaderMap,
     ) -> Response<Full<Bytes>> {
+        let etag = doc.etag();
         let not_modified = headers
             .get(IF_NONE_MATCH)
-            .is_some_and(|value| etag_matches(value, &doc.etag));
+            .is_some_and(|value| etag_matches(value, &etag));
         let mut response = if not_modified {
             let mut response = Response::new(Full::new(Bytes::new()));
             *response.status_mut() = StatusCode::NOT_MODIFIED;
             response
         } else {
-            let mut response = Response::new(Full::new(doc.body.clone()));
+            let mut response = Response::new(Full::new(doc.body_bytes()));
             response.headers_mut().insert(CONTENT_TYPE, JSON);
             response
         };
         let headers = response.headers_mut();
-        headers.insert(ETAG, doc.etag.clone());
+        headers.insert(ETAG, etag);
         headers.insert(CACHE_CONTROL, self.cache_control.clone());
         headers.insert(VARY, VARY_TOKEN);
         if self.surrogate_keys {
-            headers.insert(XKEY, doc.key.clone());
-            headers.insert(SURROGATE_KEY, doc.key.clone());
+            let key = doc.key();
+            headers.insert(XKEY, key.clone());
+            headers.insert(SURROGATE_KEY, key);
         }
         // Only a copy past the hard TTL is ever served this old: a stale answer, because
         // no database could answer. Say how old (RFC 9111 `Age`).
-        let age = doc.loaded.elapsed();
+        let age = doc.loaded().elapsed();
         if age >= self.ttl.hard {
             headers.insert(AGE, HeaderValue::from(age.as_secs()));
         }

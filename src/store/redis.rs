@@ -311,7 +311,7 @@ pub fn encode(lookup: &Lookup) -> Option<Bytes> {
             let sku = doc.sku();
             let sku_len = sku_len.format(sku.len());
             let mut out = BytesMut::with_capacity(
-                version.len() + sku_len.len() + sku.len() + doc.body.len() + 3,
+                version.len() + sku_len.len() + sku.len() + doc.body().len() + 3,
             );
             out.put_u8(b'F');
             out.put_slice(version.as_bytes());
@@ -319,7 +319,7 @@ pub fn encode(lookup: &Lookup) -> Option<Bytes> {
             out.put_slice(sku_len.as_bytes());
             out.put_u8(b'|');
             out.put_slice(sku.as_bytes());
-            out.put_slice(&doc.body);
+            out.put_slice(doc.body());
             Some(out.freeze())
         }
         Lookup::Gone { version } => {

@@ -78,3 +78,16 @@ pub async fn primary_state(db: &TestDb, id: i64) -> (Option<String>, i64) {
         .unwrap();
     (row, outbox)
 }
+
+/// Polls until the relay has published every outbox row of `primary`.
+pub async fn outbox_drained(primary: &sqlx::PgPool) {
+    poll(|| async {
+        let left: i64 =
+            sqlx::query_scalar("select count(*) from outbox where published_at is null")
+                .fetch_one(primary)
+                .await
+                .ok()?;
+        (left == 0).then_some(())
+    })
+    .await;
+}
