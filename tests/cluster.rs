@@ -129,6 +129,11 @@ async fn metric(addr: SocketAddr, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A series summed over both writers.
+async fn over_writers(cluster: &Cluster, series: &str) -> f64 {
+    metric(cluster.writer(1), series).await + metric(cluster.writer(2), series).await
+}
+
 async fn run_for(d: Duration) {
     tokio::time::sleep(d).await;
 }
@@ -300,26 +305,8 @@ async fn the_edge_stops_serving_an_old_version_soon_after_the_write() {
     let load = Load::start(edge, Some(writer), HOT, READERS, WRITE_PAUSE);
     run_for(Duration::from_secs(8)).await;
     let outcome = load.finish().await;
-    let purges = metric(
-        cluster.writer(1),
-        r#"catalog_edge_purges_total{outcome="ok"}"#,
-    )
-    .await
-        + metric(
-            cluster.writer(2),
-            r#"catalog_edge_purges_total{outcome="ok"}"#,
-        )
-        .await;
-    let failed = metric(
-        cluster.writer(1),
-        r#"catalog_edge_purges_total{outcome="failed"}"#,
-    )
-    .await
-        + metric(
-            cluster.writer(2),
-            r#"catalog_edge_purges_total{outcome="failed"}"#,
-        )
-        .await;
+    let purges = over_writers(&cluster, r#"catalog_edge_purges_total{outcome="ok"}"#).await;
+    let failed = over_writers(&cluster, r#"catalog_edge_purges_total{outcome="failed"}"#).await;
     let report = figures(
         "edge (Varnish) after acknowledged writes",
         &outcome,
