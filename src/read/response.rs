@@ -60,33 +60,15 @@ impl Reader {
         doc: &Document,
         headers: &HeaderMap,
     ) -> Response<Full<Bytes>> {
-        let etag = doc.etag();
-        let not_modified = headers
-            .get(IF_NONE_MATCH)
-            .is_some_and(|value| etag_matches(value, &etag));
-        let mut response = if not_modified {
-            let mut response = Response::new(Full::new(Bytes::new()));
-            *response.status_mut() = StatusCode::NOT_MODIFIED;
-            response
-        } else {
-            let mut response = Response::new(Full::new(doc.body_bytes()));
-            response.headers_mut().insert(CONTENT_TYPE, JSON);
-            response
-        };
-        let headers = response.headers_mut();
-        headers.insert(ETAG, etag);
-        headers.insert(CACHE_CONTROL, self.cache_control.clone());
-        headers.insert(VARY, VARY_TOKEN);
-        if self.surrogate_keys {
-            let key = doc.key();
-            headers.insert(XKEY, key.clone());
-            headers.insert(SURROGATE_KEY, key);
-        }
+        let keys = self.surrogate_keys.then(|| doc.key());
+        let mut response = self.validated(|| doc.body_bytes(), doc.etag(), keys, headers);
         // Only a copy past the hard TTL is ever served this old: a stale answer, because
         // no database could answer. Say how old (RFC 9111 `Age`).
         let age = doc.loaded().elapsed();
         if age >= self.ttl.hard {
-            headers.insert(AGE, HeaderValue::from(age.as_secs()));
+            response
+                .headers_mut()
+                .insert(AGE, HeaderValue::from(age.as_secs()));
         }
         response
     }
@@ -100,6 +82,22 @@ impl Reader {
         keys: impl FnOnce() -> String,
         request: &HeaderMap,
     ) -> Response<Full<Bytes>> {
+        let keys = self
+            .surrogate_keys
+            .then(|| HeaderValue::try_from(keys()).ok())
+            .flatten();
+        self.validated(|| body, etag, keys, request)
+    }
+
+    /// 200 with `body` (JSON), or 304 when the request's `If-None-Match` names `etag`;
+    /// either way with the validator, the caching headers and the surrogate `keys`.
+    fn validated(
+        &self,
+        body: impl FnOnce() -> Bytes,
+        etag: HeaderValue,
+        keys: Option<HeaderValue>,
+        request: &HeaderMap,
+    ) -> Response<Full<Bytes>> {
         let not_modified = request
             .get(IF_NONE_MATCH)
             .is_some_and(|value| etag_matches(value, &etag));
@@ -108,7 +106,7 @@ impl Reader {
             *response.status_mut() = StatusCode::NOT_MODIFIED;
             response
         } else {
-            let mut response = Response::new(Full::new(body));
+            let mut response = Response::new(Full::new(body()));
             response.headers_mut().insert(CONTENT_TYPE, JSON);
             response
         };
@@ -116,9 +114,7 @@ impl Reader {
         headers.insert(ETAG, etag);
         headers.insert(CACHE_CONTROL, self.cache_control.clone());
         headers.insert(VARY, VARY_TOKEN);
-        if self.surrogate_keys
-            && let Ok(keys) = HeaderValue::try_from(keys())
-        {
+        if let Some(keys) = keys {
             headers.insert(XKEY, keys.clone());
             headers.insert(SURROGATE_KEY, keys);
         }
