@@ -437,6 +437,26 @@ async fn bad_requests_get_problem_documents() {
     app.shutdown().await;
 }
 
+/// The change feed is `GET` alone: its 405 (to `HEAD` too) names only `GET` in `Allow`,
+/// as its OpenAPI description says (it once said `GET, HEAD` and refused `HEAD`).
+#[tokio::test]
+async fn the_change_feed_refuses_other_methods_with_allow_get() {
+    let db = seeded(1, 1).await;
+    let app = TestApp::spawn(&TestApp::config(&db)).await;
+    for method in ["HEAD", "POST", "DELETE", "OPTIONS"] {
+        let reply = app.request(method, "/changes", &[]).await;
+        assert_eq!(reply.status, 405, "{method}");
+        assert_eq!(reply.header("allow"), Some("GET"), "{method}");
+        if method != "HEAD" {
+            reply.assert_problem(405, "method-not-allowed");
+        }
+    }
+    // The other routes still allow both.
+    let post = app.request("POST", "/categories", &[]).await;
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn http2_with_prior_knowledge_is_served_beside_http1() {
     use http_body_util::{BodyExt as _, Empty};

@@ -46,6 +46,9 @@ pub enum ReadError {
     /// A method other than GET or HEAD.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A method other than GET on the change feed (`HEAD` included).
+    #[error("method not allowed on the change feed")]
+    FeedMethodNotAllowed,
     /// The URI is longer than the server accepts.
     #[error("URI too long")]
     UriTooLong,
@@ -138,6 +141,10 @@ impl ReadError {
             Self::MethodNotAllowed => Problem::method_not_allowed(
                 "GET, HEAD",
                 "the storefront API is read-only: use GET or HEAD",
+            ),
+            Self::FeedMethodNotAllowed => Problem::method_not_allowed(
+                "GET",
+                "the change feed is served to GET alone: subscribe with GET",
             ),
             Self::UriTooLong => Problem::new(
                 S::URI_TOO_LONG,
@@ -241,7 +248,7 @@ mod tests {
 
     #[test]
     fn every_error_maps_to_its_status_and_type() {
-        let cases: [(ReadError, u16, &str); 21] = [
+        let cases: [(ReadError, u16, &str); 22] = [
             (ReadError::ShuttingDown, 503, "unavailable"),
             (ReadError::InvalidToken, 400, "invalid-token"),
             (ReadError::TokenAhead, 400, "invalid-token"),
@@ -249,6 +256,7 @@ mod tests {
             (ReadError::Timeout, 503, "unavailable"),
             (ReadError::RouteNotFound, 404, "not-found"),
             (ReadError::MethodNotAllowed, 405, "method-not-allowed"),
+            (ReadError::FeedMethodNotAllowed, 405, "method-not-allowed"),
             (ReadError::UriTooLong, 414, "uri-too-long"),
             (ReadError::InvalidId("x".into()), 400, "invalid-id"),
             (ReadError::InvalidIds("x".into()), 400, "invalid-ids"),
@@ -278,5 +286,6 @@ mod tests {
             ReadError::MethodNotAllowed.problem().allow,
             Some("GET, HEAD")
         );
+        assert_eq!(ReadError::FeedMethodNotAllowed.problem().allow, Some("GET"));
     }
 }
