@@ -923,7 +923,7 @@ async fn browsers_from_configured_origins_get_cors_headers() {
     assert_eq!(allowed.status, 204);
     assert_eq!(
         allowed.header("access-control-allow-headers"),
-        Some("Min-Catalog-Token, If-None-Match")
+        Some("Min-Catalog-Token, If-None-Match, Last-Event-ID")
     );
     let refused = app
         .request(
@@ -1231,5 +1231,33 @@ async fn each_face_serves_its_openapi_description() {
         assert!(spec["paths"][route].is_object(), "{route} is not described");
     }
     assert!(storefront.json()["paths"]["/admin/products/{id}"].is_null());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_change_feed_answers_preflights_and_long_uris_like_every_route() {
+    let db = seeded(3, 1).await;
+    let mut config = TestApp::config(&db);
+    config.read.cors_origins = vec!["https://shop.example".to_owned()];
+    let app = TestApp::spawn(&config).await;
+    let preflight = app
+        .request(
+            "OPTIONS",
+            "/changes",
+            &[
+                ("origin", "https://shop.example"),
+                ("access-control-request-method", "GET"),
+                ("access-control-request-headers", "last-event-id"),
+            ],
+        )
+        .await;
+    assert_eq!(preflight.status, 204);
+    assert!(
+        preflight
+            .header("access-control-allow-headers")
+            .is_some_and(|h| h.contains("Last-Event-ID"))
+    );
+    let long = format!("/changes?products={}", "1,".repeat(3000));
+    app.get(&long).await.assert_problem(414, "uri-too-long");
     app.shutdown().await;
 }

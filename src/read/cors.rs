@@ -18,7 +18,8 @@ use hyper::{Method, Response, StatusCode};
 /// Methods a browser may use.
 const METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD");
 /// Request headers a browser may send beyond the simple ones.
-const HEADERS: HeaderValue = HeaderValue::from_static("Min-Catalog-Token, If-None-Match");
+const HEADERS: HeaderValue =
+    HeaderValue::from_static("Min-Catalog-Token, If-None-Match, Last-Event-ID");
 /// Response headers a page's script may read beyond the simple ones.
 const EXPOSED: HeaderValue = HeaderValue::from_static("ETag, Age");
 /// How long a browser may reuse a preflight's answer, seconds.

@@ -228,6 +228,15 @@ impl Reader {
         let subscribed = match (&self.changes, request.method()) {
             (None, _) => Err(ReadError::RouteNotFound),
             (Some(_), method) if method != Method::GET => Err(ReadError::FeedMethodNotAllowed),
+            (Some(_), _)
+                if request
+                    .uri()
+                    .path_and_query()
+                    .map_or(0, |pq| pq.as_str().len())
+                    > MAX_URI_BYTES =>
+            {
+                Err(ReadError::UriTooLong)
+            }
             (Some(feed), _) => changes::Filter::parse(request.uri().query()).and_then(|filter| {
                 let last = request
                     .headers()
@@ -577,6 +586,8 @@ impl crate::http::Handler for Reader {
         request: &Request<hyper::body::Incoming>,
         client: IpAddr,
     ) -> Option<Response<StreamBody>> {
-        (request.uri().path() == "/changes").then(|| self.changes(request, client))
+        // With CORS on, a preflight of the feed is answered like any other (by `respond`).
+        let preflight = request.method() == Method::OPTIONS && self.cors.is_some();
+        (request.uri().path() == "/changes" && !preflight).then(|| self.changes(request, client))
     }
 }
