@@ -100,7 +100,7 @@ state=$(realpath -m -- "${CATALOG_DEV_DIR:-$ROOT/.dev}")
 report_dir=${REPORT_DIR:-$state/schemathesis}
 base_checks=not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,unsupported_method,allow_header_conformance
 
-py_tools schemathesis==4.32.5 hypothesis==6.170.17
+py_tools schemathesis==4.32.5 hypothesis==6.170.17 jsonschema==4.26.0
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/schemathesis.XXXXXX")
 trap 'rm -rf -- "$work"' EXIT
