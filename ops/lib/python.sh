@@ -18,8 +18,17 @@ py_tools() {
   # Two checks may start at once: one creates and fills the venv, the other waits.
   exec 8>>"$state/.venv.lock"
   flock -w 600 8 || { echo "python.sh: the venv lock is not free after 600 s" >&2; return 1; }
-  if [[ ! -x $venv/bin/python ]]; then
-    python3 -m venv "$venv" >&2 || { exec 8>&-; echo "python.sh: python3 -m venv failed" >&2; return 1; }
+  # A venv is marked ready once python3 -m venv has finished, so one left half-made (a
+  # full disk, a killed run: python without pip) is made again, never taken for a
+  # working one. (A venv cannot be moved into place: its scripts name its own path.)
+  if [[ ! -e $venv/.ready ]]; then
+    rm -rf -- "$venv"
+    if ! python3 -m venv "$venv" >&2 || ! touch "$venv/.ready"; then
+      rm -rf -- "$venv"
+      exec 8>&-
+      echo "python.sh: python3 -m venv failed" >&2
+      return 1
+    fi
   fi
   for spec in "$@"; do
     "$venv/bin/python" - "$spec" <<'PY' || missing+=("$spec")
