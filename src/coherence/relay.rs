@@ -273,10 +273,6 @@ impl Relay {
 
     /// Whether the backlog gauge is due for a count after a full round.
     fn backlog_count_due(&self) -> bool {
-        // EXPERIMENT (temporary): count after every round, as before.
-        if std::env::var("CATALOG_RELAY_EXPERIMENT").as_deref() == Ok("every") {
-            return true;
-        }
         let mut counted = self
             .backlog_counted
             .lock()

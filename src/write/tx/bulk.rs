@@ -1,8 +1,17 @@
-//! One batch of a bulk import in one transaction: set-based statements for the whole
-//! batch when it can (about 15k products/s), item by item in savepoints when it must.
+//! One batch of a bulk import in one transaction: a few set-based statements for the
+//! whole batch when it can, item by item in savepoints when it must.
+//!
+//! The set-based path ([`put_set`]) costs the same handful of statements whatever the
+//! batch's size: the existing rows locked in id order, one upsert of every product, and
+//! one statement that brings every product's category memberships to what its line
+//! names (only the memberships that change are deleted or inserted) and inserts the
+//! outbox rows, each naming the categories its product left, kept or joined.
+
+use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 use sqlx::PgPool;
+use sqlx::types::Json;
 
 use super::{Written, lock, outbox, product};
 use crate::write::error::WriteError;
@@ -33,53 +42,23 @@ pub struct BatchCommitted {
 /// that way (the same id or SKU twice in it, or a conflict with a concurrent write), it
 /// is written item by item instead ([`put_each`]).
 pub async fn put_batch(pool: &PgPool, items: &[BulkItem]) -> Result<BatchCommitted, WriteError> {
-    let mut outcomes: Vec<Option<BulkOutcome>> = (0..items.len()).map(|_| None).collect();
-    let mut slugs: Vec<&str> = items
-        .iter()
-        .flat_map(|i| i.input.categories.iter().map(String::as_str))
+    let mut outcomes: Vec<Option<BulkOutcome>> = refusals(pool, items)
+        .await?
+        .into_iter()
+        .map(|refused| refused.map(Err))
         .collect();
-    slugs.sort_unstable();
-    slugs.dedup();
-    let known: Vec<String> = sqlx::query_scalar("select slug from categories where slug = any($1)")
-        .bind(&slugs)
-        .fetch_all(pool)
-        .await?;
-    let skus: Vec<&str> = items.iter().map(|i| i.input.sku.as_str()).collect();
-    let holders: Vec<(String, i64)> =
-        sqlx::query_as("select sku, id from products where sku = any($1) and deleted_at is null")
-            .bind(&skus)
-            .fetch_all(pool)
-            .await?;
-    for (i, item) in items.iter().enumerate() {
-        let unknown: Vec<String> = item
-            .input
-            .categories
-            .iter()
-            .filter(|slug| !known.contains(slug))
-            .cloned()
-            .collect();
-        if !unknown.is_empty() {
-            outcomes[i] = Some(Err(WriteError::UnknownCategories(unknown)));
-        } else if holders
-            .iter()
-            .any(|(sku, id)| *sku == item.input.sku && *id != item.id)
-        {
-            outcomes[i] = Some(Err(WriteError::SkuTaken));
-        }
-    }
     let ready: Vec<&BulkItem> = items
         .iter()
         .zip(&outcomes)
         .filter(|(_, o)| o.is_none())
         .map(|(item, _)| item)
         .collect();
-    let mut ids: Vec<i64> = ready.iter().map(|i| i.id).collect();
-    let mut ready_skus: Vec<&str> = ready.iter().map(|i| i.input.sku.as_str()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ready_skus.sort_unstable();
-    ready_skus.dedup();
-    if ids.len() != ready.len() || ready_skus.len() != ready.len() {
+    let mut ids = HashSet::with_capacity(ready.len());
+    let mut skus = HashSet::with_capacity(ready.len());
+    if !ready
+        .iter()
+        .all(|i| ids.insert(i.id) && skus.insert(i.input.sku.as_str()))
+    {
         return put_each(pool, items).await;
     }
     match put_set(pool, &ready).await {
@@ -102,22 +81,122 @@ pub async fn put_batch(pool: &PgPool, items: &[BulkItem]) -> Result<BatchCommitt
     }
 }
 
+/// Why each item is refused, if it is: it names categories that do not exist, or a SKU
+/// another live product holds. One query for the whole batch.
+async fn refusals(
+    pool: &PgPool,
+    items: &[BulkItem],
+) -> Result<Vec<Option<WriteError>>, WriteError> {
+    let mut slugs: Vec<&str> = items
+        .iter()
+        .flat_map(|i| i.input.categories.iter().map(String::as_str))
+        .collect();
+    slugs.sort_unstable();
+    slugs.dedup();
+    let skus: Vec<&str> = items.iter().map(|i| i.input.sku.as_str()).collect();
+    // Categories come back without an id, SKUs with their holder's.
+    let found: Vec<(String, Option<i64>)> = sqlx::query_as(
+        "select slug, null::bigint from categories where slug = any($1) \
+         union all select sku, id from products where sku = any($2) and deleted_at is null",
+    )
+    .bind(&slugs)
+    .bind(&skus)
+    .fetch_all(pool)
+    .await?;
+    let known: HashSet<&str> = found
+        .iter()
+        .filter(|(_, id)| id.is_none())
+        .map(|(slug, _)| slug.as_str())
+        .collect();
+    let holders: HashMap<&str, i64> = found
+        .iter()
+        .filter_map(|(sku, id)| Some((sku.as_str(), (*id)?)))
+        .collect();
+    Ok(items
+        .iter()
+        .map(|item| {
+            let unknown: Vec<String> = item
+                .input
+                .categories
+                .iter()
+                .filter(|slug| !known.contains(slug.as_str()))
+                .cloned()
+                .collect();
+            if !unknown.is_empty() {
+                Some(WriteError::UnknownCategories(unknown))
+            } else if holders
+                .get(item.input.sku.as_str())
+                .is_some_and(|holder| *holder != item.id)
+            {
+                Some(WriteError::SkuTaken)
+            } else {
+                None
+            }
+        })
+        .collect())
+}
+
+/// Brings every product of the batch to what its line names: its memberships that the
+/// line drops are deleted, those it adds inserted (the others stay as they are), and
+/// each product gets its outbox row, with the slugs of every category it was in before
+/// or is in now. `$1`, `$2`: the wanted memberships (product id, slug); `$3`, `$4`: each
+/// product's id and new version. Runs after the products' rows are locked and written,
+/// so it reads memberships no concurrent write can change any more.
+const MEMBERSHIPS_AND_OUTBOX: &str = "\
+    with wanted as ( \
+        select m.product_id, c.id as category_id, c.slug \
+        from unnest($1::bigint[], $2::text[]) as m(product_id, slug) \
+        join categories c on c.slug = m.slug \
+    ), current as ( \
+        select pc.product_id, pc.category_id, c.slug \
+        from product_categories pc join categories c on c.id = pc.category_id \
+        where pc.product_id = any($3) \
+    ), removed as ( \
+        delete from product_categories pc using current o \
+        where pc.category_id = o.category_id and pc.product_id = o.product_id \
+          and not exists (select from wanted w \
+                          where w.product_id = o.product_id and w.category_id = o.category_id) \
+    ), added as ( \
+        insert into product_categories (category_id, product_id) \
+        select w.category_id, w.product_id from wanted w \
+        where not exists (select from current o \
+                          where o.product_id = w.product_id and o.category_id = w.category_id) \
+        order by w.category_id, w.product_id \
+        on conflict do nothing \
+    ), touched as ( \
+        select product_id, array_agg(distinct slug order by slug) as slugs \
+        from (select product_id, slug from current \
+              union all select product_id, slug from wanted) as t \
+        group by product_id \
+    ) \
+    insert into outbox (product_id, version, categories, created_at) \
+    select x.id, x.version, coalesce(t.slugs, '{}'), clock_timestamp() \
+    from unnest($3::bigint[], $4::bigint[]) with ordinality as x(id, version, n) \
+    left join touched t on t.product_id = x.id \
+    order by x.n";
+
 /// Writes `items` (distinct ids and SKUs, known categories) in one transaction of
 /// set-based statements; returns each item's version and whether it was created.
 async fn put_set(pool: &PgPool, items: &[&BulkItem]) -> Result<Vec<Written>, WriteError> {
+    // Rows are locked and written in id order, so two imports of overlapping ids cannot
+    // deadlock on them.
+    let mut sorted: Vec<&BulkItem> = items.to_vec();
+    sorted.sort_unstable_by_key(|i| i.id);
+    let ids: Vec<i64> = sorted.iter().map(|i| i.id).collect();
     let mut tx = pool.begin().await?;
     outbox::bulk_lane(&mut tx).await?;
-    let ids: Vec<i64> = items.iter().map(|i| i.id).collect();
-    let before: Vec<(i64, Vec<String>)> = sqlx::query_as(
-        "select p.id, array(select c.slug from product_categories pc \
-             join categories c on c.id = pc.category_id where pc.product_id = p.id) \
-         from products p where p.id = any($1) order by p.id for update",
+    // The existing rows, locked; a tombstone brought back counts as created.
+    let tombstones: HashSet<i64> = sqlx::query_as::<_, (i64, bool)>(
+        "select id, deleted_at is not null from products where id = any($1) order by id for update",
     )
     .bind(&ids)
     .fetch_all(&mut *tx)
-    .await?;
-    let column = |f: fn(&ProductInput) -> String| -> Vec<String> {
-        items.iter().map(|i| f(&i.input)).collect()
+    .await?
+    .into_iter()
+    .filter_map(|(id, deleted)| deleted.then_some(id))
+    .collect();
+    let text = |f: fn(&ProductInput) -> &str| -> Vec<&str> {
+        sorted.iter().map(|i| f(&i.input)).collect()
     };
     let written: Vec<(i64, i64, bool)> = sqlx::query_as(upsert_products!(
         "select * from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], \
@@ -126,89 +205,75 @@ async fn put_set(pool: &PgPool, items: &[&BulkItem]) -> Result<Vec<Written>, Wri
         "id, version, (xmax = 0)"
     ))
     .bind(&ids)
-    .bind(column(|i| i.sku.clone()))
-    .bind(column(|i| i.name.clone()))
-    .bind(column(|i| i.description.clone()))
-    .bind(column(|i| i.brand.clone()))
+    .bind(text(|i| &i.sku))
+    .bind(text(|i| &i.name))
+    .bind(text(|i| &i.description))
+    .bind(text(|i| &i.brand))
     .bind(
-        items
+        sorted
             .iter()
             .map(|i| i.input.price.amount)
             .collect::<Vec<_>>(),
     )
-    .bind(column(|i| i.price.currency.clone()))
-    .bind(items.iter().map(|i| i.input.stock).collect::<Vec<_>>())
+    .bind(text(|i| &i.price.currency))
+    .bind(sorted.iter().map(|i| i.input.stock).collect::<Vec<_>>())
     .bind(
-        items
+        sorted
             .iter()
-            .map(|i| i.input.attributes.clone())
-            .collect::<Vec<Value>>(),
+            .map(|i| &i.input.attributes)
+            .collect::<Vec<&Value>>(),
     )
     .bind(
-        items
+        sorted
             .iter()
-            .map(|i| Value::from(i.input.images.clone()))
-            .collect::<Vec<Value>>(),
+            .map(|i| Json(i.input.images.as_slice()))
+            .collect::<Vec<_>>(),
     )
-    .bind(items.iter().map(|i| i.input.active).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|i| i.input.active).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?;
-    let (members, slugs): (Vec<i64>, Vec<String>) = items
-        .iter()
-        .flat_map(|i| {
-            i.input
-                .categories
-                .iter()
-                .map(move |slug| (i.id, slug.clone()))
+    let written: HashMap<i64, Written> = written
+        .into_iter()
+        .map(|(id, version, inserted)| {
+            let created = inserted || tombstones.contains(&id);
+            (id, Written { version, created })
         })
-        .unzip();
-    sqlx::query("delete from product_categories where product_id = any($1)")
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "insert into product_categories (category_id, product_id) \
-         select c.id, x.product_id from unnest($1::bigint[], $2::text[]) as x(product_id, slug) \
-         join categories c on c.slug = x.slug on conflict do nothing",
-    )
-    .bind(&members)
-    .bind(&slugs)
-    .execute(&mut *tx)
-    .await?;
-    let mut outcomes = Vec::with_capacity(items.len());
-    let mut versions = Vec::with_capacity(items.len());
-    let mut touched = Vec::with_capacity(items.len());
-    for item in items {
-        let (version, created) = written
-            .iter()
-            .find(|(id, _, _)| *id == item.id)
-            .map(|(_, v, c)| (*v, *c))
+        .collect();
+    let mut member_ids = Vec::new();
+    let mut member_slugs: Vec<&str> = Vec::new();
+    let mut versions = Vec::with_capacity(sorted.len());
+    for item in &sorted {
+        let mut slugs: Vec<&str> = item.input.categories.iter().map(String::as_str).collect();
+        slugs.sort_unstable();
+        slugs.dedup();
+        member_ids.extend(std::iter::repeat_n(item.id, slugs.len()));
+        member_slugs.extend(slugs);
+        let written = written
+            .get(&item.id)
             .ok_or(WriteError::Database(sqlx::Error::RowNotFound))?;
-        let mut categories: Vec<String> = before
-            .iter()
-            .find(|(id, _)| *id == item.id)
-            .map(|(_, c)| c.clone())
-            .unwrap_or_default();
-        categories.extend(item.input.categories.iter().cloned());
-        categories.sort_unstable();
-        categories.dedup();
-        touched.push(categories.join(","));
-        versions.push(version);
-        outcomes.push(Written { version, created });
+        versions.push(written.version);
     }
-    sqlx::query(
-        "insert into outbox (product_id, version, categories, created_at) \
-         select x.id, x.version, coalesce(string_to_array(nullif(x.categories, ''), ','), '{}'), \
-             clock_timestamp() \
-         from unnest($1::bigint[], $2::bigint[], $3::text[]) as x(id, version, categories)",
-    )
-    .bind(&ids)
-    .bind(&versions)
-    .bind(&touched)
-    .execute(&mut *tx)
-    .await?;
+    let outbox_rows = sqlx::query(MEMBERSHIPS_AND_OUTBOX)
+        .bind(&member_ids)
+        .bind(&member_slugs)
+        .bind(&ids)
+        .bind(&versions)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if outbox_rows != ids.len() as u64 {
+        return Err(WriteError::Database(sqlx::Error::RowNotFound));
+    }
     outbox::commit(tx).await?;
-    Ok(outcomes)
+    items
+        .iter()
+        .map(|item| {
+            written
+                .get(&item.id)
+                .copied()
+                .ok_or(WriteError::Database(sqlx::Error::RowNotFound))
+        })
+        .collect()
 }
 
 /// Writes every item in one transaction, each in a savepoint of its own, so an item
