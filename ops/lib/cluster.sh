@@ -6,6 +6,7 @@
 #          -> readers 1..N                     ports +11..                      (18011..)
 #   admin  -> writers 1..M (relay leadership; the leader purges Varnish)  ports +31.. (18031..)
 #   Prometheus scrapes every reader and writer port +2                          (18002)
+#   HAProxy's statistics (CSV: /stats;csv)      port +3                          (18003)
 #
 # N = $CATALOG_DEV_CLUSTER_READERS (default 2), M = $CATALOG_DEV_CLUSTER_WRITERS (2). The
 # edge configuration is shared with compose: ops/cluster/catalog.vcl and haproxy.cfg;
@@ -19,7 +20,9 @@
 #   cluster up | down | status
 #   cluster stop|kill|start|restart reader|writer I   one process: stop (SIGTERM, then
 #       waits for it to drain and exit), kill (SIGKILL), start (waits until /readyz
-#       answers 200), restart (stop, then start)
+#       answers 200, and for a reader until HAProxy counts it up again), restart (stop,
+#       then start). A rolling restart (each reader restarted after the one before)
+#       so never leaves HAProxy without a reader it counts up.
 #
 # Sourced by ops/dev.sh, not run.
 # shellcheck shell=bash
@@ -36,6 +39,7 @@ cluster_port() { # role index
     varnish) echo "$CLUSTER_PORT" ;;
     haproxy) echo $((CLUSTER_PORT + 1)) ;;
     prometheus) echo $((CLUSTER_PORT + 2)) ;;
+    haproxy-stats) echo $((CLUSTER_PORT + 3)) ;;
     reader) echo $((CLUSTER_PORT + 10 + $2)) ;;
     writer) echo $((CLUSTER_PORT + 30 + $2)) ;;
   esac
@@ -105,7 +109,22 @@ cluster_start_catalogd() {
   pid=$!
   echo "$pid" >"$(cluster_pidfile "$role" "$i")"
   cluster_wait_ready "http://127.0.0.1:$port/readyz" "$role $i"
+  [[ $role == reader ]] && cluster_pid haproxy >/dev/null && cluster_wait_balanced "$i"
   log "$role $i ready on 127.0.0.1:$port (pid $pid)"
+}
+
+# cluster_wait_balanced I: bounded wait until HAProxy's health checks count reader I up
+# (status UP, not "DOWN 1/2" nor "UP 1/2" on the way), from its statistics in CSV.
+cluster_wait_balanced() {
+  local deadline=$((SECONDS + TIMEOUT)) status=""
+  while :; do
+    status=$(timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" &&
+        printf "GET /stats;csv HTTP/1.0\r\n\r\n" >&3 && cat <&3' _ "$(cluster_port haproxy-stats)" |
+      awk -F, -v sv="reader$1" '$1 == "readers" && $2 == sv {print $18}') || true
+    [[ $status == UP ]] && return 0
+    ((SECONDS < deadline)) || die "HAProxy does not count reader $1 up within ${TIMEOUT}s (status: ${status:-none})"
+    sleep 0.2
+  done
 }
 
 # cluster_stop_process NAME [I] [SIGNAL]: SIGTERM (or SIGNAL) and a bounded wait.
@@ -140,6 +159,12 @@ EOF
     for ((i = 1; i <= CLUSTER_READERS; i++)); do
       echo "    server reader$i 127.0.0.1:$(cluster_port reader "$i") check"
     done
+    echo
+    echo "# what the health checks decided, for cluster_wait_balanced"
+    echo "frontend stats"
+    echo "    bind 127.0.0.1:$(cluster_port haproxy-stats)"
+    echo "    stats enable"
+    echo "    stats uri /stats"
   } >"$CLUSTER_DIR/readers.cfg"
   cp -- "$ROOT/ops/prometheus/cluster.yml" "$ROOT/ops/prometheus/alerts.yml" "$CLUSTER_RUN/prometheus/"
   {
