@@ -295,32 +295,28 @@ impl Relay {
     /// publish, a heartbeat when one is due (returning 0).
     pub async fn round(&self) -> Result<usize, RelayError> {
         let mut tx = self.primary.begin().await?;
-        let next_seq: i64 =
-            sqlx::query_scalar("select next_seq from relay_state where id = 1 for update")
-                .fetch_one(&mut *tx)
-                .await?;
-        let watermark: String = sqlx::query_scalar("select pg_current_wal_lsn()::text")
-            .fetch_one(&mut *tx)
-            .await?;
-        let watermark = crate::store::replicas::parse_lsn(&watermark);
-        if let Sink::Redis {
-            l2,
-            stream_key,
-            epoch_key,
-            ..
-        } = &self.sink
-            && rolled_back(l2, stream_key, next_seq).await?
-        {
-            self.recover_from_rollback(&mut tx, l2, epoch_key).await?;
-        }
-        let rows: Vec<OutboxRow> = sqlx::query_as(
-            "select id, product_id, purge, deleted, coalesce(version, 0) as version, categories, \
-             (extract(epoch from created_at) * 1000000)::bigint as created_micros \
-             from outbox where published_at is null order by bulk, id limit $1",
+        // The lock and the WAL position in one statement: the position is read before the
+        // rows are selected (by the next statement), as the watermark needs.
+        let (next_seq, watermark): (i64, String) = sqlx::query_as(
+            "select next_seq, pg_current_wal_lsn()::text from relay_state where id = 1 for update",
         )
-        .bind(BATCH)
-        .fetch_all(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
+        let watermark = crate::store::replicas::parse_lsn(&watermark);
+        // The rows and the stream's state travel at once (one round trip each way, side by
+        // side): the state is read under the relay_state lock, so no other relay appends
+        // meanwhile.
+        let (rows, stream) = tokio::join!(unpublished(&mut tx), self.stream_state(next_seq));
+        let (mut rows, stream) = (rows?, stream?);
+        let epoch = match (&self.sink, stream) {
+            (Sink::Redis { l2, epoch_key, .. }, StreamState::RolledBack) => {
+                let epoch = self.recover_from_rollback(&mut tx, l2, epoch_key).await?;
+                rows = unpublished(&mut tx).await?;
+                epoch
+            }
+            (_, StreamState::Intact(Some(epoch))) => epoch,
+            (_, _) => self.epoch().await?,
+        };
         if rows.is_empty() {
             let (at, follow_up) = self.last();
             if !follow_up && at.elapsed() < self.heartbeat {
@@ -336,7 +332,7 @@ impl Relay {
                 categories: Vec::new(),
                 committed_at_micros: super::stream::now_micros(),
                 seq: next_seq,
-                epoch: self.epoch().await?,
+                epoch,
                 watermark,
                 heartbeat: true,
             };
@@ -352,7 +348,6 @@ impl Relay {
         // if the select took them all: a round stopped at its limit leaves older rows
         // unpublished, so it carries no watermark.
         let drained = rows.len() < BATCH as usize;
-        let epoch = self.epoch().await?;
         let entries: Vec<Invalidation> = rows
             .iter()
             .enumerate()
@@ -432,7 +427,7 @@ impl Relay {
         tx: &mut Transaction<'_, Postgres>,
         l2: &L2,
         epoch_key: &str,
-    ) -> Result<(), RelayError> {
+    ) -> Result<String, RelayError> {
         let epoch = super::stream::new_epoch(l2.client(), epoch_key).await?;
         let republished = sqlx::query(
             "update outbox set published_at = null, seq = null \
@@ -449,7 +444,43 @@ impl Relay {
             "the invalidation stream lost entries it had (Redis failed over or was restored): \
              new epoch, recent changes published again"
         );
-        Ok(())
+        Ok(epoch)
+    }
+
+    /// The stream's state after `next_seq - 1` entries were published: its newest entry
+    /// and its epoch, read with two commands sent together.
+    async fn stream_state(&self, next_seq: i64) -> Result<StreamState, RelayError> {
+        let Sink::Redis {
+            l2,
+            stream_key,
+            epoch_key,
+            ..
+        } = &self.sink
+        else {
+            return Ok(StreamState::Intact(None));
+        };
+        let client = l2.client();
+        let (newest, epoch) = tokio::join!(
+            client.xrevrange::<Vec<(String, HashMap<String, String>)>, _, _, _>(
+                stream_key.as_str(),
+                "+",
+                "-",
+                Some(1)
+            ),
+            client.get::<Option<String>, _>(epoch_key.as_str()),
+        );
+        let (newest, epoch) = (newest?, epoch?);
+        let newest_seq = newest
+            .first()
+            .and_then(|(_, fields)| Invalidation::parse(fields))
+            .map(|entry| entry.seq);
+        Ok(
+            if next_seq > 1 && newest_seq.is_none_or(|seq| seq < next_seq - 1) {
+                StreamState::RolledBack
+            } else {
+                StreamState::Intact(epoch)
+            },
+        )
     }
 
     /// The epoch entries carry: the stream's (created if Redis has none), or this
@@ -499,21 +530,29 @@ impl Relay {
     }
 }
 
-/// Whether the stream has lost entries that the relay's sequence says were published:
-/// its newest entry is older than the last sequence number handed out, or it is gone
-/// (Redis failed over to an asynchronous replica, was restored from a snapshot, or
-/// restarted empty). Trimming never removes the newest entry.
-async fn rolled_back(l2: &L2, stream_key: &str, next_seq: i64) -> Result<bool, RelayError> {
-    if next_seq <= 1 {
-        return Ok(false);
-    }
-    let newest: Vec<(String, HashMap<String, String>)> =
-        l2.client().xrevrange(stream_key, "+", "-", Some(1)).await?;
-    let newest_seq = newest
-        .first()
-        .and_then(|(_, fields)| Invalidation::parse(fields))
-        .map(|entry| entry.seq);
-    Ok(newest_seq.is_none_or(|seq| seq < next_seq - 1))
+/// What a round finds of the stream before it appends.
+enum StreamState {
+    /// The stream has lost entries that the relay's sequence says were published: its
+    /// newest entry is older than the last sequence number handed out, or it is gone
+    /// (Redis failed over to an asynchronous replica, was restored from a snapshot, or
+    /// restarted empty). Trimming never removes the newest entry.
+    RolledBack,
+    /// The stream holds what was published; its epoch, when Redis has one (`None`
+    /// also for the in-process bus).
+    Intact(Option<String>),
+}
+
+/// The oldest unpublished outbox rows, single writes before a bulk import's, at most
+/// [`BATCH`].
+async fn unpublished(tx: &mut Transaction<'_, Postgres>) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    sqlx::query_as(
+        "select id, product_id, purge, deleted, coalesce(version, 0) as version, categories, \
+         (extract(epoch from created_at) * 1000000)::bigint as created_micros \
+         from outbox where published_at is null order by bulk, id limit $1",
+    )
+    .bind(BATCH)
+    .fetch_all(&mut **tx)
+    .await
 }
 
 /// Moves the relay's sequence to `next`, inside the round's transaction.
