@@ -78,6 +78,7 @@ fn setup(runtime: &tokio::runtime::Runtime) -> (Reader, Vec<Arc<Document>>) {
                         stale_while_revalidate_secs: 30,
                         stale_if_error_secs: 300,
                         surrogate_keys: false,
+                        gzip: true,
                     },
                     db_timeout: Duration::from_secs(2),
                     request_timeout: Duration::from_secs(5),

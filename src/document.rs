@@ -3,17 +3,20 @@
 //!
 //! A [`Document`] is immutable: its body is a `Bytes` that a cache hit clones (a
 //! reference-count increment) and writes; its `ETag` and surrogate-key headers are built
-//! with it. What a
+//! with it. Its gzip form is made the first time a response needs it
+//! ([`Document::gzip`]) and kept with it. What a
 //! tier can know about an id is a [`Lookup`]: a live document, a version that is gone
 //! (deleted or deactivated: a tombstone), or nothing at all.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::header::HeaderValue;
 use serde::Serialize;
 use serde_json::value::RawValue;
+
+use crate::gzip;
 
 /// The reference point of [`Document::loaded`]: a document keeps its load time as
 /// nanoseconds since this instant, 8 bytes rather than an `Instant`'s 16.
@@ -22,7 +25,8 @@ static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 /// One product as served: pre-serialized JSON and the headers derived from its version.
 ///
 /// The body, the `ETag`, the surrogate key and the SKU live in one exactly sized buffer,
-/// and the document keeps only that buffer and where each part ends: 64 bytes beside the
+/// and the document keeps only that buffer, where each part ends, and the place of its
+/// gzip form: 80 bytes beside the
 /// buffer, whatever buffer the body arrived in (a serializer's doubled `Vec`, a slice of a
 /// Redis reply holding many values). The headers are sliced from the buffer when a
 /// response needs them (a reference-count increment each, as cloning them was). L1 holds
@@ -43,6 +47,39 @@ pub struct Document {
     /// The lengths of the `ETag` and of the surrogate key that follow the body.
     etag_len: u8,
     key_len: u8,
+    /// The gzip form, made on first demand ([`Document::gzip`]) and then kept: a gzip
+    /// member, then its `ETag` (`"<version>-gz"`). Boxed, so that a document no client
+    /// asks gzip of costs 16 bytes for it, not 40.
+    gzip: OnceLock<Box<Bytes>>,
+}
+
+/// A document's gzip form (see [`Document::gzip`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Gzipped<'a> {
+    /// The gzip member, then its `ETag`.
+    buffer: &'a Bytes,
+    /// Where the member ends.
+    member_end: usize,
+    /// Whether this call made it (what the document holds grew: L1 re-weighs it).
+    pub made: bool,
+}
+
+impl Gzipped<'_> {
+    /// The gzip member, as a response body; shares the buffer.
+    pub fn member(&self) -> Bytes {
+        self.buffer.slice(..self.member_end)
+    }
+
+    /// The `ETag` of the gzip representation, `"<version>-gz"`; shares the buffer.
+    pub fn etag(&self) -> HeaderValue {
+        HeaderValue::from_maybe_shared(self.buffer.slice(self.member_end..))
+            .expect("digits, quotes and letters are a valid header value")
+    }
+
+    /// The deflated bytes a listing splices.
+    pub fn piece(&self) -> gzip::Piece<'_> {
+        gzip::Piece::of(&self.buffer[..self.member_end])
+    }
 }
 
 /// Two copies are the same document whenever they were loaded.
@@ -84,7 +121,36 @@ impl Document {
             // at most 20 digits and a sign, and two quotes or a prefix
             etag_len: u8::try_from(version_digits.len() + 2).expect("an i64's digits"),
             key_len: u8::try_from(id_digits.len() + 1).expect("an i64's digits"),
+            gzip: OnceLock::new(),
         }
+    }
+
+    /// The gzip form of the body, made on the first call and kept (compressed once per
+    /// version); `None` for a body under [`gzip::MIN_BODY`] bytes, which gzip would not
+    /// make worth its cost.
+    pub fn gzip(&self) -> Option<Gzipped<'_>> {
+        if (self.body_end as usize) < gzip::MIN_BODY {
+            return None;
+        }
+        let mut made = false;
+        let buffer = self.gzip.get_or_init(|| {
+            made = true;
+            let mut member = gzip::member(self.body());
+            let etag = &self.buffer[self.etag_range()];
+            member.extend_from_slice(&etag[..etag.len() - 1]);
+            member.extend_from_slice(b"-gz\"");
+            Box::new(Bytes::from(member))
+        });
+        Some(Gzipped {
+            buffer,
+            member_end: buffer.len() - usize::from(self.etag_len) - 3,
+            made,
+        })
+    }
+
+    /// The bytes of the gzip form once made (the member and its `ETag`).
+    pub fn gzip_held_bytes(&self) -> Option<usize> {
+        self.gzip.get().map(|buffer| buffer.len())
     }
 
     fn etag_range(&self) -> std::ops::Range<usize> {
@@ -322,9 +388,32 @@ mod tests {
     }
 
     #[test]
-    fn a_document_keeps_64_bytes_beside_its_buffer() {
+    fn the_gzip_form_is_made_once_and_inflates_to_the_body() {
+        let Lookup::Found(doc) = row().into_lookup().unwrap() else {
+            panic!("not found")
+        };
+        assert_eq!(doc.gzip_held_bytes(), None, "made before it was asked for");
+        let first = doc.gzip().expect("a document above the threshold");
+        assert!(first.made);
+        assert_eq!(crate::gzip::tests::inflate(&first.member()), doc.body());
+        assert_eq!(first.etag(), "\"4-gz\"");
+        let held = doc.gzip_held_bytes().unwrap();
+        assert_eq!(held, first.member().len() + "\"4-gz\"".len());
+        let second = doc.gzip().unwrap();
+        assert!(!second.made, "made twice");
+        assert_eq!(second.member(), first.member());
+        assert!(
+            Document::new(1, 1, "A", &[b' '; gzip::MIN_BODY - 1])
+                .gzip()
+                .is_none(),
+            "a small body is not worth gzip"
+        );
+    }
+
+    #[test]
+    fn a_document_keeps_80_bytes_beside_its_buffer() {
         // What L1 charges per entry counts on it (`src/cache/mod.rs`, `bench/memory.sh`).
-        assert_eq!(std::mem::size_of::<Document>(), 64);
+        assert_eq!(std::mem::size_of::<Document>(), 80);
         let a = Document::new(1, 2, "AB", b"{}");
         let b = Document::new(1, 2, "AB", b"{}");
         assert!(b.loaded() >= a.loaded());

@@ -15,6 +15,7 @@
 //!   responses, and the parsing of ids, escapes and query parameters.
 //! - [`cache`]: L1, the byte-budgeted in-process cache with single-flight fills.
 //! - [`document`]: the pre-serialized product document every tier holds.
+//! - [`gzip`]: gzip members deflated once per body, and listings spliced from them.
 //! - [`store`]: the PostgreSQL primary and replicas (health, lag), Redis (L2), the
 //!   read queries and the embedded migrations (write SQL lives in `write::tx`).
 //! - [`metrics`]: Prometheus metrics with lock-free hot-path handles.
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod coherence;
 pub mod config;
 pub mod document;
+pub mod gzip;
 pub mod http;
 pub mod metrics;
 pub mod read;

@@ -215,7 +215,13 @@ async fn a_request_goes_through_every_hop_and_the_edge_caches_and_revalidates() 
         .await
         .unwrap();
         assert_eq!(batch.status, 200);
-        assert!(batch.header("etag").is_some_and(|e| e.starts_with("\"l")));
+        // Varnish fetches gzip (the reader's `"l…-gz"`) and inflates it for this client,
+        // which asked for none, weakening the tag.
+        assert!(
+            batch
+                .header("etag")
+                .is_some_and(|e| e.trim_start_matches("W/").starts_with("\"l"))
+        );
     }
     // A read with a token passes the edge every time, and is not stored.
     for _ in 0..2 {

@@ -907,7 +907,7 @@ async fn browsers_from_configured_origins_get_cors_headers() {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        assert_eq!(vary, ["min-catalog-token", "Origin"]);
+        assert_eq!(vary, ["min-catalog-token, accept-encoding", "Origin"]);
     }
     let other = app
         .request("GET", "/products/1", &[("origin", "https://evil.example")])
@@ -1154,7 +1154,10 @@ async fn listings_have_strong_validators_and_surrogate_keys() {
     let doc = app.get(&format!("/products/{id}")).await;
     assert_eq!(doc.header("xkey"), Some(format!("p{id}").as_str()));
     assert_eq!(doc.header("surrogate-key"), Some(format!("p{id}").as_str()));
-    assert_eq!(doc.header("vary"), Some("min-catalog-token"));
+    assert_eq!(
+        doc.header("vary"),
+        Some("min-catalog-token, accept-encoding")
+    );
 
     // Every listing: an ETag, a 304 for it, and its keys.
     let batch = format!("/products?ids={id},2,999999");
@@ -1169,7 +1172,11 @@ async fn listings_have_strong_validators_and_surrogate_keys() {
         let etag = first.header("etag").expect("an ETag").to_owned();
         assert!(etag.starts_with("\"l"), "{path}: {etag}");
         assert_eq!(first.header("xkey"), Some(keys.as_str()), "{path}");
-        assert_eq!(first.header("vary"), Some("min-catalog-token"), "{path}");
+        assert_eq!(
+            first.header("vary"),
+            Some("min-catalog-token, accept-encoding"),
+            "{path}"
+        );
         let again = app.request("GET", path, &[("if-none-match", &etag)]).await;
         assert_eq!(again.status, 304, "{path}");
         assert!(again.body.is_empty());
@@ -1259,5 +1266,177 @@ async fn the_change_feed_answers_preflights_and_long_uris_like_every_route() {
     );
     let long = format!("/changes?products={}", "1,".repeat(3000));
     app.get(&long).await.assert_problem(414, "uri-too-long");
+    app.shutdown().await;
+}
+
+/// Inflates one gzip member, as a client does.
+fn inflate(body: &[u8]) -> Vec<u8> {
+    use std::io::Read as _;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .read_to_end(&mut out)
+        .expect("a valid gzip member");
+    out
+}
+
+/// Inflates `body` with Python's gzip module: a decoder that is not ours.
+fn python_gunzip(body: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import gzip, sys; sys.stdout.buffer.write(gzip.decompress(sys.stdin.buffer.read()))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python's gzip refused the body");
+    out.stdout
+}
+
+/// The gzip `ETag` of an identity one: `"x"` → `"x-gz"`.
+fn gzip_tag(identity: &str) -> String {
+    format!("{}-gz\"", identity.strip_suffix('"').unwrap())
+}
+
+#[tokio::test]
+async fn gzip_clients_get_the_same_json_compressed_with_their_own_validators() {
+    let db = seeded(60, 12).await;
+    let mut config = TestApp::config(&db);
+    config.read.surrogate_keys = true;
+    let app = TestApp::spawn(&config).await;
+    let (id, slug) = common::admin::product_in_category(&db).await;
+    let gzip = [("accept-encoding", "gzip, deflate, br")];
+
+    // A document's gzip form is made on its first gzip answer, and L1 charges it.
+    let first = app.get(&format!("/products/{id}")).await;
+    assert_eq!(first.status, 200);
+    let charged = app.metric("catalog_l1_bytes").await;
+    let zipped = app.request("GET", &format!("/products/{id}"), &gzip).await;
+    let grown = app.metric("catalog_l1_bytes").await - charged;
+    assert!(
+        grown >= zipped.body.len() as f64,
+        "L1 grew {grown} bytes for a {}-byte gzip form",
+        zipped.body.len()
+    );
+
+    let ids: Vec<String> = (1..=50).map(|i| i.to_string()).collect();
+    let batch = format!("/products?ids={},999999", ids.join(","));
+    let paths = [
+        format!("/products/{id}"),
+        format!("/products/by-sku/{}", first.json()["sku"].as_str().unwrap()),
+        batch.clone(),
+        format!("/categories/{slug}/products?limit=20"),
+        "/categories".to_owned(),
+    ];
+    for path in &paths {
+        let plain = app.get(path).await;
+        let zipped = app.request("GET", path, &gzip).await;
+        assert_eq!((plain.status, zipped.status), (200, 200), "{path}");
+        assert!(
+            plain.body.len() >= catalog::gzip::MIN_BODY,
+            "{path}: too small to test"
+        );
+        assert_eq!(plain.header("content-encoding"), None, "{path}");
+        assert_eq!(zipped.header("content-encoding"), Some("gzip"), "{path}");
+        assert_eq!(inflate(&zipped.body), plain.body, "{path}");
+        assert!(zipped.body.len() < plain.body.len(), "{path}: not smaller");
+        for reply in [&plain, &zipped] {
+            assert_eq!(
+                reply.header("vary"),
+                Some("min-catalog-token, accept-encoding"),
+                "{path}"
+            );
+            assert_eq!(reply.header("content-type"), Some("application/json"));
+        }
+        assert_eq!(
+            plain.header("cache-control"),
+            zipped.header("cache-control")
+        );
+        assert_eq!(plain.header("xkey"), zipped.header("xkey"), "{path}");
+        assert!(plain.header("xkey").is_some(), "{path}");
+        let tag = plain.header("etag").unwrap();
+        let gz_tag = zipped.header("etag").unwrap();
+        assert_eq!(gz_tag, gzip_tag(tag), "{path}");
+
+        // Each representation is revalidated by its own tag, and only by it.
+        for (headers, matching, other) in [(&gzip[..], gz_tag, tag), (&[][..], tag, gz_tag)] {
+            let same = [headers, &[("if-none-match", matching)]].concat();
+            let again = app.request("GET", path, &same).await;
+            assert_eq!(again.status, 304, "{path} {matching}");
+            assert!(again.body.is_empty());
+            assert_eq!(again.header("etag"), Some(matching));
+            assert_eq!(again.header("vary"), plain.header("vary"));
+            let crossed = [headers, &[("if-none-match", other)]].concat();
+            let full = app.request("GET", path, &crossed).await;
+            assert_eq!(full.status, 200, "{path}: {other} matched {matching}");
+            assert_eq!(full.header("etag"), Some(matching));
+        }
+        // HEAD says the length of the gzip body.
+        let head = app.request("HEAD", path, &gzip).await;
+        assert_eq!(
+            head.header("content-length"),
+            Some(zipped.body.len().to_string().as_str())
+        );
+        // A client that refuses gzip gets identity.
+        for refusal in ["gzip;q=0", "identity", "br", "gzip;q=0.5, identity"] {
+            let reply = app
+                .request("GET", path, &[("accept-encoding", refusal)])
+                .await;
+            assert_eq!(reply.header("content-encoding"), None, "{path} {refusal}");
+            assert_eq!(reply.body, plain.body, "{path} {refusal}");
+        }
+    }
+
+    // Real clients read the assembled batch: Python's gzip module and curl.
+    let zipped = app.request("GET", &batch, &gzip).await;
+    let plain = app.get(&batch).await;
+    assert_eq!(python_gunzip(&zipped.body), plain.body);
+    // curl blocks: off this runtime's thread, which serves the reader.
+    let url = format!("http://{}{batch}", app.addr);
+    let curl = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--compressed", "-D", "-", &url])
+            .output()
+            .expect("curl")
+    })
+    .await
+    .unwrap();
+    assert!(curl.status.success());
+    let (head, body) = curl.stdout.split_at(
+        curl.stdout
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap()
+            + 4,
+    );
+    let head = String::from_utf8_lossy(head).to_lowercase();
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    assert_eq!(body, &plain.body[..]);
+    let items = plain.json()["items"].as_array().unwrap().len();
+    assert_eq!(items, 50);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_gzip_off_everyone_gets_identity_and_vary_names_only_the_token() {
+    let db = seeded(10, 2).await;
+    let mut config = TestApp::config(&db);
+    config.read.gzip = false;
+    let app = TestApp::spawn(&config).await;
+    for path in ["/products/1", "/products?ids=1,2,3", "/categories"] {
+        let plain = app.get(path).await;
+        let asked = app
+            .request("GET", path, &[("accept-encoding", "gzip")])
+            .await;
+        assert_eq!(asked.status, 200, "{path}");
+        assert_eq!(asked.header("content-encoding"), None, "{path}");
+        assert_eq!(asked.body, plain.body, "{path}");
+        assert_eq!(asked.header("etag"), plain.header("etag"), "{path}");
+        assert_eq!(asked.header("vary"), Some("min-catalog-token"), "{path}");
+    }
     app.shutdown().await;
 }

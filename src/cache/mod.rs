@@ -23,6 +23,10 @@
 //! takes them first.
 //! Negative entries, tombstones, SKUs, bodies, and every entry stored while the feed is
 //! silent keep moka's per-entry expiry.
+//!
+//! A document's gzip form is made after it was stored, on the first gzip response
+//! ([`crate::document::Document::gzip`]); the reader then has L1 weigh the entry again
+//! ([`L1::reweigh`]), so the budget counts it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -46,6 +50,15 @@ pub enum Key {
     Categories,
 }
 
+/// A whole response body as L1 keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Body {
+    /// The JSON.
+    pub identity: Bytes,
+    /// Its gzip member, when gzip is on and the body is worth it.
+    pub gzip: Option<Bytes>,
+}
+
 /// What L1 holds, in 16 bytes (a tag and a word) inside moka's entry: a wider value
 /// would take moka's entry into a larger allocation.
 #[derive(Debug, Clone)]
@@ -61,7 +74,7 @@ enum Cached {
     /// Under [`Key::Sku`]: no live product has it.
     NoSku,
     /// Under [`Key::Categories`]: a whole response body.
-    Body(Arc<Bytes>),
+    Body(Arc<Body>),
 }
 
 const _: () = assert!(std::mem::size_of::<Cached>() == 16);
@@ -90,12 +103,17 @@ impl Cached {
 /// cost in resident memory beyond that buffer's allocation (`bench/memory.sh`: 1,000,000
 /// documents cached, RSS growth per entry minus the mean [`allocation_size`] of their
 /// buffers). It is moka's entry (the key's `Arc`, entry info, value entry, deque nodes,
-/// hash-table bucket and slots, about 275 bytes) and the document's own `Arc` (80) and
-/// `bytes`' shared header (24). With it the budget bounds the memory L1 really takes.
+/// hash-table bucket and slots, about 275 bytes) and the document's own `Arc` (96: 80
+/// until documents kept a place for their gzip form, measured at 390 then) and `bytes`'
+/// shared header (24). With it the budget bounds the memory L1 really takes.
 /// An entry without a document, a tombstone, an unknown id or a SKU, costs less (moka's
 /// part and a per-entry timer node, about 320 bytes): charging it the same errs on the
 /// side of the budget.
-const ENTRY_OVERHEAD: u32 = 390;
+const ENTRY_OVERHEAD: u32 = 406;
+
+/// Bytes charged for a document's gzip form beyond its buffer's allocation: the `Box`
+/// holding its `Bytes` (32) and `bytes`' shared header (24).
+const GZIP_OVERHEAD: usize = 56;
 
 /// What the allocator (mimalloc) really hands out for `len` bytes: its size classes are
 /// 8-byte words up to 64 bytes, then four per power of two, so a 570-byte document
@@ -192,9 +210,14 @@ fn weigh(key: &Key, value: &Cached) -> u32 {
         Key::Sku(sku) => sku.len(),
     };
     let value_bytes = match value {
-        Cached::Found(doc) => allocation_size(doc.held_bytes()),
+        Cached::Found(doc) => {
+            allocation_size(doc.held_bytes())
+                + doc
+                    .gzip_held_bytes()
+                    .map_or(0, |gzip| allocation_size(gzip) + GZIP_OVERHEAD)
+        }
         Cached::Gone(_) | Cached::Unknown | Cached::Sku(_) | Cached::NoSku => 0,
-        Cached::Body(body) => body.len(),
+        Cached::Body(body) => body.identity.len() + body.gzip.as_ref().map_or(0, Bytes::len),
     };
     u32::try_from(key_bytes + value_bytes)
         .unwrap_or(u32::MAX)
@@ -349,6 +372,20 @@ impl L1 {
         )
     }
 
+    /// Weighs `doc`'s entry again if L1 still holds it (compared by identity), after what
+    /// it holds grew (its gzip form was made). It is stored again as it is, as a fill of
+    /// it would store it now.
+    pub fn reweigh(&self, doc: &Document) {
+        self.cache
+            .entry(Key::Product(doc.id))
+            .and_compute_with(|current| match current.as_ref().map(|e| e.value()) {
+                Some(Cached::Found(cached)) if std::ptr::eq(Arc::as_ptr(cached), doc) => {
+                    Op::Put(Cached::Found(Arc::clone(cached)))
+                }
+                _ => Op::Nop,
+            });
+    }
+
     /// Removes `id`'s entry if it is older than `version`. Returns whether it did.
     pub fn evict_older(&self, id: i64, version: i64) -> bool {
         let result = self
@@ -406,9 +443,9 @@ impl L1 {
     }
 
     /// A cached response body.
-    pub fn body(&self, key: &Key) -> Option<Bytes> {
+    pub fn body(&self, key: &Key) -> Option<Arc<Body>> {
         match self.cache.get(key)? {
-            Cached::Body(body) => Some(Bytes::clone(&body)),
+            Cached::Body(body) => Some(body),
             _ => None,
         }
     }
@@ -416,10 +453,10 @@ impl L1 {
     /// Caches a response body read when the generation was `generation`, unless an
     /// invalidation came since (checked under the key's lock, which the invalidation's
     /// removal also takes). Returns whether it stored.
-    pub fn insert_body(&self, key: Key, body: Bytes, generation: u64) -> bool {
+    pub fn insert_body(&self, key: Key, body: Arc<Body>, generation: u64) -> bool {
         let result = self.cache.entry(key).and_compute_with(|_| {
             if self.generation.load(Ordering::SeqCst) == generation {
-                Op::Put(Cached::Body(Arc::new(body)))
+                Op::Put(Cached::Body(body))
             } else {
                 Op::Nop
             }
@@ -663,10 +700,18 @@ mod tests {
         assert_eq!(l1.sku(&b), Some(None));
         assert_eq!(l1.sku(&"C".into()), None);
         let generation = l1.body_generation();
-        assert!(l1.insert_body(Key::Categories, Bytes::from_static(b"[]"), generation));
-        assert_eq!(l1.body(&Key::Categories).as_deref(), Some(&b"[]"[..]));
+        let body = Arc::new(Body {
+            identity: Bytes::from_static(b"[]"),
+            gzip: Some(Bytes::from_static(b"gz")),
+        });
+        assert!(l1.insert_body(Key::Categories, Arc::clone(&body), generation));
+        assert_eq!(l1.body(&Key::Categories), Some(Arc::clone(&body)));
+        assert_eq!(
+            weigh(&Key::Categories, &Cached::Body(Arc::clone(&body))),
+            4 + ENTRY_OVERHEAD
+        );
         l1.invalidate(&Key::Categories);
-        assert!(!l1.insert_body(Key::Categories, Bytes::from_static(b"[]"), generation));
+        assert!(!l1.insert_body(Key::Categories, body, generation));
         assert_eq!(l1.body(&Key::Categories), None);
     }
 
@@ -694,5 +739,30 @@ mod tests {
             charged as usize,
             allocation_size(held.held_bytes()) + ENTRY_OVERHEAD as usize
         );
+    }
+
+    #[test]
+    fn a_document_is_charged_its_gzip_form_once_made() {
+        let l1 = L1::new(config());
+        let doc = Arc::new(Document::new(1, 1, "SKU", &vec![b'x'; 2000]));
+        l1.insert_product(1, Lookup::Found(Arc::clone(&doc)));
+        l1.sync();
+        let before = l1.usage().1;
+        assert_eq!(
+            before,
+            u64::from(weigh(&Key::Product(1), &Cached::Found(Arc::clone(&doc))))
+        );
+        let gzip = doc.gzip().unwrap();
+        assert!(gzip.made);
+        l1.reweigh(&doc);
+        l1.sync();
+        let grown = allocation_size(doc.gzip_held_bytes().unwrap()) + GZIP_OVERHEAD;
+        assert_eq!(l1.usage().1, before + grown as u64);
+        // Another copy of the same version is not reweighed in its place.
+        let other = Arc::new(Document::new(1, 1, "SKU", &vec![b'x'; 2000]));
+        other.gzip().unwrap();
+        l1.insert_product(1, Lookup::Found(Arc::clone(&doc)));
+        l1.reweigh(&other);
+        assert!(matches!(l1.product(1), Some(Lookup::Found(held)) if Arc::ptr_eq(&held, &doc)));
     }
 }

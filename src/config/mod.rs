@@ -228,6 +228,9 @@ pub struct ReadConfig {
     /// `CATALOG_SURROGATE_KEYS`: documents and listings carry `xkey` and
     /// `Surrogate-Key` headers naming what an edge cache purges them by.
     pub surrogate_keys: bool,
+    /// `CATALOG_GZIP`: documents and listings are sent with `Content-Encoding: gzip` to
+    /// clients whose `Accept-Encoding` allows it.
+    pub gzip: bool,
     /// `CATALOG_HTTP_SWR_SECS`: `Cache-Control: stale-while-revalidate` sent with documents.
     pub http_stale_while_revalidate_secs: u32,
     /// `CATALOG_REPLICA_CHECK_MS`: how often each replica's health and lag are probed.
@@ -279,6 +282,7 @@ impl Default for ReadConfig {
             negative_ttl: Duration::from_secs(2),
             http_max_age_secs: 5,
             surrogate_keys: false,
+            gzip: true,
             http_stale_while_revalidate_secs: 30,
             replica_check_interval: Duration::from_millis(500),
             replica_max_lag_bytes: 1024 * 1024,
@@ -464,6 +468,7 @@ impl Config {
                 parse_in_range(raw, 0..=3_600_000).map(Duration::from_millis)
             })?,
             surrogate_keys: var.or("CATALOG_SURROGATE_KEYS", d.surrogate_keys, parse_bool)?,
+            gzip: var.or("CATALOG_GZIP", d.gzip, parse_bool)?,
             http_max_age_secs: var.or("CATALOG_HTTP_MAX_AGE_SECS", d.http_max_age_secs, |raw| {
                 parse_in_range(raw, 0..=31_536_000)
             })?,

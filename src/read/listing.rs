@@ -1,5 +1,6 @@
 //! Batch and listing helpers: parsing `ids=`, `limit=` and opaque keyset cursors, and
-//! assembling response bodies by concatenating cached document bodies.
+//! assembling response bodies by concatenating cached document bodies, as JSON or as
+//! one gzip member spliced from the documents' gzip forms ([`crate::gzip`]).
 //!
 //! A cursor is the last product id of the page, scrambled and tagged with a 16-bit
 //! checksum of the category's slug and the id: it is opaque, garbage and cursors
@@ -14,6 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::error::ReadError;
 use super::limits::{DEFAULT_LIMIT, MAX_BATCH_IDS, MAX_LIMIT};
 use crate::document::Document;
+use crate::gzip;
 use crate::http::parse::{parse_id, percent_decode};
 
 /// Makes cursors opaque; not a secret (the tag is what rejects garbage, which is all a
@@ -91,50 +93,142 @@ pub fn decode_cursor(slug: &str, raw: Option<&str>) -> Result<i64, ReadError> {
     Ok(id as i64)
 }
 
+/// Where a listing's body is written: the JSON as it is, or a gzip member spliced
+/// from the documents' gzip forms.
+trait Sink {
+    /// JSON between documents.
+    fn put(&mut self, bytes: &[u8]);
+    /// One document's body.
+    fn document(&mut self, doc: &Document);
+}
+
+impl Sink for BytesMut {
+    fn put(&mut self, bytes: &[u8]) {
+        self.put_slice(bytes);
+    }
+
+    fn document(&mut self, doc: &Document) {
+        self.put_slice(doc.body());
+    }
+}
+
+/// A gzip member of a listing: each document's deflated bytes as they are (its gzip
+/// form is made if it was not yet, and `made` told), the JSON around them stored.
+struct GzipSink<F> {
+    out: gzip::Assembler,
+    made: F,
+}
+
+impl<F: FnMut(&Document)> Sink for GzipSink<F> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.out.literal(bytes);
+    }
+
+    fn document(&mut self, doc: &Document) {
+        match doc.gzip() {
+            Some(gzip) => {
+                if gzip.made {
+                    (self.made)(doc);
+                }
+                self.out.piece(gzip.piece());
+            }
+            None => self.out.literal(doc.body()),
+        }
+    }
+}
+
 /// `{"items":[<bodies>],"missing":[<ids>]}`, by concatenation.
 pub fn batch_body(docs: &[&Document], missing: &[i64]) -> Bytes {
     let size: usize = docs.iter().map(|d| d.body().len() + 1).sum::<usize>() + missing.len() * 20;
     let mut out = BytesMut::with_capacity(size + 32);
-    out.put_slice(b"{\"items\":[");
-    put_bodies(&mut out, docs);
-    out.put_slice(b"],\"missing\":[");
+    write_batch(&mut out, docs, missing);
+    out.freeze()
+}
+
+/// [`batch_body`] as a gzip member assembled from the documents' gzip forms; `made`
+/// is told of each form this call made.
+pub fn batch_gzip(docs: &[&Document], missing: &[i64], made: impl FnMut(&Document)) -> Bytes {
+    let mut out = GzipSink {
+        out: gzip::Assembler::with_capacity(gzip_size(docs) + missing.len() * 20),
+        made,
+    };
+    write_batch(&mut out, docs, missing);
+    out.out.finish()
+}
+
+fn write_batch(out: &mut impl Sink, docs: &[&Document], missing: &[i64]) {
+    out.put(b"{\"items\":[");
+    put_bodies(out, docs);
+    out.put(b"],\"missing\":[");
     let mut digits = itoa::Buffer::new();
     for (i, id) in missing.iter().enumerate() {
         if i > 0 {
-            out.put_u8(b',');
+            out.put(b",");
         }
-        out.put_slice(digits.format(*id).as_bytes());
+        out.put(digits.format(*id).as_bytes());
     }
-    out.put_slice(b"]}");
-    out.freeze()
+    out.put(b"]}");
 }
 
 /// `{"items":[<bodies>],"next_cursor":"..."|null}`, by concatenation.
 pub fn page_body(docs: &[&Document], next_cursor: Option<&str>) -> Bytes {
     let size: usize = docs.iter().map(|d| d.body().len() + 1).sum();
     let mut out = BytesMut::with_capacity(size + 64);
-    out.put_slice(b"{\"items\":[");
-    put_bodies(&mut out, docs);
-    out.put_slice(b"],\"next_cursor\":");
-    match next_cursor {
-        Some(cursor) => {
-            out.put_u8(b'"');
-            out.put_slice(cursor.as_bytes());
-            out.put_u8(b'"');
-        }
-        None => out.put_slice(b"null"),
-    }
-    out.put_u8(b'}');
+    write_page(&mut out, docs, next_cursor);
     out.freeze()
 }
 
-fn put_bodies(out: &mut BytesMut, docs: &[&Document]) {
+/// [`page_body`] as a gzip member assembled from the documents' gzip forms; `made` is
+/// told of each form this call made.
+pub fn page_gzip(
+    docs: &[&Document],
+    next_cursor: Option<&str>,
+    made: impl FnMut(&Document),
+) -> Bytes {
+    let mut out = GzipSink {
+        out: gzip::Assembler::with_capacity(gzip_size(docs) + 64),
+        made,
+    };
+    write_page(&mut out, docs, next_cursor);
+    out.out.finish()
+}
+
+fn write_page(out: &mut impl Sink, docs: &[&Document], next_cursor: Option<&str>) {
+    out.put(b"{\"items\":[");
+    put_bodies(out, docs);
+    out.put(b"],\"next_cursor\":");
+    match next_cursor {
+        Some(cursor) => {
+            out.put(b"\"");
+            out.put(cursor.as_bytes());
+            out.put(b"\"");
+        }
+        None => out.put(b"null"),
+    }
+    out.put(b"}");
+}
+
+fn put_bodies(out: &mut impl Sink, docs: &[&Document]) {
     for (i, doc) in docs.iter().enumerate() {
         if i > 0 {
-            out.put_u8(b',');
+            out.put(b",");
         }
-        out.put_slice(doc.body());
+        out.document(doc);
     }
+}
+
+/// About what a listing's gzip member takes: the documents' gzip forms where made, a
+/// guess of half their JSON where not.
+fn gzip_size(docs: &[&Document]) -> usize {
+    docs.iter()
+        .map(|d| d.gzip_held_bytes().unwrap_or(d.body().len() / 2) + 8)
+        .sum()
+}
+
+/// Whether a listing of `docs` is worth gzip: some document in it is (the others go
+/// in stored as they are).
+pub fn worth_gzip(docs: &[&Document]) -> bool {
+    docs.iter().any(|d| d.body().len() >= gzip::MIN_BODY)
 }
 
 #[cfg(test)]
@@ -212,5 +306,56 @@ mod tests {
             &page_body(&[], None)[..],
             br#"{"items":[],"next_cursor":null}"#
         );
+    }
+
+    #[test]
+    fn gzip_listings_inflate_to_the_json_listings() {
+        use crate::gzip::tests::inflate;
+        let docs: Vec<Document> = (1..=50)
+            .map(|id| {
+                let body = format!(
+                    r#"{{"id":{id},"name":"Lamp {id}","description":"{}"}}"#,
+                    "warm light ".repeat(id as usize % 40)
+                );
+                Document::new(id, 1, "S", body.as_bytes())
+            })
+            .collect();
+        let docs: Vec<&Document> = docs.iter().collect();
+        assert!(
+            docs.iter().any(|d| d.gzip().is_none()),
+            "some below the threshold"
+        );
+        assert!(worth_gzip(&docs));
+        assert!(!worth_gzip(&docs[..1]));
+        // Half the forms are made ahead; the listing makes the rest, and says which.
+        for doc in docs.iter().step_by(2) {
+            doc.gzip();
+        }
+        let mut made = Vec::new();
+        let batch = batch_gzip(&docs, &[7, 9], |doc| made.push(doc.id));
+        assert_eq!(inflate(&batch), batch_body(&docs, &[7, 9]));
+        assert!(batch.len() < batch_body(&docs, &[7, 9]).len() / 2);
+        let expected: Vec<i64> = docs
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .filter(|d| d.body().len() >= gzip::MIN_BODY)
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(made, expected);
+        let mut made = 0;
+        let page = page_gzip(&docs, Some("c"), |_| made += 1);
+        assert_eq!(inflate(&page), page_body(&docs, Some("c")));
+        assert_eq!(made, 0, "made once, not per listing");
+        for (docs, cursor) in [(&docs[..0], None), (&docs[..1], Some("x"))] {
+            assert_eq!(
+                inflate(&page_gzip(docs, cursor, |_| ())),
+                page_body(docs, cursor)
+            );
+            assert_eq!(
+                inflate(&batch_gzip(docs, &[], |_| ())),
+                batch_body(docs, &[])
+            );
+        }
     }
 }

@@ -16,12 +16,15 @@
 //! - [`fill`]: the read through the tiers: L1, one coalesced fill per key from L2 or
 //!   a replica, never older than the product's freshness floor;
 //! - [`listing`]: `ids=`, `limit=`, cursors, and bodies assembled by concatenation;
-//! - [`response`]: documents and listings as responses (`ETag`, 304, `Cache-Control`);
+//! - [`encoding`]: whether a request's `Accept-Encoding` lets it have gzip;
+//! - [`response`]: documents and listings as responses (`ETag`, 304, `Cache-Control`,
+//!   `Content-Encoding`);
 //! - [`cors`]: the headers browsers need, for configured origins;
 //! - [`error`], [`limits`]: what a request can fail with, and its bounds.
 
 pub mod changes;
 pub mod cors;
+pub mod encoding;
 pub mod error;
 pub mod fill;
 pub mod limits;
@@ -43,10 +46,11 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response};
 use tokio_util::either::Either;
 
-use crate::cache::{Key, L1};
+use crate::cache::{Body, Key, L1};
 use crate::coherence::feed::Feed;
 use crate::coherence::floors::Floors;
 use crate::document::{Document, Lookup};
+use crate::gzip;
 use crate::http::parse::query_param;
 use crate::http::response as plain;
 use crate::http::surrogate::{CATEGORIES_KEY, category_key};
@@ -57,6 +61,7 @@ use crate::store::redis::L2;
 use crate::store::replicas::Databases;
 use changes::ChangeFeed;
 use cors::Cors;
+use encoding::Encoding;
 use error::ReadError;
 use http_body_util::BodyExt as _;
 use limits::MAX_URI_BYTES;
@@ -132,6 +137,9 @@ pub struct HttpCaching {
     pub stale_if_error_secs: u64,
     /// Whether documents and listings carry surrogate keys (`CATALOG_SURROGATE_KEYS`).
     pub surrogate_keys: bool,
+    /// Whether documents and listings are sent in gzip to clients that accept it
+    /// (`CATALOG_GZIP`).
+    pub gzip: bool,
 }
 
 /// Everything the storefront face needs; shared by all connections.
@@ -151,6 +159,8 @@ pub struct Reader {
     cache_control: HeaderValue,
     /// Whether documents and listings carry surrogate keys for an edge cache.
     surrogate_keys: bool,
+    /// Whether documents and listings are sent in gzip to clients that accept it.
+    gzip: bool,
     /// Deadline of each database call.
     db_timeout: Duration,
     /// Deadline of each request that is not an L1 hit.
@@ -197,6 +207,7 @@ impl Reader {
             metrics,
             cache_control: response::cache_control(settings.caching),
             surrogate_keys: settings.caching.surrogate_keys,
+            gzip: settings.caching.gzip,
             db_timeout: settings.db_timeout,
             request_timeout: settings.request_timeout,
             bypasses: tokio::sync::Semaphore::new(settings.token_bypass_max),
@@ -480,22 +491,40 @@ impl Reader {
             }
         }
         let missing_ids: Vec<u8> = missing.iter().flat_map(|id| id.to_le_bytes()).collect();
-        let etag = response::listing_etag(&docs, &missing_ids);
+        let encoding = self.listing_encoding(headers, &docs);
+        let etag = response::listing_etag(&docs, &missing_ids, encoding);
         let keys = || {
             let keys: Vec<&str> = docs.iter().map(|d| d.key_str()).collect();
             keys.join(" ")
         };
-        let body = listing::batch_body(&docs, &missing);
-        Ok(self.listing_response(body, etag, keys, headers))
+        let body = || match encoding {
+            Encoding::Identity => listing::batch_body(&docs, &missing),
+            Encoding::Gzip => listing::batch_gzip(&docs, &missing, |doc| self.l1.reweigh(doc)),
+        };
+        Ok(self.listing_response(body, etag, encoding, keys, headers))
+    }
+
+    /// A listing of `docs` is sent in gzip when the request may have it and some
+    /// document in it is worth it.
+    fn listing_encoding(&self, headers: &HeaderMap, docs: &[&Document]) -> Encoding {
+        match self.encoding(headers) {
+            Encoding::Gzip if listing::worth_gzip(docs) => Encoding::Gzip,
+            Encoding::Gzip | Encoding::Identity => Encoding::Identity,
+        }
     }
 
     /// `GET /categories`: from L1, else from a database that has replayed everything
     /// this reader's watermark covers (so never older than an invalidation it applied),
     /// stored only if no invalidation came while it was read.
     async fn categories(&self, headers: &HeaderMap) -> Result<Response<Full<Bytes>>, ReadError> {
-        let answer = |body: Bytes| {
-            let etag = response::body_etag(&body);
-            self.listing_response(body, etag, || CATEGORIES_KEY.to_owned(), headers)
+        let answer = |body: Arc<Body>| {
+            let (bytes, encoding) = match (self.encoding(headers), &body.gzip) {
+                (Encoding::Gzip, Some(gzip)) => (gzip.clone(), Encoding::Gzip),
+                _ => (body.identity.clone(), Encoding::Identity),
+            };
+            let etag = response::body_etag(&body.identity, encoding);
+            let keys = || CATEGORIES_KEY.to_owned();
+            self.listing_response(|| bytes, etag, encoding, keys, headers)
         };
         if let Some(body) = self.l1.body(&Key::Categories) {
             return Ok(answer(body));
@@ -509,9 +538,16 @@ impl Reader {
         struct Items<'a> {
             items: &'a [catalog::CategoryRow],
         }
-        let body = Bytes::from(serde_json::to_vec(&Items { items: &rows })?);
+        let json = serde_json::to_vec(&Items { items: &rows })?;
+        // Compressed once per fill, with the JSON it is kept beside.
+        let gzip =
+            (self.gzip && json.len() >= gzip::MIN_BODY).then(|| Bytes::from(gzip::member(&json)));
+        let body = Arc::new(Body {
+            identity: Bytes::from(json),
+            gzip,
+        });
         self.l1
-            .insert_body(Key::Categories, body.clone(), generation);
+            .insert_body(Key::Categories, Arc::clone(&body), generation);
         Ok(answer(body))
     }
 
@@ -560,10 +596,17 @@ impl Reader {
             Some(&last) if more => Some(listing::encode_cursor(raw_slug, last)),
             _ => None,
         };
-        let etag = response::listing_etag(&docs, cursor.as_deref().unwrap_or("").as_bytes());
-        let body = listing::page_body(&docs, cursor.as_deref());
+        let encoding = self.listing_encoding(headers, &docs);
+        let tail = cursor.as_deref().unwrap_or("").as_bytes();
+        let etag = response::listing_etag(&docs, tail, encoding);
+        let body = || match encoding {
+            Encoding::Identity => listing::page_body(&docs, cursor.as_deref()),
+            Encoding::Gzip => {
+                listing::page_gzip(&docs, cursor.as_deref(), |doc| self.l1.reweigh(doc))
+            }
+        };
         let keys = || category_key(raw_slug);
-        Ok(self.listing_response(body, etag, keys, headers))
+        Ok(self.listing_response(body, etag, encoding, keys, headers))
     }
 }
 

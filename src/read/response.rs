@@ -1,6 +1,9 @@
-//! Documents and listings as responses: the cached bytes, their `ETag` (304 when
-//! `If-None-Match` names it), the `Cache-Control` that lets downstream caches keep them,
-//! `Vary: Min-Catalog-Token` (a read with a token never gets a shared copy), and, when
+//! Documents and listings as responses: the cached bytes (JSON, or gzip for a client
+//! that accepts it: [`super::encoding`]), their `ETag` (one per representation, the gzip
+//! one suffixed `-gz`; 304 when `If-None-Match` names the one of the representation
+//! chosen), the `Cache-Control` that lets downstream caches keep them,
+//! `Vary: Min-Catalog-Token` (a read with a token never gets a shared copy) and, with
+//! gzip on, `Accept-Encoding`, and, when
 //! `CATALOG_SURROGATE_KEYS` is on, the surrogate keys an edge cache purges them by
 //! ([`crate::http::surrogate`]). Error and operational answers are built in
 //! [`crate::http::response`].
@@ -10,10 +13,12 @@ use std::hash::{BuildHasher as _, Hasher as _};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{
-    AGE, CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderMap, HeaderValue, IF_NONE_MATCH, VARY,
+    AGE, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, ETAG, HeaderMap, HeaderValue,
+    IF_NONE_MATCH, VARY,
 };
 use hyper::{Response, StatusCode};
 
+use super::encoding::Encoding;
 use super::{HttpCaching, Reader};
 use crate::document::Document;
 use crate::http::response::JSON;
@@ -21,26 +26,31 @@ use crate::http::surrogate::{SURROGATE_KEY, XKEY};
 
 /// A strong validator of a listing: a hash of what its body was assembled from (each
 /// document's id and version, and what else the body says), the same in every reader
-/// running this build, so an edge can revalidate with any of them.
-pub(super) fn listing_etag(docs: &[&Document], extra: &[u8]) -> HeaderValue {
+/// running this build, so an edge can revalidate with any of them; suffixed `-gz` for
+/// the gzip representation.
+pub(super) fn listing_etag(docs: &[&Document], extra: &[u8], encoding: Encoding) -> HeaderValue {
     let mut hasher = foldhash::quality::FixedState::with_seed(0x6361_7461_6c6f_6721).build_hasher();
     for doc in docs {
         hasher.write_i64(doc.id);
         hasher.write_i64(doc.version);
     }
     hasher.write(extra);
-    tagged_etag(hasher.finish())
+    tagged_etag(hasher.finish(), encoding)
 }
 
-/// A strong validator of a body held whole (`/categories`).
-pub(super) fn body_etag(body: &[u8]) -> HeaderValue {
+/// A strong validator of a body held whole (`/categories`), from its JSON.
+pub(super) fn body_etag(body: &[u8], encoding: Encoding) -> HeaderValue {
     let mut hasher = foldhash::quality::FixedState::with_seed(0x6361_7461_6c6f_6722).build_hasher();
     hasher.write(body);
-    tagged_etag(hasher.finish())
+    tagged_etag(hasher.finish(), encoding)
 }
 
-fn tagged_etag(hash: u64) -> HeaderValue {
-    HeaderValue::try_from(format!("\"l{hash:016x}\""))
+fn tagged_etag(hash: u64, encoding: Encoding) -> HeaderValue {
+    let suffix = match encoding {
+        Encoding::Identity => "",
+        Encoding::Gzip => "-gz",
+    };
+    HeaderValue::try_from(format!("\"l{hash:016x}{suffix}\""))
         .expect("hex digits and quotes are a valid header value")
 }
 
@@ -54,14 +64,44 @@ pub(super) fn cache_control(caching: HttpCaching) -> HeaderValue {
 }
 
 impl Reader {
-    /// 200 with the document, or 304 when `If-None-Match` names its ETag.
+    /// The representation the request may have: gzip only when it is on here and the
+    /// request's `Accept-Encoding` allows it.
+    pub(super) fn encoding(&self, headers: &HeaderMap) -> Encoding {
+        if self.gzip {
+            super::encoding::negotiate(headers)
+        } else {
+            Encoding::Identity
+        }
+    }
+
+    /// 200 with the document, or 304 when `If-None-Match` names its ETag; in gzip when
+    /// the client accepts it and the body is worth it (its gzip form is made on the
+    /// first such answer, and L1 weighs the document again).
     pub(super) fn document_response(
         &self,
         doc: &Document,
         headers: &HeaderMap,
     ) -> Response<Full<Bytes>> {
         let keys = self.surrogate_keys.then(|| doc.key());
-        let mut response = self.validated(|| doc.body_bytes(), doc.etag(), keys, headers);
+        let gzip = match self.encoding(headers) {
+            Encoding::Gzip => doc.gzip(),
+            Encoding::Identity => None,
+        };
+        let mut response = match gzip {
+            Some(gzip) => {
+                if gzip.made {
+                    self.l1.reweigh(doc);
+                }
+                self.validated(|| gzip.member(), gzip.etag(), Encoding::Gzip, keys, headers)
+            }
+            None => self.validated(
+                || doc.body_bytes(),
+                doc.etag(),
+                Encoding::Identity,
+                keys,
+                headers,
+            ),
+        };
         // Only a copy past the hard TTL is ever served this old: a stale answer, because
         // no database could answer. Say how old (RFC 9111 `Age`).
         let age = doc.loaded().elapsed();
@@ -73,12 +113,13 @@ impl Reader {
         response
     }
 
-    /// 200 with a listing's JSON body, or 304 when `If-None-Match` names `etag`; `keys`
-    /// are its surrogate keys, space-separated.
+    /// 200 with a listing's body (made only then), in `encoding`, or 304 when
+    /// `If-None-Match` names `etag`; `keys` are its surrogate keys, space-separated.
     pub(super) fn listing_response(
         &self,
-        body: Bytes,
+        body: impl FnOnce() -> Bytes,
         etag: HeaderValue,
+        encoding: Encoding,
         keys: impl FnOnce() -> String,
         request: &HeaderMap,
     ) -> Response<Full<Bytes>> {
@@ -86,15 +127,17 @@ impl Reader {
             .surrogate_keys
             .then(|| HeaderValue::try_from(keys()).ok())
             .flatten();
-        self.validated(|| body, etag, keys, request)
+        self.validated(body, etag, encoding, keys, request)
     }
 
-    /// 200 with `body` (JSON), or 304 when the request's `If-None-Match` names `etag`;
-    /// either way with the validator, the caching headers and the surrogate `keys`.
+    /// 200 with `body` (JSON, in `encoding`), or 304 when the request's
+    /// `If-None-Match` names `etag`; either way with the validator, the caching headers
+    /// and the surrogate `keys`.
     fn validated(
         &self,
         body: impl FnOnce() -> Bytes,
         etag: HeaderValue,
+        encoding: Encoding,
         keys: Option<HeaderValue>,
         request: &HeaderMap,
     ) -> Response<Full<Bytes>> {
@@ -108,12 +151,22 @@ impl Reader {
         } else {
             let mut response = Response::new(Full::new(body()));
             response.headers_mut().insert(CONTENT_TYPE, JSON);
+            if encoding == Encoding::Gzip {
+                response.headers_mut().insert(CONTENT_ENCODING, GZIP);
+            }
             response
         };
         let headers = response.headers_mut();
         headers.insert(ETAG, etag);
         headers.insert(CACHE_CONTROL, self.cache_control.clone());
-        headers.insert(VARY, VARY_TOKEN);
+        headers.insert(
+            VARY,
+            if self.gzip {
+                VARY_TOKEN_AND_ENCODING
+            } else {
+                VARY_TOKEN
+            },
+        );
         if let Some(keys) = keys {
             headers.insert(XKEY, keys.clone());
             headers.insert(SURROGATE_KEY, keys);
@@ -125,6 +178,13 @@ impl Reader {
 /// Documents and listings vary with `Min-Catalog-Token`: a shared cache must not answer
 /// a read that carries one with a copy stored for reads without (or with another).
 const VARY_TOKEN: HeaderValue = HeaderValue::from_static("min-catalog-token");
+
+/// With gzip on, they vary with `Accept-Encoding` too.
+const VARY_TOKEN_AND_ENCODING: HeaderValue =
+    HeaderValue::from_static("min-catalog-token, accept-encoding");
+
+/// `Content-Encoding: gzip`.
+const GZIP: HeaderValue = HeaderValue::from_static("gzip");
 
 /// A read with `Min-Catalog-Token` is answered for that client alone: no shared or
 /// private cache may store it.
@@ -173,21 +233,22 @@ mod tests {
         let a = Document::new(1, 3, "A", b"{}");
         let b = Document::new(2, 5, "B", b"{}");
         let b6 = Document::new(2, 6, "B", b"{}");
-        let etag = listing_etag(&[&a, &b], b"");
-        assert_eq!(etag, listing_etag(&[&a, &b], b""), "not stable");
+        let id = Encoding::Identity;
+        let etag = listing_etag(&[&a, &b], b"", id);
+        assert_eq!(etag, listing_etag(&[&a, &b], b"", id), "not stable");
         assert_ne!(
             etag,
-            listing_etag(&[&a, &b6], b""),
+            listing_etag(&[&a, &b6], b"", id),
             "a new version kept the tag"
         );
         assert_ne!(
             etag,
-            listing_etag(&[&b, &a], b""),
+            listing_etag(&[&b, &a], b"", id),
             "another order kept the tag"
         );
         assert_ne!(
             etag,
-            listing_etag(&[&a, &b], b"7"),
+            listing_etag(&[&a, &b], b"7", id),
             "another tail kept the tag"
         );
         let tag = etag.to_str().unwrap();
@@ -195,7 +256,10 @@ mod tests {
             tag.starts_with("\"l") && tag.ends_with('"') && tag.len() == 19,
             "{tag}"
         );
-        assert_ne!(body_etag(b"[1]"), body_etag(b"[2]"));
+        let gzip = listing_etag(&[&a, &b], b"", Encoding::Gzip);
+        assert_eq!(gzip.to_str().unwrap(), format!("{}-gz\"", &tag[..18]));
+        assert_ne!(body_etag(b"[1]", id), body_etag(b"[2]", id));
+        assert_ne!(body_etag(b"[1]", id), body_etag(b"[1]", Encoding::Gzip));
     }
 
     #[test]
@@ -205,6 +269,7 @@ mod tests {
             stale_while_revalidate_secs: 30,
             stale_if_error_secs: 300,
             surrogate_keys: false,
+            gzip: true,
         });
         assert_eq!(
             value,

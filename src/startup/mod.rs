@@ -293,6 +293,7 @@ impl Application {
                     stale_while_revalidate_secs: config.read.http_stale_while_revalidate_secs,
                     stale_if_error_secs: config.read.stale_if_error.as_secs(),
                     surrogate_keys: config.read.surrogate_keys,
+                    gzip: config.read.gzip,
                 },
                 db_timeout: config.db_timeout,
                 request_timeout: config.read.request_timeout,
