@@ -59,7 +59,7 @@ load() {
   for start in $(seq 1 $BATCH $PRODUCTS); do
     printf 'url = "http://%s/products?ids=%s"\noutput = "/dev/null"\n' \
       "$ADDR" "$(seq -s, "$start" $((start + BATCH - 1)))"
-  done | curl -sf --parallel --parallel-max 4 -H "Accept-Encoding: $1" -K -
+  done | curl -sf --no-progress-meter --parallel --parallel-max 4 -H "Accept-Encoding: $1" -K -
 }
 # per_entry: "entries weighed-bytes-per-entry rss"
 per_entry() {
