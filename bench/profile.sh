@@ -11,7 +11,15 @@
 # (callgrind.out.ceiling, callgrind.out.reader) and their annotated summaries in the
 # output directory for callgrind_annotate / kcachegrind.
 #
+# Mode `misses` profiles the miss path instead, with two readers of a 1 MiB L1 (about
+# 1 % of the catalog, so nearly every request misses): `l2`, whose misses hit Redis
+# (its keys under the prefix `profile:`, filled first by a reader outside valgrind that
+# reads every product once; a feed silence limit of an hour, since no relay sends
+# heartbeats here and a silent feed skips Redis), and `cold`, without Redis, whose
+# misses read the replica. Profiles: callgrind.out.l2, callgrind.out.cold.
+#
 # Usage: bench/profile.sh [seconds of load per server (20)] [output dir (target/profile)]
+#                         [mode: hits (default) | misses]
 # Needs the local stack with the demo catalog (ops/dev.sh run seeds it once); installs
 # what is missing (wrk, valgrind: ops/dev.sh deps --bench); builds catalogd and the
 # ceiling example.
@@ -20,6 +28,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 SECS=${1:-20}
 OUT=${2:-$ROOT/target/profile}
+MODE=${3:-hits}
 PRODUCTS=100000
 CEILING_ADDR=127.0.0.1:18090
 READER_ADDR=127.0.0.1:18091
@@ -38,6 +47,13 @@ math.randomseed(42)
 request = function() return wrk.format("GET", "/products/" .. math.random(1, $PRODUCTS)) end
 LUA
 
+# read_all ADDR: every product once, in batches of 200.
+read_all() {
+  for start in $(seq 1 200 "$PRODUCTS"); do
+    printf 'url = "http://%s/products?ids=%s"\noutput = "/dev/null"\n' "$1" "$(seq -s, "$start" $((start + 199)))"
+  done | curl -s -K -
+}
+
 # profile NAME ADDR PATH_TO_PROBE COMMAND... -> instructions per request on stdout
 profile() {
   local name=$1 addr=$2 probe=$3 pid answered total
@@ -49,9 +65,7 @@ profile() {
   wait_up "$addr" "$probe" 600
   if [[ $name == reader ]]; then
     log "warming the reader's L1 under valgrind (every product once)"
-    for start in $(seq 1 200 "$PRODUCTS"); do
-      printf 'url = "http://%s/products?ids=%s"\noutput = "/dev/null"\n' "$addr" "$(seq -s, "$start" $((start + 199)))"
-    done | curl -s -K -
+    read_all "$addr"
   fi
   callgrind_control -i on "$pid" >/dev/null 2>&1
   answered=$(wrk -t1 -c8 -d"${SECS}s" -s "$OUT/uniform.lua" "http://$addr" | awk '/requests in/ {print $1}')
@@ -64,6 +78,28 @@ profile() {
   echo "$answered" >"$OUT/requests.$name"
   awk -v t="$total" -v n="$answered" 'BEGIN {printf "%.0f\n", t / n}'
 }
+
+if [[ $MODE == misses ]]; then
+  export CATALOG_READER_ADDR=$READER_ADDR CATALOG_LOG=warn CATALOG_REDIS_PREFIX=profile:
+  log "filling Redis (prefix profile:) with every product, outside valgrind"
+  CATALOG_FEED_SILENCE_MS=3600000 "$RELEASE/catalogd" reader &
+  PIDS+=($!)
+  wait_up "$READER_ADDR" /healthz
+  read_all "$READER_ADDR"
+  sleep 1 # the write-backs are detached
+  kill "${PIDS[-1]}"
+  wait "${PIDS[-1]}" 2>/dev/null || true
+  l2=$(CATALOG_L1_BYTES=$((1024 * 1024)) CATALOG_FEED_SILENCE_MS=3600000 \
+    profile l2 "$READER_ADDR" /healthz "$RELEASE/catalogd" reader)
+  cold=$(
+    unset CATALOG_REDIS_URL
+    CATALOG_L1_BYTES=$((1024 * 1024)) profile cold "$READER_ADDR" /healthz "$RELEASE/catalogd" reader
+  )
+  echo "bench/profile.sh misses: ${SECS}s of GET /products/{id}, 8 connections, 1 MiB L1, instructions per request"
+  printf '%-28s %10d\n' "l2 (L1 miss, Redis hit)" "$l2" "cold (L1 miss, replica read)" "$cold"
+  echo "profiles and annotations: $OUT"
+  exit 0
+fi
 
 ceiling=$(profile ceiling "$CEILING_ADDR" / "$RELEASE/examples/ceiling" "$CEILING_ADDR")
 reader=$(CATALOG_READER_ADDR=$READER_ADDR CATALOG_L1_BYTES=$((1024 * 1024 * 1024)) CATALOG_LOG=warn \

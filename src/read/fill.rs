@@ -191,7 +191,10 @@ impl Reader {
     async fn fill_from_l2_or_db(&self, id: i64) -> Result<Lookup, ReadError> {
         let floor = self.floors.get(id);
         if let Some(l2) = self.live_l2() {
-            match l2.get(id).await {
+            // Boxed: fred's command future is about 5 KB, and held inline it would make
+            // this future (boxed whole by single-flight, which copies it) as large even
+            // for fills that skip Redis.
+            match Box::pin(l2.get(id)).await {
                 Ok(Some(lookup)) if lookup.version() >= floor => {
                     self.metrics.l2_hits.inc();
                     return self.keep_in_l1(id, lookup).await;
@@ -355,5 +358,23 @@ pub(super) fn take(loaded: &mut Vec<(i64, Lookup)>, id: i64) -> Lookup {
     match loaded.iter().position(|(found, _)| *found == id) {
         Some(at) => loaded.swap_remove(at).1,
         None => Lookup::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `fill` returns, without calling it.
+    fn future_size<F: Future>(_fill: impl Fn(&'static Reader) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn a_fill_future_is_small() {
+        // Every miss moves a fill's future into a box (single-flight): a copy of its
+        // whole size, 10 KB when fred's command future was held inline (twice).
+        let size = future_size(|reader| reader.fill_from_l2_or_db(1));
+        assert!(size <= 2048, "the fill's future takes {size} bytes");
     }
 }
