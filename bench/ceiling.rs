@@ -4,13 +4,17 @@
 //! `Cache-Control`), over HTTP/1.1 keep-alive on a multi-threaded tokio runtime, with
 //! no routing, cache or metrics. The reader's hit path is measured against it.
 //!
-//! Usage: `ceiling [ADDR] [BODY_FILE]` (default `127.0.0.1:18080`, and a built-in ~1 KB
-//! document; `compare.sh` passes a document the reader serves, so both send the same
-//! bytes).
+//! Usage: `ceiling [ADDR] [BODY_FILE] [REDIS_URL REDIS_KEY]` (default `127.0.0.1:18080`,
+//! and a built-in ~1 KB document; `compare.sh` passes a document the reader serves, so
+//! both send the same bytes, or a batch of 50 of them). With `REDIS_URL` and
+//! `REDIS_KEY`, each request instead answers the value of `GET REDIS_KEY` (one command
+//! per request, on one multiplexed `fred` client with `TCP_NODELAY`, as the reader's
+//! L2): the least an L1 miss answered from Redis can cost.
 
 use std::convert::Infallible;
 
 use bytes::Bytes;
+use fred::prelude::{Builder, ClientLike, Config, KeysInterface, TcpConfig};
 use http_body_util::Full;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderValue};
 use hyper::server::conn::http1;
@@ -39,26 +43,66 @@ async fn main() -> std::io::Result<()> {
         Some(path) => Bytes::from(std::fs::read(path)?),
         None => document(),
     };
+    let redis = match (args.next(), args.next()) {
+        (Some(url), Some(key)) => Some((redis(&url).await?, fred::types::Key::from(key))),
+        _ => None,
+    };
     let listener = TcpListener::bind(&addr).await?;
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         let body = body.clone();
+        let redis = redis.clone();
         tokio::spawn(async move {
             let service = service_fn(move |_request: Request<hyper::body::Incoming>| {
-                let mut response = Response::new(Full::new(body.clone()));
-                let headers = response.headers_mut();
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                headers.insert(ETAG, HeaderValue::from_static("\"1\""));
-                headers.insert(
-                    CACHE_CONTROL,
-                    HeaderValue::from_static("public, max-age=5, stale-while-revalidate=30"),
-                );
-                async move { Ok::<_, Infallible>(response) }
+                let (body, redis) = (body.clone(), redis.clone());
+                async move {
+                    let body = match redis {
+                        Some((client, key)) => client
+                            .get::<Option<Bytes>, _>(key)
+                            .await
+                            .ok()
+                            .flatten()
+                            .unwrap_or_default(),
+                        None => body,
+                    };
+                    Ok::<_, Infallible>(respond(body))
+                }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
+}
+
+/// A connected Redis client, as the reader configures its own.
+async fn redis(url: &str) -> std::io::Result<fred::clients::Client> {
+    let client = Config::from_url(url)
+        .and_then(|config| {
+            Builder::from_config(config)
+                .with_connection_config(|conn| {
+                    conn.tcp = TcpConfig {
+                        nodelay: Some(true),
+                        ..TcpConfig::default()
+                    };
+                })
+                .build()
+        })
+        .map_err(std::io::Error::other)?;
+    client.init().await.map_err(std::io::Error::other)?;
+    Ok(client)
+}
+
+/// The answer: `body` with the reader's headers.
+fn respond(body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(ETAG, HeaderValue::from_static("\"1\""));
+    headers.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=5, stale-while-revalidate=30"),
+    );
+    response
 }

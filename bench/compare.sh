@@ -14,19 +14,28 @@
 #   (d) cold     catalogd reader over 1,000,000 products, no Redis, a 1 MiB L1, ids
 #                uniform: almost every request is a miss read from the replica
 #   (e) batch50  catalogd reader, GET /products?ids=<50 random ids>, all warm
+# beside two more ceilings, the same example:
+#   ceiling50    answering a batch of 50 documents the reader served (about 29 KB), the
+#                ceiling (e) is compared with
+#   ceil_redis   answering each request with one Redis GET of the ceiling's document
+#                (fred, as the reader's L2): what an L1 miss answered by L2 is compared
+#                with; (c)'s cost per miss is estimated from (b) and (c) as
+#                (CPU(c) - h * CPU(b)) / (1 - h), h being (c)'s hit ratio
 # and prints, per target, the median over the rounds of req/s, p50 and p99 latency, and
 # the server's CPU time per request (process CPU time / requests answered: on 2 cores the
 # load generator is itself a bottleneck, so this is the fairer figure), each as a ratio
 # to (a), with the L1 hit ratio of each reader over the measured rounds. For (c) it also
 # prints the hit ratio an oracle holding the most popular products in the same number of
-# entries would reach (`zipf oracle`), the bound for any eviction policy.
+# entries would reach (`zipf oracle`), the bound for any eviction policy, and the one an
+# oracle would reach with the same byte budget and nothing but the documents' bytes in
+# it (budget / mean document entries), the bound for any cache of that budget.
 #
 # Usage: bench/compare.sh [rounds (3)] [seconds per run (10)] [connections (64)]
 # Environment: ZIPF (Zipf exponent of (c), 1.0).
 # Needs the local stack (ops/dev.sh up) with the demo catalog (ops/dev.sh run seeds it);
 # seeds a 1,000,000-product database (catalog_bench_1m, bench/lib.sh) the first time
 # (about a minute); installs what is missing (wrk, curl: ops/dev.sh deps --bench); builds
-# catalogd and the ceiling and zipf examples. Runs about 1.5 + rounds*5*seconds/60 min.
+# catalogd and the ceiling and zipf examples. Runs about 1.5 + rounds*7*seconds/60 min.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -40,6 +49,8 @@ CEILING_ADDR=127.0.0.1:18080
 READER_ADDR=127.0.0.1:18081
 ZIPF_ADDR=127.0.0.1:18082
 COLD_ADDR=127.0.0.1:18083
+CEILING50_ADDR=127.0.0.1:18084
+CEILING_REDIS_ADDR=127.0.0.1:18086
 WORK=$(mktemp -d)
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
@@ -117,6 +128,22 @@ PIDS+=($!)
 ceiling_pid=$!
 wait_up "$CEILING_ADDR" /
 log "ceiling document: $(wc -c <"$WORK/document.json") bytes (product $(cat "$WORK/chosen"))"
+# ceiling50 answers a batch of 50 random ids of the demo catalog, as (e) asks for.
+ids=$(awk -v n=$PRODUCTS 'BEGIN {srand(7); for (i = 1; i <= 50; i++) printf "%s%d", (i > 1 ? "," : ""), 1 + int(rand() * n)}')
+curl -sf -o "$WORK/batch.json" "http://$READER_ADDR/products?ids=$ids"
+taskset -c 0 "$RELEASE/examples/ceiling" "$CEILING50_ADDR" "$WORK/batch.json" &
+PIDS+=($!)
+ceiling50_pid=$!
+wait_up "$CEILING50_ADDR" /
+log "ceiling50 batch: $(wc -c <"$WORK/batch.json") bytes"
+# ceil_redis answers the ceiling's document from Redis, one GET per request.
+CEILING_KEY=bench:ceiling:document
+redis-cli -u "$CATALOG_REDIS_URL" -x set "$CEILING_KEY" <"$WORK/document.json" >/dev/null
+taskset -c 0 "$RELEASE/examples/ceiling" "$CEILING_REDIS_ADDR" "$WORK/document.json" \
+  "$CATALOG_REDIS_URL" "$CEILING_KEY" &
+PIDS+=($!)
+ceil_redis_pid=$!
+wait_up "$CEILING_REDIS_ADDR" /
 
 # (c)'s budget: 10 % of the catalog's bytes, the mean document size sampled through a
 # reader of the large catalog (batches of 200 random ids).
@@ -132,8 +159,11 @@ read -r sample_bytes sample_docs <"$WORK/sizes"
 mean_doc=$((sample_bytes / sample_docs))
 budget=$((mean_doc * LARGE / 10))
 log "mean document $mean_doc bytes; (c) L1 budget $budget bytes (10 % of $LARGE documents)"
+# No relay runs here, so no heartbeat comes: with the default feed silence limit (5 s)
+# the reader would stop trusting L2 and send every miss to the replica. An hour keeps
+# (c) what it is meant to be, misses answered by Redis.
 start_reader zipf "$ZIPF_ADDR" CATALOG_DATABASE_URL="$LARGE_PRIMARY" CATALOG_REPLICA_URLS="$LARGE_REPLICA" \
-  CATALOG_REDIS_PREFIX=bench1m CATALOG_L1_BYTES=$budget
+  CATALOG_REDIS_PREFIX=bench1m CATALOG_L1_BYTES=$budget CATALOG_FEED_SILENCE_MS=3600000
 start_reader cold "$COLD_ADDR" -u CATALOG_REDIS_URL CATALOG_DATABASE_URL="$LARGE_PRIMARY" \
   CATALOG_REPLICA_URLS="$LARGE_REPLICA" CATALOG_L1_BYTES=$((1024 * 1024))
 
@@ -169,6 +199,8 @@ for addr in "$READER_ADDR" "$ZIPF_ADDR" "$COLD_ADDR"; do before_counts[$addr]=$(
 for round in $(seq 1 "$ROUNDS"); do
   log "round $round of $ROUNDS"
   echo "ceiling $(run "$ceiling_pid" "http://$CEILING_ADDR" "$WORK/uniform.lua")" >>"$WORK/results"
+  echo "ceiling50 $(run "$ceiling50_pid" "http://$CEILING50_ADDR" "$WORK/uniform.lua")" >>"$WORK/results"
+  echo "ceil_redis $(run "$ceil_redis_pid" "http://$CEILING_REDIS_ADDR" "$WORK/uniform.lua")" >>"$WORK/results"
   echo "hits $(run "$hits_pid" "http://$READER_ADDR" "$WORK/uniform.lua")" >>"$WORK/results"
   echo "zipf $(run "$zipf_pid" "http://$ZIPF_ADDR" "$WORK/zipf.$round.lua")" >>"$WORK/results"
   echo "cold $(run "$cold_pid" "http://$COLD_ADDR" "$WORK/cold.lua")" >>"$WORK/results"
@@ -181,13 +213,18 @@ curl -s "http://$ZIPF_ADDR/metrics" >/dev/null # a scrape applies moka's pending
 zipf_entries=$(metric "$ZIPF_ADDR" catalog_l1_entries)
 oracle=$("$ZIPF_BIN" oracle --products $LARGE --exponent "$ZIPF" --entries "$zipf_entries" |
   awk '{printf "%.4f", $1}')
+budget_entries=$((budget / mean_doc))
+budget_oracle=$("$ZIPF_BIN" oracle --products $LARGE --exponent "$ZIPF" --entries "$budget_entries" |
+  awk '{printf "%.4f", $1}')
 
 echo
 echo "bench/compare.sh: $ROUNDS rounds x ${SECS}s, $CONNS connections, servers on CPU 0, wrk on CPU 1"
 echo "L1 hit ratio over the measured rounds: (b) $hits_ratio, (c) $zipf_ratio, (d) $cold_ratio"
 echo "(c) Zipf $ZIPF over $LARGE products, L1 budget $budget bytes (mean document $mean_doc bytes):" \
-  "$zipf_entries entries held; an oracle holding the $zipf_entries most popular would hit $oracle"
-awk '
+  "$zipf_entries entries held; an oracle holding the $zipf_entries most popular would hit $oracle;" \
+  "one holding only documents' bytes in the same budget ($budget_entries entries) would hit $budget_oracle" \
+  "(the reader reaches $(awk -v a="$zipf_ratio" -v b="$budget_oracle" 'BEGIN {printf "%.3f", a / b}') of it)"
+awk -v h="$zipf_ratio" '
   function median(name, col,   n, i, j, t, v) {
     n = 0; for (i = 1; i <= rows; i++) if (kind[i] == name) v[++n] = val[i, col]
     for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
@@ -195,11 +232,16 @@ awk '
   }
   { rows++; kind[rows] = $1; for (c = 2; c <= 5; c++) val[rows, c] = $c }
   END {
-    printf "%-9s %10s %8s %9s %9s %12s %8s\n", "target", "req/s", "ratio", "p50 ms", "p99 ms", "CPU us/req", "ratio"
-    split("ceiling hits zipf cold batch50", names, " ")
+    printf "%-10s %10s %8s %9s %9s %12s %8s\n", "target", "req/s", "ratio", "p50 ms", "p99 ms", "CPU us/req", "ratio"
+    split("ceiling ceiling50 ceil_redis hits zipf cold batch50", names, " ")
     base_rps = median("ceiling", 2); base_cpu = median("ceiling", 5)
-    for (k = 1; k <= 5; k++) {
+    for (k = 1; k <= 7; k++) {
       n = names[k]
-      printf "%-9s %10.0f %8.3f %9.3f %9.3f %12.2f %8.3f\n", n, median(n, 2), median(n, 2) / base_rps, median(n, 3), median(n, 4), median(n, 5), median(n, 5) / base_cpu
+      printf "%-10s %10.0f %8.3f %9.3f %9.3f %12.2f %8.3f\n", n, median(n, 2), median(n, 2) / base_rps, median(n, 3), median(n, 4), median(n, 5), median(n, 5) / base_cpu
     }
+    printf "(e) against ceiling50 (the same ~29 KB body): req/s %.3f, CPU per request %.3f\n",
+      median("batch50", 2) / median("ceiling50", 2), median("batch50", 5) / median("ceiling50", 5)
+    miss = h < 1 ? (median("zipf", 5) - h * median("hits", 5)) / (1 - h) : 0
+    printf "(c) CPU per L1 miss (answered by L2): %.1f us, against %.1f us per request of ceil_redis (%.2fx)\n",
+      miss, median("ceil_redis", 5), miss / median("ceil_redis", 5)
   }' "$WORK/results"
