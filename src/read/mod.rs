@@ -332,7 +332,7 @@ impl Reader {
             return None;
         };
         let outcome = self
-            .product_response(id, lookup, request.headers())
+            .product_response(id, lookup, request.headers(), started)
             .map(|response| (ReadRoute::Product, response))
             .map_err(|error| (ReadRoute::Product, error));
         Some(self.finish(started, request.headers(), outcome))
@@ -459,7 +459,7 @@ impl Reader {
             Consistency::Cached => self.l1_or_fill(id).await?,
             Consistency::AtLeast(_) => Box::pin(self.product_at(id, at)).await?,
         };
-        self.product_response(id, lookup, headers)
+        self.product_response(id, lookup, headers, Instant::now())
     }
 
     fn product_response(
@@ -467,9 +467,10 @@ impl Reader {
         id: i64,
         lookup: Lookup,
         headers: &HeaderMap,
+        now: Instant,
     ) -> Result<Response<Full<Bytes>>, ReadError> {
         match lookup {
-            Lookup::Found(doc) => Ok(self.document_response(&doc, headers)),
+            Lookup::Found(doc) => Ok(self.document_response(&doc, headers, now)),
             Lookup::Gone { .. } | Lookup::Unknown => Err(ReadError::ProductNotFound(id)),
         }
     }

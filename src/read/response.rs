@@ -9,6 +9,7 @@
 //! [`crate::http::response`].
 
 use std::hash::{BuildHasher as _, Hasher as _};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -77,10 +78,13 @@ impl Reader {
     /// 200 with the document, or 304 when `If-None-Match` names its ETag; in gzip when
     /// the client accepts it and the body is worth it (its gzip form is made on the
     /// first such answer, and L1 weighs the document again).
+    ///
+    /// `now` is when the request started (the hit path has read the clock already).
     pub(super) fn document_response(
         &self,
         doc: &Document,
         headers: &HeaderMap,
+        now: Instant,
     ) -> Response<Full<Bytes>> {
         let keys = self.surrogate_keys.then(|| doc.key());
         let gzip = match self.encoding(headers) {
@@ -104,7 +108,7 @@ impl Reader {
         };
         // Only a copy past the hard TTL is ever served this old: a stale answer, because
         // no database could answer. Say how old (RFC 9111 `Age`).
-        let age = doc.loaded().elapsed();
+        let age = now.saturating_duration_since(doc.loaded());
         if age >= self.ttl.hard {
             response
                 .headers_mut()

@@ -3,6 +3,7 @@
 //! that carries one), then the product read as any other.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -57,12 +58,14 @@ impl Reader {
             return Err(ReadError::SkuNotFound);
         };
         match self.product_at(id, at).await? {
-            Lookup::Found(doc) if doc.sku() == &*sku => Ok(self.document_response(&doc, headers)),
+            Lookup::Found(doc) if doc.sku() == &*sku => {
+                Ok(self.document_response(&doc, headers, Instant::now()))
+            }
             _ if resolved_now => Err(ReadError::SkuNotFound),
             _ => match self.resolve_sku(&key, resolve_at).await? {
                 Some(id) => match self.product_at(id, at).await? {
                     Lookup::Found(doc) if doc.sku() == &*sku => {
-                        Ok(self.document_response(&doc, headers))
+                        Ok(self.document_response(&doc, headers, Instant::now()))
                     }
                     _ => Err(ReadError::SkuNotFound),
                 },
