@@ -55,11 +55,7 @@ WORK=$(mktemp -d)
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 
-cd "$ROOT"
-ops/dev.sh deps --bench
-ops/dev.sh up >/dev/null
-eval "$(ops/dev.sh env)"
-cargo build --release --bin catalogd --example ceiling --example zipf >&2
+stack_up --bin catalogd --example ceiling --example zipf
 BIN=$RELEASE/catalogd
 ZIPF_BIN=$RELEASE/examples/zipf
 count=$(psql "$CATALOG_DATABASE_URL" -tAc 'select count(*) from products where active and deleted_at is null')
@@ -71,21 +67,10 @@ fi
 # The 1,000,000-product catalog of (c) and (d), in its own database on the same stack.
 ensure_large_catalog "$BIN"
 
-cat >"$WORK/uniform.lua" <<LUA
-math.randomseed(os.time())
-request = function() return wrk.format("GET", "/products/" .. math.random(1, $PRODUCTS)) end
-LUA
+wrk_scripts "$WORK" $PRODUCTS
 cat >"$WORK/cold.lua" <<LUA
 math.randomseed(os.time())
 request = function() return wrk.format("GET", "/products/" .. math.random(1, $LARGE)) end
-LUA
-cat >"$WORK/batch.lua" <<LUA
-math.randomseed(os.time())
-request = function()
-  local ids = {}
-  for i = 1, 50 do ids[i] = math.random(1, $PRODUCTS) end
-  return wrk.format("GET", "/products?ids=" .. table.concat(ids, ","))
-end
 LUA
 # (c)'s ids: for each of its runs (K = 0 the warm-up, then one per round) a file of
 # ZIPF_IDS ids drawn from Zipf(ZIPF) over the large catalog by `zipf ids` with seed K,
@@ -172,8 +157,6 @@ log "warming: every product of (b) once, and (c) to its steady state"
 taskset -c 1 wrk -t1 -c"$CONNS" -d20s -s "$WORK/uniform.lua" "http://$READER_ADDR" >/dev/null
 taskset -c 1 wrk -t1 -c"$CONNS" -d20s -s "$WORK/zipf.0.lua" "http://$ZIPF_ADDR" >/dev/null
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-TICK=$(getconf CLK_TCK)
 
 # run PID URL SCRIPT -> "req_per_s p50_ms p99_ms cpu_us_per_req"
 run() {

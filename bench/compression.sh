@@ -31,11 +31,7 @@ WORK=$(mktemp -d)
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 
-cd "$ROOT"
-ops/dev.sh deps --bench
-ops/dev.sh up >/dev/null
-eval "$(ops/dev.sh env)"
-cargo build --release --bin catalogd >&2
+stack_up --bin catalogd
 BIN=$RELEASE/catalogd
 count=$(psql "$CATALOG_DATABASE_URL" -tAc 'select count(*) from products where active and deleted_at is null')
 if ((count < PRODUCTS * 9 / 10)); then
@@ -75,18 +71,7 @@ read -r id_entries id_weighed id_rss <<<"$(per_entry)"
 load gzip
 read -r gz_entries gz_weighed gz_rss <<<"$(per_entry)"
 
-cat >"$WORK/doc.lua" <<LUA
-math.randomseed(os.time())
-request = function() return wrk.format("GET", "/products/" .. math.random(1, $PRODUCTS)) end
-LUA
-cat >"$WORK/batch.lua" <<LUA
-math.randomseed(os.time())
-request = function()
-  local ids = {}
-  for i = 1, 50 do ids[i] = math.random(1, $PRODUCTS) end
-  return wrk.format("GET", "/products?ids=" .. table.concat(ids, ","))
-end
-LUA
+wrk_scripts "$WORK" $PRODUCTS
 
 # body_bytes doc|batch ENCODING: mean body bytes over 200 sampled requests.
 body_bytes() {
@@ -101,8 +86,6 @@ body_bytes() {
   done | curl -sf -H "Accept-Encoding: $2" -w '%{size_download}\n' -K - | awk '{s += $1; n++} END {printf "%.0f", s / n}'
 }
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-TICK=$(getconf CLK_TCK)
 
 # run SCRIPT ENCODING -> "req_per_s p50_ms p99_ms cpu_us_per_req wire_bytes_per_req"
 run() {
@@ -121,13 +104,13 @@ run() {
 }
 
 log "warming the connections' paths"
-taskset -c 1 wrk -t1 -c"$CONNS" -d2s -s "$WORK/doc.lua" "http://$ADDR" >/dev/null
+taskset -c 1 wrk -t1 -c"$CONNS" -d2s -s "$WORK/uniform.lua" "http://$ADDR" >/dev/null
 : >"$WORK/results"
 for round in $(seq 1 "$ROUNDS"); do
   log "round $round of $ROUNDS"
   {
-    echo "doc $(run "$WORK/doc.lua" identity)"
-    echo "doc-gzip $(run "$WORK/doc.lua" gzip)"
+    echo "doc $(run "$WORK/uniform.lua" identity)"
+    echo "doc-gzip $(run "$WORK/uniform.lua" gzip)"
     echo "batch50 $(run "$WORK/batch.lua" identity)"
     echo "batch50-gzip $(run "$WORK/batch.lua" gzip)"
   } >>"$WORK/results"

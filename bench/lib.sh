@@ -5,7 +5,9 @@
 # in it, examples in $RELEASE/examples), and for the 1,000,000-product catalog
 # (database catalog_bench_1m on the dev stack, LARGE products): large_catalog, which sets
 # its URLs LARGE_PRIMARY / LARGE_REPLICA once `ops/dev.sh env` is in the environment, and
-# ensure_large_catalog, which seeds it the first time and reuses it afterwards.
+# ensure_large_catalog, which seeds it the first time and reuses it afterwards; the
+# common start of a script (stack_up), the wrk scripts of uniform document reads and of
+# batches of 50 (wrk_scripts), and a process's CPU time (cpu_ticks, TICK).
 # shellcheck shell=bash
 
 PIDS=()
@@ -66,3 +68,36 @@ ensure_large_catalog() {
   log "the replica does not have the $LARGE products of $LARGE_DB after 5 minutes (ops/dev.sh status)"
   exit 1
 }
+
+# stack_up CARGO_BUILD_ARGS...: from the repository, installs what the scripts need
+# (ops/dev.sh deps --bench), starts the local stack if it is down, takes its
+# environment and builds the release binaries named.
+stack_up() {
+  cd "$ROOT" || return
+  ops/dev.sh deps --bench
+  ops/dev.sh up >/dev/null
+  eval "$(ops/dev.sh env)"
+  cargo build --release "$@" >&2
+}
+
+# wrk_scripts DIR N: DIR/uniform.lua (GET /products/{id}, ids uniform over 1..N) and
+# DIR/batch.lua (GET /products?ids=<50 ids uniform over 1..N>).
+wrk_scripts() {
+  cat >"$1/uniform.lua" <<LUA
+math.randomseed(os.time())
+request = function() return wrk.format("GET", "/products/" .. math.random(1, $2)) end
+LUA
+  cat >"$1/batch.lua" <<LUA
+math.randomseed(os.time())
+request = function()
+  local ids = {}
+  for i = 1, 50 do ids[i] = math.random(1, $2) end
+  return wrk.format("GET", "/products?ids=" .. table.concat(ids, ","))
+end
+LUA
+}
+
+# cpu_ticks PID: the process's user and system time, in ticks of 1/TICK s.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# shellcheck disable=SC2034  # used by the scripts
+TICK=$(getconf CLK_TCK)

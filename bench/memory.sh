@@ -24,11 +24,7 @@ BATCH=200
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
 
-cd "$ROOT"
-ops/dev.sh deps --bench
-ops/dev.sh up >/dev/null
-eval "$(ops/dev.sh env)"
-cargo build --release --bin catalogd >&2
+stack_up --bin catalogd
 ensure_large_catalog "$RELEASE/catalogd"
 
 env -u CATALOG_REDIS_URL CATALOG_DATABASE_URL="$LARGE_PRIMARY" CATALOG_REPLICA_URLS="$LARGE_REPLICA" \
