@@ -265,12 +265,25 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: String,
 ) -> Result<Reply, String> {
+    request_within(REQUEST_DEADLINE, addr, method, path, headers, body).await
+}
+
+/// [`request`] with a deadline of its own, for a request that is long by nature (a
+/// bulk import of thousands of lines, in a debug build, beside a load).
+pub async fn request_within(
+    deadline: Duration,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: String,
+) -> Result<Reply, String> {
     let mut all = headers.to_vec();
     if !body.is_empty() {
         all.push(("content-type", "application/json"));
     }
     let exchange = super::try_http_request(addr, method, path, &all, body.into());
-    tokio::time::timeout(REQUEST_DEADLINE, exchange)
+    tokio::time::timeout(deadline, exchange)
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {REQUEST_DEADLINE:?}")))
+        .unwrap_or_else(|_| Err(format!("no answer within {deadline:?}")))
 }
