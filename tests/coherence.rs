@@ -575,6 +575,76 @@ async fn a_frozen_redis_is_a_silent_feed_and_readers_stop_trusting_l1() {
 }
 
 #[tokio::test]
+async fn a_feed_heard_again_is_trusted_only_once_it_has_caught_up_with_the_primary() {
+    let db = seeded(10, 4).await;
+    let mut config = TestApp::config(&db);
+    // Long enough that the feed, heard again, does not fall silent before the test looks.
+    config.feed_silence = Duration::from_millis(1_500);
+    // A reader alone: nothing publishes until this test runs the relay's rounds.
+    let app = TestApp::spawn(&config).await;
+    let (id, _) = product_in_category(&db).await;
+    let relay = own_relay(&db, &config).await;
+    // The product's document goes to L2 by a published round, as the relay does.
+    sqlx::query("insert into outbox (product_id, version) values ($1, 1)")
+        .bind(id)
+        .execute(&db.primary)
+        .await
+        .unwrap();
+    assert_eq!(relay.round().await.unwrap(), 1);
+    poll(|| async { (app.metric("catalog_invalidations_total").await >= 1.0).then_some(()) }).await;
+    assert_eq!(
+        app.get(&format!("/products/{id}")).await.json()["version"],
+        1
+    );
+
+    // The relay stops (as when Redis freezes): the feed goes silent.
+    poll(|| async { (app.metric("catalog_feed_silent").await == 1.0).then_some(()) }).await;
+    // Meanwhile a backlog builds, then a write is acknowledged behind it.
+    sqlx::query(
+        "insert into outbox (product_id, version, categories, created_at) \
+         select g, 1, '{}', clock_timestamp() from generate_series(900001, 900300) g",
+    )
+    .execute(&db.primary)
+    .await
+    .unwrap();
+    let committed = catalog::write::tx::product::patch(&db.primary, id, br#"{"stock": 78}"#, None)
+        .await
+        .unwrap();
+    assert_eq!(committed.written.version, 2);
+
+    // The relay is back and publishes its oldest 256 rows: the feed is heard again,
+    // but the write is not announced yet, and L2 still holds version 1.
+    assert_eq!(relay.round().await.unwrap(), 256);
+    poll(|| async { (app.metric("catalog_invalidations_total").await >= 257.0).then_some(()) })
+        .await;
+    // The watchdog's next look (every quarter of the limit) decides; until then /readyz
+    // says silent.
+    let ready = poll(|| async {
+        let text = app.get("/readyz").await.text();
+        (!text.contains("invalidation feed silent for")).then_some(text)
+    })
+    .await;
+    let read = app.get(&format!("/products/{id}")).await.json();
+    assert_eq!(read["version"], 2, "the acknowledged write, not L2's copy");
+    assert_eq!(read["stock"], 78);
+    assert!(
+        ready.contains("catching up to the primary's position"),
+        "heard again, not caught up: {ready}"
+    );
+    assert_eq!(app.metric("catalog_feed_silent").await, 1.0);
+
+    // The rest of the backlog and the write, with a watermark past the position read.
+    assert_eq!(relay.round().await.unwrap(), 45);
+    poll(|| async { (app.metric("catalog_feed_silent").await == 0.0).then_some(()) }).await;
+    assert_eq!(app.get("/readyz").await.text(), "ready\n");
+    assert_eq!(
+        app.get(&format!("/products/{id}")).await.json()["version"],
+        2
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_create_is_found_by_sku_with_its_token_at_once() {
     let db = seeded(10, 2).await;
     let app = TestApp::spawn_as(&TestApp::config(&db), Role::All).await;

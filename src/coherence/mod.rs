@@ -9,7 +9,8 @@
 //!   sees a gap in the sequence or a new epoch (the stream was trimmed past it, or Redis
 //!   lost it).
 //! - [`feed`] (reader side): silence (no entry, not even a heartbeat) is a fault that
-//!   flushes L1 and limits caching until the feed is heard again.
+//!   flushes L1 and limits caching until the feed is heard again and has caught up
+//!   with the primary's position.
 //! - [`auditor`] (reader side): samples L1 against the primary in production and counts
 //!   what it finds stale.
 //! - [`leader`] (writer side): one writer's relay publishes at a time.

@@ -440,12 +440,20 @@ impl Reader {
         if !self.feed.is_silent() {
             return Ok(plain::ready());
         }
-        let detail = format!(
-            "ready; invalidation feed silent for {} ms (limit {} ms): L1 flushed, entries \
-             live at most the limit, Redis skipped\n",
-            self.feed.quiet_for().as_millis(),
-            self.feed.limit().as_millis()
-        );
+        let detail = match self.feed.catching_up_to() {
+            Some(position) => format!(
+                "ready; invalidation feed heard again, catching up to the primary's position \
+                 {}: entries live at most {} ms, Redis skipped\n",
+                crate::store::replicas::format_lsn(position),
+                self.feed.limit().as_millis()
+            ),
+            None => format!(
+                "ready; invalidation feed silent for {} ms (limit {} ms): L1 flushed, entries \
+                 live at most the limit, Redis skipped\n",
+                self.feed.quiet_for().as_millis(),
+                self.feed.limit().as_millis()
+            ),
+        };
         Ok(plain::no_store(hyper::StatusCode::OK, plain::TEXT, detail))
     }
 

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::{L1, L1Config};
 use crate::coherence::auditor::{AuditSettings, Auditor};
 use crate::coherence::consumer::{Consumer, Source, Targets};
-use crate::coherence::feed::Feed;
+use crate::coherence::feed::{Feed, Watchdog};
 use crate::coherence::floors::Floors;
 use crate::coherence::purger::EdgePurger;
 use crate::coherence::relay::{Relay, Sink};
@@ -94,8 +94,8 @@ struct ReadSide {
     listener: TcpListener,
     databases: Arc<Databases>,
     consumer: Option<(Consumer, Source)>,
-    /// The feed's watchdog, with the L1 it flushes when the feed goes silent.
-    feed: (Feed, L1),
+    /// The feed's watchdog.
+    feed: Watchdog,
     /// The consistency auditor, unless turned off.
     auditor: Option<Auditor>,
     check_interval: Duration,
@@ -263,7 +263,13 @@ impl Application {
             };
             (Consumer::new(targets), source)
         });
-        let feed = (feed, l1.clone());
+        let watchdog = Watchdog {
+            feed: feed.clone(),
+            l1: l1.clone(),
+            applied: applied.clone(),
+            databases: Arc::clone(&databases),
+            metrics: Arc::clone(metrics),
+        };
         let auditor = config.read.audit_interval.map(|interval| {
             let settings = AuditSettings {
                 interval,
@@ -283,7 +289,7 @@ impl Application {
             Freshness {
                 floors,
                 applied,
-                feed: feed.0.clone(),
+                feed,
             },
             Arc::clone(&databases),
             Arc::clone(metrics),
@@ -323,7 +329,7 @@ impl Application {
             listener,
             databases,
             consumer,
-            feed,
+            feed: watchdog,
             auditor,
             check_interval: config.read.replica_check_interval,
             changes,
@@ -482,9 +488,7 @@ impl Application {
                 let run = consumer.run(source, stop.child_token());
                 tasks.spawn("invalidation consumer", run);
             }
-            let (feed, l1) = read.feed;
-            let watch = feed.watch(l1, Arc::clone(&self.metrics), stop.child_token());
-            tasks.spawn("feed watchdog", watch);
+            tasks.spawn("feed watchdog", read.feed.run(stop.child_token()));
             if let Some(auditor) = read.auditor {
                 tasks.spawn("consistency auditor", auditor.run(stop.child_token()));
             }

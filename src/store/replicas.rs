@@ -159,10 +159,16 @@ impl Databases {
             return Some(known(self));
         }
         *probed = Some(Instant::now());
+        Some(self.primary_position().await? >= lsn)
+    }
+
+    /// The primary's WAL position now (one query with the probe deadline), `None` when
+    /// the primary cannot be asked.
+    pub async fn primary_position(&self) -> Option<u64> {
         let position = probe(&self.primary, "select pg_current_wal_lsn()::text").await?;
         let position = parse_lsn(&position)?;
         self.primary_position.fetch_max(position, Ordering::Relaxed);
-        Some(position >= lsn)
+        Some(position)
     }
 
     /// Takes replica `index` out of the healthy set after a failed query.
@@ -279,6 +285,11 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
     (high <= u64::from(u32::MAX) && low <= u64::from(u32::MAX)).then_some((high << 32) | low)
 }
 
+/// A byte position in PostgreSQL's `X/Y` LSN notation.
+pub fn format_lsn(position: u64) -> String {
+    format!("{:X}/{:X}", position >> 32, position & u64::from(u32::MAX))
+}
+
 /// `host:port/database` of a PostgreSQL URL, without credentials or parameters.
 pub fn display_name(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
@@ -304,6 +315,8 @@ mod tests {
         }
         assert_eq!(parse_lsn("1/XYZ"), None);
         assert_eq!(parse_lsn("100000000/0"), None);
+        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
+        assert_eq!(parse_lsn(&format_lsn(0x1_0000_0000)), Some(0x1_0000_0000));
     }
 
     #[test]
