@@ -135,14 +135,9 @@ impl Document {
         let mut made = false;
         let buffer = self.gzip.get_or_init(|| {
             made = true;
-            let mut member = gzip::member(self.body());
             let etag = &self.buffer[self.etag_range()];
-            member.extend_from_slice(&etag[..etag.len() - 1]);
-            member.extend_from_slice(b"-gz\"");
-            // Copied into an allocation of its own size: the compressor's buffer has
-            // room to spare (its capacity is about the body's), which L1 would hold
-            // uncharged for the entry's life.
-            Box::new(Bytes::copy_from_slice(&member))
+            let etag = [&etag[..etag.len() - 1], b"-gz\""].concat();
+            Box::new(gzip::member(self.body(), &etag))
         });
         Some(Gzipped {
             buffer,

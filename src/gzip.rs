@@ -53,12 +53,14 @@ thread_local! {
 }
 
 /// `body` as a complete gzip member whose deflate stream ends in a sync flush, so
-/// [`Piece::of`] can splice it into a larger member.
+/// [`Piece::of`] can splice it into a larger member, followed by `suffix`; in an
+/// allocation of exactly its size (the compressor's buffer has room to spare, about a
+/// body's worth, which a cache would hold uncharged for the entry's life).
 ///
 /// # Panics
 ///
 /// If the compressor fails, which it does only on a bug (its input is any bytes).
-pub fn member(body: &[u8]) -> Vec<u8> {
+pub fn member(body: &[u8], suffix: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(HEADER.len() + body.len() + body.len() / 8 + 64);
     out.extend_from_slice(&HEADER);
     DEFLATE.with_borrow_mut(|deflate| {
@@ -81,7 +83,8 @@ pub fn member(body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&FINAL_BLOCK);
     out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out
+    out.extend_from_slice(suffix);
+    Bytes::from(out.into_boxed_slice())
 }
 
 /// A body's deflated bytes as a larger member takes them, with what its CRC needs.
@@ -213,19 +216,19 @@ pub(crate) mod tests {
     #[test]
     fn a_member_inflates_to_its_body_and_ends_in_a_sync_flush() {
         for body in [json(1), json(5), b"x".to_vec(), vec![b'a'; 100_000]] {
-            let member = member(&body);
+            let member = member(&body, &[]);
             assert_eq!(inflate(&member), body);
             let stream = &member[HEADER.len()..member.len() - TRAILER];
             assert!(stream.ends_with(&EMPTY_STORED));
         }
         let doc = json(3);
-        assert!(member(&doc).len() < doc.len(), "json compresses");
+        assert!(member(&doc, &[]).len() < doc.len(), "json compresses");
     }
 
     #[test]
     fn an_assembled_member_inflates_to_the_concatenation() {
         let docs: Vec<Vec<u8>> = (1..=50).map(json).collect();
-        let members: Vec<Vec<u8>> = docs.iter().map(|d| member(d)).collect();
+        let members: Vec<Bytes> = docs.iter().map(|d| member(d, &[])).collect();
         let mut assembled = Assembler::with_capacity(1024);
         let mut expected = Vec::new();
         assembled.literal(b"{\"items\":[");
@@ -263,7 +266,7 @@ pub(crate) mod tests {
         only_literals.literal(&long);
         assert_eq!(inflate(&only_literals.finish()), long);
         let (a, b) = (json(2), json(4));
-        let (ma, mb) = (member(&a), member(&b));
+        let (ma, mb) = (member(&a, &[]), member(&b, &[]));
         let mut pieces = Assembler::with_capacity(0);
         pieces.piece(Piece::of(&ma));
         pieces.piece(Piece::of(&mb));

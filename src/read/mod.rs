@@ -549,8 +549,7 @@ impl Reader {
         }
         let json = serde_json::to_vec(&Items { items: &rows })?;
         // Compressed once per fill, with the JSON it is kept beside.
-        let gzip =
-            (self.gzip && json.len() >= gzip::MIN_BODY).then(|| Bytes::from(gzip::member(&json)));
+        let gzip = (self.gzip && json.len() >= gzip::MIN_BODY).then(|| gzip::member(&json, &[]));
         let body = Arc::new(Body {
             identity: Bytes::from(json),
             gzip,
