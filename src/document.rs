@@ -410,7 +410,7 @@ mod tests {
 
     #[test]
     fn a_document_keeps_80_bytes_beside_its_buffer() {
-        // What L1 charges per entry counts on it (`src/cache/mod.rs`, `bench/memory.sh`).
+        // What L1 charges per entry counts on it (`src/cache/weigh.rs`, `bench/memory.sh`).
         assert_eq!(std::mem::size_of::<Document>(), 80);
         let a = Document::new(1, 2, "AB", b"{}");
         let b = Document::new(1, 2, "AB", b"{}");

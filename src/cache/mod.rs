@@ -27,6 +27,11 @@
 //! A document's gzip form is made after it was stored, on the first gzip response
 //! ([`crate::document::Document::gzip`]); the reader then has L1 weigh the entry again
 //! ([`L1::reweigh`]), so the budget counts it.
+//!
+//! What an entry weighs is in `weigh.rs`, when moka expires it in `expiry.rs`.
+
+mod expiry;
+mod weigh;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -38,6 +43,8 @@ use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 
 use crate::document::{Document, Lookup};
+use expiry::Ttl;
+use weigh::weigh;
 
 /// What L1 is keyed by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -99,36 +106,6 @@ impl Cached {
     }
 }
 
-/// Bytes charged per entry beyond its document's buffer: what an entry was measured to
-/// cost in resident memory beyond that buffer's allocation (`bench/memory.sh`: 1,000,000
-/// documents cached, RSS growth per entry minus the mean [`allocation_size`] of their
-/// buffers). It is moka's entry (the key's `Arc`, entry info, value entry, deque nodes,
-/// hash-table bucket and slots, about 275 bytes) and the document's own `Arc` (96: 80
-/// until documents kept a place for their gzip form, measured at 390 then) and `bytes`'
-/// shared header (24). With it the budget bounds the memory L1 really takes.
-/// An entry without a document, a tombstone, an unknown id or a SKU, costs less (moka's
-/// part and a per-entry timer node, about 320 bytes): charging it the same errs on the
-/// side of the budget.
-const ENTRY_OVERHEAD: u32 = 406;
-
-/// Bytes charged for a document's gzip form beyond its buffer's allocation: the `Box`
-/// holding its `Bytes` (32) and `bytes`' shared header (24).
-const GZIP_OVERHEAD: usize = 56;
-
-/// What the allocator (mimalloc) really hands out for `len` bytes: its size classes are
-/// 8-byte words up to 64 bytes, then four per power of two, so a 570-byte document
-/// buffer takes 640.
-fn allocation_size(len: usize) -> usize {
-    const WORD: usize = 8;
-    let words = len.div_ceil(WORD);
-    if words <= 8 {
-        return words * WORD;
-    }
-    let w = words - 1;
-    let step = 1usize << (w.ilog2() - 2);
-    ((w / step) + 1) * step * WORD
-}
-
 /// Tuning of L1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct L1Config {
@@ -158,70 +135,6 @@ pub struct L1 {
     document_life: Duration,
     /// Held by every clone; the expiry walk stops when the last one is dropped.
     _alive: Arc<()>,
-}
-
-/// Expiry policy: negative entries live `negative_ttl`, everything else `max_ttl`,
-/// counted from the last write of the entry, and never longer than the cap in force when
-/// it was written. Live documents have no per-entry timer unless a cap is in force: L1
-/// expires them by their load time (`document_life`), at read time and by walking.
-struct Ttl {
-    config: L1Config,
-    cap_millis: Arc<AtomicU64>,
-}
-
-impl Ttl {
-    fn ttl(&self, value: &Cached) -> Option<Duration> {
-        let ttl = match value {
-            Cached::Unknown | Cached::NoSku => {
-                Some(self.config.negative_ttl.min(self.config.max_ttl))
-            }
-            Cached::Found(_) => None,
-            Cached::Gone(_) | Cached::Sku(_) | Cached::Body(_) => Some(self.config.max_ttl),
-        };
-        match self.cap_millis.load(Ordering::Relaxed) {
-            0 => ttl,
-            cap => {
-                let cap = Duration::from_millis(cap);
-                Some(ttl.map_or(cap, |ttl| ttl.min(cap)))
-            }
-        }
-    }
-}
-
-impl moka::Expiry<Key, Cached> for Ttl {
-    fn expire_after_create(&self, _: &Key, value: &Cached, _: Instant) -> Option<Duration> {
-        self.ttl(value)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &Key,
-        value: &Cached,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        self.ttl(value)
-    }
-}
-
-fn weigh(key: &Key, value: &Cached) -> u32 {
-    let key_bytes = match key {
-        Key::Product(_) | Key::Categories => 0,
-        Key::Sku(sku) => sku.len(),
-    };
-    let value_bytes = match value {
-        Cached::Found(doc) => {
-            allocation_size(doc.held_bytes())
-                + doc
-                    .gzip_held_bytes()
-                    .map_or(0, |gzip| allocation_size(gzip) + GZIP_OVERHEAD)
-        }
-        Cached::Gone(_) | Cached::Unknown | Cached::Sku(_) | Cached::NoSku => 0,
-        Cached::Body(body) => body.identity.len() + body.gzip.as_ref().map_or(0, Bytes::len),
-    };
-    u32::try_from(key_bytes + value_bytes)
-        .unwrap_or(u32::MAX)
-        .saturating_add(ENTRY_OVERHEAD)
 }
 
 impl L1 {
@@ -509,260 +422,4 @@ impl L1 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::document::Document;
-
-    fn config() -> L1Config {
-        L1Config {
-            budget_bytes: 1 << 20,
-            max_ttl: Duration::from_secs(300),
-            negative_ttl: Duration::from_millis(50),
-            stale_if_error: Duration::ZERO,
-        }
-    }
-
-    fn found(id: i64, len: usize) -> Lookup {
-        Lookup::Found(Arc::new(Document::new(id, 1, "SKU", &vec![b'x'; len])))
-    }
-
-    fn version(id: i64, version: i64) -> Lookup {
-        Lookup::Found(Arc::new(Document::new(id, version, "SKU", b"{}")))
-    }
-
-    #[test]
-    fn fills_never_replace_newer_versions_or_pass_the_floor() {
-        let l1 = L1::new(config());
-        assert!(l1.insert_fresh(1, version(1, 3), || 0));
-        assert!(
-            !l1.insert_fresh(1, version(1, 2), || 0),
-            "older than cached"
-        );
-        assert_eq!(l1.product(1).unwrap().version(), 3);
-        assert!(
-            !l1.insert_fresh(2, version(2, 4), || 5),
-            "older than the floor"
-        );
-        assert_eq!(l1.product(2), None);
-        assert!(!l1.insert_fresh(2, Lookup::Unknown, || 1));
-        assert!(l1.insert_fresh(2, version(2, 5), || 5));
-    }
-
-    #[test]
-    fn invalidations_evict_only_older_entries() {
-        let l1 = L1::new(config());
-        l1.insert_product(1, version(1, 3));
-        assert!(!l1.evict_older(1, 3));
-        assert!(l1.product(1).is_some());
-        assert!(l1.evict_older(1, 4));
-        assert_eq!(l1.product(1), None);
-        l1.insert_product(2, Lookup::Unknown);
-        assert!(
-            l1.evict_older(2, 1),
-            "a negative entry is older than any write"
-        );
-        l1.insert_product(3, version(3, 1));
-        l1.flush();
-        assert_eq!(l1.product(3), None);
-    }
-
-    #[test]
-    fn the_budget_bounds_the_bytes_held() {
-        let l1 = L1::new(L1Config {
-            budget_bytes: 100_000,
-            ..config()
-        });
-        for id in 0..1000 {
-            l1.insert_product(id, found(id, 1000));
-        }
-        l1.sync();
-        let (entries, bytes) = l1.usage();
-        assert!(bytes <= 100_000, "{bytes} bytes held");
-        assert!(entries < 100, "{entries} entries held");
-    }
-
-    #[test]
-    fn negative_entries_expire_first_and_a_fill_replaces_them() {
-        let l1 = L1::new(config());
-        l1.insert_product(1, Lookup::Unknown);
-        l1.insert_product(2, found(2, 10));
-        assert_eq!(l1.product(1), Some(Lookup::Unknown));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while l1.product(1).is_some() {
-            assert!(Instant::now() < deadline, "negative entry never expired");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(l1.product(2).is_some());
-        // An update from negative to found takes the long TTL.
-        l1.insert_product(3, Lookup::Unknown);
-        l1.insert_product(3, found(3, 10));
-        std::thread::sleep(Duration::from_millis(120));
-        assert!(matches!(l1.product(3), Some(Lookup::Found(_))));
-    }
-
-    fn loaded(l1: &L1, id: i64) -> Instant {
-        match l1.product(id) {
-            Some(Lookup::Found(doc)) => doc.loaded(),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_document_is_returned_for_its_life_from_loading_and_then_dropped() {
-        let l1 = L1::new(L1Config {
-            stale_if_error: Duration::from_secs(60),
-            ..config()
-        });
-        l1.insert_product(1, found(1, 10));
-        let life = Duration::from_secs(360);
-        let loaded = loaded(&l1, 1);
-        let last = loaded + life - Duration::from_millis(1);
-        assert!(
-            matches!(l1.product_at(1, last), Some(Lookup::Found(_))),
-            "kept past max_ttl, for stale-if-error"
-        );
-        assert_eq!(l1.product_at(1, loaded + life), None, "outlived");
-        l1.sync();
-        assert_eq!(
-            l1.usage().0,
-            0,
-            "dropped by the read that found it outlived"
-        );
-    }
-
-    #[test]
-    fn an_outlived_document_counts_as_absent_to_fills_and_the_auditor() {
-        let l1 = L1::new(L1Config {
-            max_ttl: Duration::from_millis(30),
-            negative_ttl: Duration::from_millis(30),
-            ..config()
-        });
-        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
-        l1.insert_product(1, version(1, 5));
-        assert_eq!(l1.sample_products(10, &mut rng), vec![(1, 5)]);
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(l1.sample_products(10, &mut rng).is_empty());
-        // As when moka expired it: an older fill is stored (floors guard the rest).
-        assert!(l1.insert_fresh(1, version(1, 4), || 0));
-        assert_eq!(l1.product(1).unwrap().version(), 4);
-    }
-
-    #[test]
-    fn the_sweeper_drops_the_outlived_documents_no_read_finds() {
-        let l1 = L1::new(config());
-        l1.insert_product(1, found(1, 10));
-        l1.insert_product(2, Lookup::Gone { version: 2 });
-        let loaded = loaded(&l1, 1);
-        assert_eq!(l1.sweep(Instant::now()), 0);
-        assert_eq!(l1.sweep(loaded + Duration::from_secs(300)), 1);
-        l1.sync();
-        assert_eq!(l1.usage().0, 1, "the tombstone has a timer of its own");
-        // and the thread sweeps every half life
-        let l1 = L1::new(L1Config {
-            max_ttl: Duration::from_millis(40),
-            ..config()
-        });
-        l1.insert_product(1, found(1, 10));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            l1.sync();
-            if l1.usage().0 == 0 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "never swept");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    #[test]
-    fn documents_stored_under_a_cap_expire_at_the_cap() {
-        let l1 = L1::new(config());
-        l1.limit_ttl(Some(Duration::from_millis(50)));
-        l1.insert_product(1, found(1, 10));
-        assert!(l1.insert_fresh(3, version(3, 1), || 0));
-        l1.limit_ttl(None);
-        l1.insert_product(2, found(2, 10));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while l1.product(1).is_some() || l1.product(3).is_some() {
-            assert!(Instant::now() < deadline, "capped documents never expired");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(l1.product(2).is_some(), "stored after the cap was lifted");
-    }
-
-    #[test]
-    fn skus_and_bodies_round_trip() {
-        let l1 = L1::new(config());
-        let (a, b): (Arc<str>, Arc<str>) = ("A".into(), "B".into());
-        l1.insert_sku(Arc::clone(&a), Some(7));
-        l1.insert_sku(Arc::clone(&b), None);
-        assert_eq!(l1.sku(&a), Some(Some(7)));
-        assert_eq!(l1.sku(&b), Some(None));
-        assert_eq!(l1.sku(&"C".into()), None);
-        let generation = l1.body_generation();
-        let body = Arc::new(Body {
-            identity: Bytes::from_static(b"[]"),
-            gzip: Some(Bytes::from_static(b"gz")),
-        });
-        assert!(l1.insert_body(Key::Categories, Arc::clone(&body), generation));
-        assert_eq!(l1.body(&Key::Categories), Some(Arc::clone(&body)));
-        assert_eq!(
-            weigh(&Key::Categories, &Cached::Body(Arc::clone(&body))),
-            4 + ENTRY_OVERHEAD
-        );
-        l1.invalidate(&Key::Categories);
-        assert!(!l1.insert_body(Key::Categories, body, generation));
-        assert_eq!(l1.body(&Key::Categories), None);
-    }
-
-    #[test]
-    fn a_document_is_charged_the_allocation_of_its_buffer() {
-        let sizes = [
-            (0, 0),
-            (1, 8),
-            (64, 64),
-            (65, 80),
-            (570, 640),
-            (640, 640),
-            (641, 768),
-        ];
-        for (len, charged) in sizes {
-            assert_eq!(allocation_size(len), charged, "{len} bytes");
-        }
-        assert_eq!(allocation_size(1025), 1280);
-        let doc = found(1, 570);
-        let Lookup::Found(held) = &doc else {
-            unreachable!()
-        };
-        let charged = weigh(&Key::Product(1), &Cached::product(doc.clone()));
-        assert_eq!(
-            charged as usize,
-            allocation_size(held.held_bytes()) + ENTRY_OVERHEAD as usize
-        );
-    }
-
-    #[test]
-    fn a_document_is_charged_its_gzip_form_once_made() {
-        let l1 = L1::new(config());
-        let doc = Arc::new(Document::new(1, 1, "SKU", &vec![b'x'; 2000]));
-        l1.insert_product(1, Lookup::Found(Arc::clone(&doc)));
-        l1.sync();
-        let before = l1.usage().1;
-        assert_eq!(
-            before,
-            u64::from(weigh(&Key::Product(1), &Cached::Found(Arc::clone(&doc))))
-        );
-        let gzip = doc.gzip().unwrap();
-        assert!(gzip.made);
-        l1.reweigh(&doc);
-        l1.sync();
-        let grown = allocation_size(doc.gzip_held_bytes().unwrap()) + GZIP_OVERHEAD;
-        assert_eq!(l1.usage().1, before + grown as u64);
-        // Another copy of the same version is not reweighed in its place.
-        let other = Arc::new(Document::new(1, 1, "SKU", &vec![b'x'; 2000]));
-        other.gzip().unwrap();
-        l1.insert_product(1, Lookup::Found(Arc::clone(&doc)));
-        l1.reweigh(&other);
-        assert!(matches!(l1.product(1), Some(Lookup::Found(held)) if Arc::ptr_eq(&held, &doc)));
-    }
-}
+mod tests;

@@ -2,7 +2,8 @@
 //! connections (HTTP/1.1 keep-alive, and HTTP/2 cleartext with prior knowledge), limits
 //! on connections, header size and count and header read time, and a graceful drain.
 //!
-//! It knows nothing of routes: a face implements [`Handler`].
+//! It knows nothing of routes: a face implements [`Handler`]. Each request's
+//! `X-Request-Id` is made in `request_id.rs`.
 //!
 //! Two of hyper's own limits cost more per request than the rest of a cache hit, so
 //! they are replaced (measured with `bench/profile.sh`, instructions per request):
@@ -23,31 +24,34 @@ pub mod client;
 pub mod parse;
 pub mod problem;
 pub mod rate;
+mod request_id;
 pub mod response;
 pub mod surrogate;
+mod watchdog;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderName, HeaderValue};
+use hyper::header::HeaderName;
 use hyper::server::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::{Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use rate::RateLimit;
+use request_id::request_id;
+use watchdog::{Activity, Counted, InFlight, Watch};
 
 /// The bounds a listener enforces on its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,9 +97,6 @@ pub struct Policy {
 /// one, generated otherwise, and always echoed on the response.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Longest request id passed through.
-const MAX_REQUEST_ID: usize = 128;
-
 /// How often a rate limiter forgets clients whose buckets are full again.
 const FORGET_IDLE_CLIENTS: Duration = Duration::from_secs(60);
 
@@ -125,38 +126,6 @@ pub trait Handler: Send + Sync + 'static {
         _client: std::net::IpAddr,
     ) -> Option<Response<StreamBody>> {
         None
-    }
-}
-
-/// A streaming body that tells its connection's watchdog when it ends (or is dropped).
-struct InFlight {
-    body: StreamBody,
-    activity: Arc<Activity>,
-}
-
-impl hyper::body::Body for InFlight {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.activity.answered.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -300,47 +269,6 @@ fn is_operational(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
-/// The request's own id if it sent a usable one (1 to 128 visible ASCII characters),
-/// else a new one: this process's random tag and a counter, unique per process.
-fn request_id(headers: &hyper::HeaderMap) -> HeaderValue {
-    if let Some(given) = headers.get(X_REQUEST_ID)
-        && (1..=MAX_REQUEST_ID).contains(&given.len())
-        && given.as_bytes().iter().all(|b| b.is_ascii_graphic())
-    {
-        return given.clone();
-    }
-    static TAG: std::sync::OnceLock<[u8; 8]> = std::sync::OnceLock::new();
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let tag = TAG.get_or_init(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let mut tag = [0; 8];
-        hex(
-            u64::from(nanos ^ std::process::id().rotate_left(16)),
-            &mut tag,
-        );
-        tag
-    });
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    // `<tag>-<n>`, both in hex, written by hand: this runs on every hit of a client that
-    // sends no id, where `format!` cost a few hundred instructions.
-    let mut id = [0; 8 + 1 + 16];
-    id[..8].copy_from_slice(tag);
-    id[8] = b'-';
-    let digits = (u64::BITS - n.leading_zeros()).div_ceil(4).max(1) as usize;
-    hex(n, &mut id[9..9 + digits]);
-    HeaderValue::from_bytes(&id[..9 + digits]).expect("hex digits form a header value")
-}
-
-/// Writes the low `out.len()` hex digits of `n` into `out`, most significant first.
-fn hex(mut n: u64, out: &mut [u8]) {
-    for digit in out.iter_mut().rev() {
-        *digit = b"0123456789abcdef"[(n & 0xf) as usize];
-        n >>= 4;
-    }
-}
-
 /// Whether a client opened with HTTP/2's connection preface (h2c with prior knowledge);
 /// the bytes stay in the socket for the protocol's own parser. The caller bounds the
 /// wait (a client that sends a prefix of the preface and stops is cut by the header
@@ -385,69 +313,6 @@ async fn sends_h2_preface(stream: &TcpStream) -> bool {
     }
 }
 
-/// A connection's socket, telling the [`watchdog`] whether a write is waiting for the
-/// client to make room (so a response is still being written).
-struct Counted {
-    stream: TcpStream,
-    activity: Arc<Activity>,
-}
-
-impl Counted {
-    fn wrote<T>(&self, written: &Poll<T>) {
-        let pending = written.is_pending();
-        self.activity.writing.store(pending, Ordering::Relaxed);
-        if !pending {
-            self.activity.writes.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
-        self.wrote(&written);
-        written
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        self.wrote(&written);
-        written
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let flushed = Pin::new(&mut self.stream).poll_flush(cx);
-        self.wrote(&flushed);
-        flushed
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
 /// What one connection's requests share: the face, and the requests' progress.
 struct Connection<H> {
     handler: Arc<H>,
@@ -456,84 +321,6 @@ struct Connection<H> {
     rate: Option<Arc<RateLimit>>,
     /// The peer's address: the rate limit's key.
     client: std::net::IpAddr,
-}
-
-/// What a connection's requests have done, for its [`watchdog`].
-#[derive(Debug, Default)]
-struct Activity {
-    /// Requests whose head has been read.
-    begun: AtomicU64,
-    /// Requests whose handler returned (hyper may still be writing the body).
-    answered: AtomicU64,
-    /// Whether the last write to the socket waited for room: a response (its body
-    /// perhaps long after its handler returned) is still being written.
-    writing: AtomicBool,
-    /// Writes to the socket that went through: a stalled response's count stands still.
-    writes: AtomicU64,
-}
-
-/// The watchdog of one connection: cuts off clients too slow to send a request head
-/// (or idle), and asks the connection to finish gracefully when the server stops.
-struct Watch<'a> {
-    activity: &'a Activity,
-    period: Duration,
-    /// How long a response may wait for its client to take more of it.
-    stall: Duration,
-    stop: &'a CancellationToken,
-}
-
-impl Watch<'_> {
-    /// Drives `connection` to its end, closing it when a whole period passes in which
-    /// no request began while none was in flight and no response was being written; on
-    /// stop, `shut_down` lets the requests in flight finish first. A response still being
-    /// written that made no progress for `stall` (checked once a period) closes it too.
-    async fn run<C, E>(&self, connection: C, shut_down: impl Fn(Pin<&mut C>))
-    where
-        C: Future<Output = Result<(), E>>,
-        E: std::fmt::Display,
-    {
-        let mut connection = std::pin::pin!(connection);
-        let mut seen = 0;
-        let mut stopping = false;
-        let (mut writes_seen, mut stalled) = (0, Duration::ZERO);
-        loop {
-            tokio::select! {
-                biased;
-                ended = &mut connection => {
-                    if let Err(err) = ended {
-                        tracing::debug!(error = %err, "connection ended with an error");
-                    }
-                    return;
-                }
-                () = self.stop.cancelled(), if !stopping => {
-                    stopping = true;
-                    shut_down(connection.as_mut());
-                }
-                () = tokio::time::sleep(self.period) => {
-                    let begun = self.activity.begun.load(Ordering::Relaxed);
-                    if begun == seen
-                        && self.activity.answered.load(Ordering::Relaxed) == begun
-                        && !self.activity.writing.load(Ordering::Relaxed)
-                    {
-                        tracing::debug!(period = ?self.period, "closing a connection idle for a whole period");
-                        return;
-                    }
-                    seen = begun;
-                    let writes = self.activity.writes.load(Ordering::Relaxed);
-                    if self.activity.writing.load(Ordering::Relaxed) && writes == writes_seen {
-                        stalled += self.period;
-                        if stalled >= self.stall {
-                            tracing::debug!(stalled = ?stalled, "closing a connection whose client stopped reading its response");
-                            return;
-                        }
-                    } else {
-                        stalled = Duration::ZERO;
-                    }
-                    writes_seen = writes;
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -547,38 +334,6 @@ mod tests {
     use super::*;
 
     const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-    #[test]
-    fn request_ids_are_the_process_tag_and_a_hex_counter_unless_the_client_sent_one() {
-        let none = hyper::HeaderMap::new();
-        let ids: Vec<String> = (0..40)
-            .map(|_| request_id(&none).to_str().unwrap().to_owned())
-            .collect();
-        let (tag, _) = ids[0].split_once('-').unwrap();
-        let counters: Vec<u64> = ids
-            .iter()
-            .map(|id| {
-                let (t, n) = id.split_once('-').expect("tag-counter");
-                assert_eq!(t, tag, "{id}");
-                assert_eq!(t.len(), 8, "{id}");
-                assert!(!n.starts_with('0') || n == "0", "no leading zero: {id}");
-                u64::from_str_radix(n, 16).expect("hex")
-            })
-            .collect();
-        // Other tests draw ids too: increasing, not always consecutive.
-        assert!(counters.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
-        let mut digits = [0; 16];
-        hex(u64::MAX, &mut digits);
-        assert_eq!(&digits, b"ffffffffffffffff");
-        hex(0x1a, &mut digits[..3]);
-        assert_eq!(&digits[..3], b"01a");
-
-        let mut given = hyper::HeaderMap::new();
-        given.insert(X_REQUEST_ID, HeaderValue::from_static("trace-42"));
-        assert_eq!(request_id(&given), "trace-42");
-        given.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
-        assert_ne!(request_id(&given), "has space", "not visible ASCII only");
-    }
 
     /// A future that counts how often it is polled.
     struct Polls<F> {

@@ -9,7 +9,10 @@
 //! The parts, in the order a request meets them:
 //!
 //! - [`route`]: the path → a [`route::Route`] and its metric label;
-//! - this file: the [`Reader`], its dispatch and one handler per route;
+//! - this file: the [`Reader`], its dispatch, and the handlers of `GET /products/{id}`,
+//!   of the change feed's subscriptions and of the operational routes;
+//! - `batch.rs` and `categories.rs`: the handlers of `GET /products?ids=`,
+//!   `GET /categories` and `GET /categories/{slug}/products`;
 //! - [`token`]: what a read with `Min-Catalog-Token` must include
 //!   ([`token::Consistency`]), and the reads that serve it around the caches;
 //! - [`sku`]: by-SKU lookups;
@@ -22,6 +25,8 @@
 //! - [`cors`]: the headers browsers need, for configured origins;
 //! - [`error`], [`limits`]: what a request can fail with, and its bounds.
 
+mod batch;
+mod categories;
 pub mod changes;
 pub mod cors;
 pub mod encoding;
@@ -46,22 +51,17 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response};
 use tokio_util::either::Either;
 
-use crate::cache::{Body, Key, L1};
+use crate::cache::L1;
 use crate::coherence::feed::Feed;
 use crate::coherence::floors::Floors;
-use crate::document::{Document, Lookup};
-use crate::gzip;
-use crate::http::parse::query_param;
+use crate::document::Lookup;
 use crate::http::response as plain;
-use crate::http::surrogate::{CATEGORIES_KEY, category_key};
 use crate::http::{Draining, StreamBody};
 use crate::metrics::{HttpMetrics, Metrics};
-use crate::store::catalog;
 use crate::store::redis::L2;
 use crate::store::replicas::Databases;
 use changes::ChangeFeed;
 use cors::Cors;
-use encoding::Encoding;
 use error::ReadError;
 use http_body_util::BodyExt as _;
 use limits::MAX_URI_BYTES;
@@ -481,140 +481,6 @@ impl Reader {
             Lookup::Found(doc) => Ok(self.document_response(&doc, headers, now)),
             Lookup::Gone { .. } | Lookup::Unknown => Err(ReadError::ProductNotFound(id)),
         }
-    }
-
-    async fn batch(
-        &self,
-        query: Option<&str>,
-        headers: &HeaderMap,
-        at: Consistency,
-    ) -> Result<Response<Full<Bytes>>, ReadError> {
-        let ids = listing::parse_ids(query_param(query, "ids"))?;
-        let lookups = self.products_at(&ids, at).await?;
-        let mut docs: Vec<&Document> = Vec::with_capacity(ids.len());
-        let mut missing = Vec::new();
-        for (id, lookup) in ids.iter().zip(&lookups) {
-            match lookup {
-                Lookup::Found(doc) => docs.push(doc),
-                Lookup::Gone { .. } | Lookup::Unknown => missing.push(*id),
-            }
-        }
-        let missing_ids: Vec<u8> = missing.iter().flat_map(|id| id.to_le_bytes()).collect();
-        let encoding = self.listing_encoding(headers, &docs);
-        let etag = response::listing_etag(&docs, &missing_ids, encoding);
-        let keys = || {
-            let keys: Vec<&str> = docs.iter().map(|d| d.key_str()).collect();
-            keys.join(" ")
-        };
-        let body = || match encoding {
-            Encoding::Identity => listing::batch_body(&docs, &missing),
-            Encoding::Gzip => listing::batch_gzip(&docs, &missing, |doc| self.l1.reweigh(doc)),
-        };
-        Ok(self.listing_response(body, etag, encoding, keys, headers))
-    }
-
-    /// A listing of `docs` is sent in gzip when the request may have it and some
-    /// document in it is worth it.
-    fn listing_encoding(&self, headers: &HeaderMap, docs: &[&Document]) -> Encoding {
-        match self.encoding(headers) {
-            Encoding::Gzip if listing::worth_gzip(docs) => Encoding::Gzip,
-            Encoding::Gzip | Encoding::Identity => Encoding::Identity,
-        }
-    }
-
-    /// `GET /categories`: from L1, else from a database that has replayed everything
-    /// this reader's watermark covers (so never older than an invalidation it applied),
-    /// stored only if no invalidation came while it was read.
-    async fn categories(&self, headers: &HeaderMap) -> Result<Response<Full<Bytes>>, ReadError> {
-        let answer = |body: Arc<Body>| {
-            let (bytes, encoding) = match (self.encoding(headers), &body.gzip) {
-                (Encoding::Gzip, Some(gzip)) => (gzip.clone(), Encoding::Gzip),
-                _ => (body.identity.clone(), Encoding::Identity),
-            };
-            let etag = response::body_etag(&body.identity, encoding);
-            let keys = || CATEGORIES_KEY.to_owned();
-            self.listing_response(|| bytes, etag, encoding, keys, headers)
-        };
-        if let Some(body) = self.l1.body(&Key::Categories) {
-            return Ok(answer(body));
-        }
-        let generation = self.l1.body_generation();
-        let applied = *self.applied.borrow();
-        let rows = self
-            .query_covering(applied, |pool| Box::pin(catalog::categories(pool)))
-            .await?;
-        #[derive(serde::Serialize)]
-        struct Items<'a> {
-            items: &'a [catalog::CategoryRow],
-        }
-        let json = serde_json::to_vec(&Items { items: &rows })?;
-        // Compressed once per fill, with the JSON it is kept beside.
-        let gzip = (self.gzip && json.len() >= gzip::MIN_BODY).then(|| gzip::member(&json, &[]));
-        let body = Arc::new(Body {
-            identity: Bytes::from(json),
-            gzip,
-        });
-        self.l1
-            .insert_body(Key::Categories, Arc::clone(&body), generation);
-        Ok(answer(body))
-    }
-
-    async fn category_products(
-        &self,
-        raw_slug: &str,
-        query: Option<&str>,
-        headers: &HeaderMap,
-        at: Consistency,
-    ) -> Result<Response<Full<Bytes>>, ReadError> {
-        let limit = listing::parse_limit(query_param(query, "limit"))?;
-        let after = listing::decode_cursor(raw_slug, query_param(query, "cursor"))?;
-        let slug: Arc<str> = Arc::from(raw_slug);
-        let page = match at {
-            Consistency::Cached => {
-                self.query_replica_or_primary(move |pool| {
-                    let slug = Arc::clone(&slug);
-                    Box::pin(
-                        async move { catalog::category_page(pool, &slug, after, limit + 1).await },
-                    )
-                })
-                .await?
-            }
-            Consistency::AtLeast(lsn) => {
-                self.query_covering(lsn, move |pool| {
-                    let slug = Arc::clone(&slug);
-                    Box::pin(
-                        async move { catalog::category_page(pool, &slug, after, limit + 1).await },
-                    )
-                })
-                .await?
-            }
-        };
-        let mut ids = page.ok_or(ReadError::CategoryNotFound)?;
-        let more = ids.len() as i64 > limit;
-        ids.truncate(limit as usize);
-        let lookups = self.products_at(&ids, at).await?;
-        let docs: Vec<&Document> = lookups
-            .iter()
-            .filter_map(|lookup| match lookup {
-                Lookup::Found(doc) => Some(&**doc),
-                Lookup::Gone { .. } | Lookup::Unknown => None,
-            })
-            .collect();
-        let cursor = match ids.last() {
-            Some(&last) if more => Some(listing::encode_cursor(raw_slug, last)),
-            _ => None,
-        };
-        let encoding = self.listing_encoding(headers, &docs);
-        let tail = cursor.as_deref().unwrap_or("").as_bytes();
-        let etag = response::listing_etag(&docs, tail, encoding);
-        let body = || match encoding {
-            Encoding::Identity => listing::page_body(&docs, cursor.as_deref()),
-            Encoding::Gzip => {
-                listing::page_gzip(&docs, cursor.as_deref(), |doc| self.l1.reweigh(doc))
-            }
-        };
-        let keys = || category_key(raw_slug);
-        Ok(self.listing_response(body, etag, encoding, keys, headers))
     }
 }
 

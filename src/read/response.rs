@@ -20,6 +20,7 @@ use hyper::header::{
 use hyper::{Response, StatusCode};
 
 use super::encoding::Encoding;
+use super::listing;
 use super::{HttpCaching, Reader};
 use crate::document::Document;
 use crate::http::response::JSON;
@@ -72,6 +73,15 @@ impl Reader {
             super::encoding::negotiate(headers)
         } else {
             Encoding::Identity
+        }
+    }
+
+    /// A listing of `docs` is sent in gzip when the request may have it and some
+    /// document in it is worth it.
+    pub(super) fn listing_encoding(&self, headers: &HeaderMap, docs: &[&Document]) -> Encoding {
+        match self.encoding(headers) {
+            Encoding::Gzip if listing::worth_gzip(docs) => Encoding::Gzip,
+            Encoding::Gzip | Encoding::Identity => Encoding::Identity,
         }
     }
 

@@ -20,12 +20,16 @@
 //! between commit and publish are published by the next relay round, on restart. Once a
 //! round committed, its rows' surrogate keys go to the edge purger, if there is one
 //! ([`super::purger`]).
+//!
+//! The round's outbox queries are in `outbox.rs`; what it does with its [`Sink`] (the
+//! stream's state, the epoch, the append) in `sink.rs`.
 
-use std::collections::HashMap;
+mod outbox;
+mod sink;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fred::prelude::*;
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio_util::sync::CancellationToken;
@@ -38,6 +42,8 @@ use crate::document::Lookup;
 use crate::metrics::Metrics;
 use crate::store::catalog;
 use crate::store::redis::L2;
+use outbox::{OutboxRow, advance_sequence, unpublished};
+use sink::StreamState;
 
 /// The channel writes notify on commit.
 pub const CHANNEL: &str = "catalog_outbox";
@@ -152,18 +158,6 @@ pub struct Relay {
     backlog_counted: std::sync::Mutex<Option<Instant>>,
     /// Purges what each round published from the edge caches, if there are any.
     purger: Option<Arc<EdgePurger>>,
-}
-
-/// One outbox row.
-#[derive(Debug, sqlx::FromRow)]
-struct OutboxRow {
-    id: i64,
-    product_id: Option<i64>,
-    purge: bool,
-    deleted: bool,
-    version: i64,
-    categories: Vec<String>,
-    created_micros: i64,
 }
 
 impl Relay {
@@ -446,123 +440,4 @@ impl Relay {
         );
         Ok(epoch)
     }
-
-    /// The stream's state after `next_seq - 1` entries were published: its newest entry
-    /// and its epoch, read with two commands sent together.
-    async fn stream_state(&self, next_seq: i64) -> Result<StreamState, RelayError> {
-        let Sink::Redis {
-            l2,
-            stream_key,
-            epoch_key,
-            ..
-        } = &self.sink
-        else {
-            return Ok(StreamState::Intact(None));
-        };
-        let client = l2.client();
-        let (newest, epoch) = tokio::join!(
-            client.xrevrange::<Vec<(String, HashMap<String, String>)>, _, _, _>(
-                stream_key.as_str(),
-                "+",
-                "-",
-                Some(1)
-            ),
-            client.get::<Option<String>, _>(epoch_key.as_str()),
-        );
-        let (newest, epoch) = (newest?, epoch?);
-        let newest_seq = newest
-            .first()
-            .and_then(|(_, fields)| Invalidation::parse(fields))
-            .map(|entry| entry.seq);
-        Ok(
-            if next_seq > 1 && newest_seq.is_none_or(|seq| seq < next_seq - 1) {
-                StreamState::RolledBack
-            } else {
-                StreamState::Intact(epoch)
-            },
-        )
-    }
-
-    /// The epoch entries carry: the stream's (created if Redis has none), or this
-    /// process's for the in-process bus.
-    async fn epoch(&self) -> Result<String, RelayError> {
-        Ok(match &self.sink {
-            Sink::Redis { l2, epoch_key, .. } => {
-                super::stream::ensure_epoch(l2.client(), epoch_key).await?
-            }
-            Sink::Local { epoch, .. } => epoch.clone(),
-        })
-    }
-
-    /// Appends `entries` to the stream (`XADD`, `MAXLEN ~`), or sends them on the bus.
-    async fn append(&self, entries: &[Invalidation]) -> Result<(), RelayError> {
-        match &self.sink {
-            Sink::Redis {
-                l2,
-                stream_key,
-                max_len,
-                ..
-            } => {
-                // One pipeline: a round of 256 entries costs one round trip, so the relay
-                // keeps up with bulk imports and a write behind them is not held up.
-                let pipeline = l2.client().pipeline();
-                for entry in entries {
-                    let _: () = pipeline
-                        .xadd(
-                            stream_key.as_str(),
-                            false,
-                            ("MAXLEN", "~", *max_len as i64, None),
-                            "*",
-                            entry.fields(),
-                        )
-                        .await?;
-                }
-                let _: Vec<String> = pipeline.all().await?;
-            }
-            Sink::Local { bus, .. } => {
-                for entry in entries {
-                    // No receiver (no reader in this process) is fine: nothing to invalidate.
-                    let _ = bus.send(entry.clone());
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// What a round finds of the stream before it appends.
-enum StreamState {
-    /// The stream has lost entries that the relay's sequence says were published: its
-    /// newest entry is older than the last sequence number handed out, or it is gone
-    /// (Redis failed over to an asynchronous replica, was restored from a snapshot, or
-    /// restarted empty). Trimming never removes the newest entry.
-    RolledBack,
-    /// The stream holds what was published; its epoch, when Redis has one (`None`
-    /// also for the in-process bus).
-    Intact(Option<String>),
-}
-
-/// The oldest unpublished outbox rows, single writes before a bulk import's, at most
-/// [`BATCH`].
-async fn unpublished(tx: &mut Transaction<'_, Postgres>) -> Result<Vec<OutboxRow>, sqlx::Error> {
-    sqlx::query_as(
-        "select id, product_id, purge, deleted, coalesce(version, 0) as version, categories, \
-         (extract(epoch from created_at) * 1000000)::bigint as created_micros \
-         from outbox where published_at is null order by bulk, id limit $1",
-    )
-    .bind(BATCH)
-    .fetch_all(&mut **tx)
-    .await
-}
-
-/// Moves the relay's sequence to `next`, inside the round's transaction.
-async fn advance_sequence(
-    tx: &mut Transaction<'_, Postgres>,
-    next: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("update relay_state set next_seq = $1 where id = 1")
-        .bind(next)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }
