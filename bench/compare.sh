@@ -10,7 +10,9 @@
 #   (c) zipf     catalogd reader over 1,000,000 products with L1 budgeted to 10 % of the
 #                catalog's bytes (Redis as L2), ids drawn from Zipf(ZIPF, default 1.0) by
 #                the `zipf` example (bench/zipf.rs): a file of 1,000,000 ids per run, which
-#                wrk cycles through
+#                wrk cycles through; its misses' Redis lookups coalesced into MGETs
+#                (CATALOG_L2_COALESCE, 64 keys at most)
+#   zipf_get     (c) again with CATALOG_L2_COALESCE=0: one GET per miss, side by side
 #   (d) cold     catalogd reader over 1,000,000 products, no Redis, a 1 MiB L1, ids
 #                uniform: almost every request is a miss read from the replica
 #   (e) batch50  catalogd reader, GET /products?ids=<50 random ids>, all warm
@@ -35,7 +37,7 @@
 # Needs the local stack (ops/dev.sh up) with the demo catalog (ops/dev.sh run seeds it);
 # seeds a 1,000,000-product database (catalog_bench_1m, bench/lib.sh) the first time
 # (about a minute); installs what is missing (wrk, curl: ops/dev.sh deps --bench); builds
-# catalogd and the ceiling and zipf examples. Runs about 1.5 + rounds*7*seconds/60 min.
+# catalogd and the ceiling and zipf examples. Runs about 2 + rounds*8*seconds/60 min.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -51,6 +53,7 @@ ZIPF_ADDR=127.0.0.1:18082
 COLD_ADDR=127.0.0.1:18083
 CEILING50_ADDR=127.0.0.1:18084
 CEILING_REDIS_ADDR=127.0.0.1:18086
+ZIPF_GET_ADDR=127.0.0.1:18087
 WORK=$(mktemp -d)
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
@@ -150,12 +153,15 @@ budget=$((mean_doc * LARGE / 10))
 log "mean document $mean_doc bytes; (c) L1 budget $budget bytes (10 % of $LARGE documents)"
 start_reader zipf "$ZIPF_ADDR" CATALOG_DATABASE_URL="$LARGE_PRIMARY" CATALOG_REPLICA_URLS="$LARGE_REPLICA" \
   CATALOG_REDIS_PREFIX=bench1m CATALOG_L1_BYTES=$budget
+start_reader zipf_get "$ZIPF_GET_ADDR" CATALOG_DATABASE_URL="$LARGE_PRIMARY" CATALOG_REPLICA_URLS="$LARGE_REPLICA" \
+  CATALOG_REDIS_PREFIX=bench1m CATALOG_L1_BYTES=$budget CATALOG_L2_COALESCE=0
 start_reader cold "$COLD_ADDR" -u CATALOG_REDIS_URL CATALOG_DATABASE_URL="$LARGE_PRIMARY" \
   CATALOG_REPLICA_URLS="$LARGE_REPLICA" CATALOG_L1_BYTES=$((1024 * 1024))
 
 log "warming: every product of (b) once, and (c) to its steady state"
 taskset -c 1 wrk -t1 -c"$CONNS" -d20s -s "$WORK/uniform.lua" "http://$READER_ADDR" >/dev/null
 taskset -c 1 wrk -t1 -c"$CONNS" -d20s -s "$WORK/zipf.0.lua" "http://$ZIPF_ADDR" >/dev/null
+taskset -c 1 wrk -t1 -c"$CONNS" -d20s -s "$WORK/zipf.0.lua" "http://$ZIPF_GET_ADDR" >/dev/null
 
 
 # run PID URL SCRIPT -> "req_per_s p50_ms p99_ms cpu_us_per_req"
@@ -179,7 +185,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " "); h 
 
 : >"$WORK/results"
 declare -A before_counts
-for addr in "$READER_ADDR" "$ZIPF_ADDR" "$COLD_ADDR"; do before_counts[$addr]=$(counts "$addr"); done
+for addr in "$READER_ADDR" "$ZIPF_ADDR" "$ZIPF_GET_ADDR" "$COLD_ADDR"; do before_counts[$addr]=$(counts "$addr"); done
 for round in $(seq 1 "$ROUNDS"); do
   log "round $round of $ROUNDS"
   echo "ceiling $(run "$ceiling_pid" "http://$CEILING_ADDR" "$WORK/uniform.lua")" >>"$WORK/results"
@@ -187,11 +193,13 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "ceil_redis $(run "$ceil_redis_pid" "http://$CEILING_REDIS_ADDR" "$WORK/uniform.lua")" >>"$WORK/results"
   echo "hits $(run "$hits_pid" "http://$READER_ADDR" "$WORK/uniform.lua")" >>"$WORK/results"
   echo "zipf $(run "$zipf_pid" "http://$ZIPF_ADDR" "$WORK/zipf.$round.lua")" >>"$WORK/results"
+  echo "zipf_get $(run "$zipf_get_pid" "http://$ZIPF_GET_ADDR" "$WORK/zipf.$round.lua")" >>"$WORK/results"
   echo "cold $(run "$cold_pid" "http://$COLD_ADDR" "$WORK/cold.lua")" >>"$WORK/results"
   echo "batch50 $(run "$hits_pid" "http://$READER_ADDR" "$WORK/batch.lua")" >>"$WORK/results"
 done
 hits_ratio=$(ratio "${before_counts[$READER_ADDR]}" "$(counts "$READER_ADDR")")
 zipf_ratio=$(ratio "${before_counts[$ZIPF_ADDR]}" "$(counts "$ZIPF_ADDR")")
+zipf_get_ratio=$(ratio "${before_counts[$ZIPF_GET_ADDR]}" "$(counts "$ZIPF_GET_ADDR")")
 cold_ratio=$(ratio "${before_counts[$COLD_ADDR]}" "$(counts "$COLD_ADDR")")
 curl -s "http://$ZIPF_ADDR/metrics" >/dev/null # a scrape applies moka's pending work first
 zipf_entries=$(metric "$ZIPF_ADDR" catalog_l1_entries)
@@ -203,12 +211,12 @@ budget_oracle=$("$ZIPF_BIN" oracle --products $LARGE --exponent "$ZIPF" --entrie
 
 echo
 echo "bench/compare.sh: $ROUNDS rounds x ${SECS}s, $CONNS connections, servers on CPU 0, wrk on CPU 1"
-echo "L1 hit ratio over the measured rounds: (b) $hits_ratio, (c) $zipf_ratio, (d) $cold_ratio"
+echo "L1 hit ratio over the measured rounds: (b) $hits_ratio, (c) $zipf_ratio (zipf_get $zipf_get_ratio), (d) $cold_ratio"
 echo "(c) Zipf $ZIPF over $LARGE products, L1 budget $budget bytes (mean document $mean_doc bytes):" \
   "$zipf_entries entries held; an oracle holding the $zipf_entries most popular would hit $oracle;" \
   "one holding only documents' bytes in the same budget ($budget_entries entries) would hit $budget_oracle" \
   "(the reader reaches $(awk -v a="$zipf_ratio" -v b="$budget_oracle" 'BEGIN {printf "%.3f", a / b}') of it)"
-awk -v h="$zipf_ratio" '
+awk -v h="$zipf_ratio" -v hg="$zipf_get_ratio" '
   function median(name, col,   n, i, j, t, v) {
     n = 0; for (i = 1; i <= rows; i++) if (kind[i] == name) v[++n] = val[i, col]
     for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
@@ -217,15 +225,16 @@ awk -v h="$zipf_ratio" '
   { rows++; kind[rows] = $1; for (c = 2; c <= 5; c++) val[rows, c] = $c }
   END {
     printf "%-10s %10s %8s %9s %9s %12s %8s\n", "target", "req/s", "ratio", "p50 ms", "p99 ms", "CPU us/req", "ratio"
-    split("ceiling ceiling50 ceil_redis hits zipf cold batch50", names, " ")
+    split("ceiling ceiling50 ceil_redis hits zipf zipf_get cold batch50", names, " ")
     base_rps = median("ceiling", 2); base_cpu = median("ceiling", 5)
-    for (k = 1; k <= 7; k++) {
+    for (k = 1; k <= 8; k++) {
       n = names[k]
       printf "%-10s %10.0f %8.3f %9.3f %9.3f %12.2f %8.3f\n", n, median(n, 2), median(n, 2) / base_rps, median(n, 3), median(n, 4), median(n, 5), median(n, 5) / base_cpu
     }
     printf "(e) against ceiling50 (the same ~29 KB body): req/s %.3f, CPU per request %.3f\n",
       median("batch50", 2) / median("ceiling50", 2), median("batch50", 5) / median("ceiling50", 5)
     miss = h < 1 ? (median("zipf", 5) - h * median("hits", 5)) / (1 - h) : 0
-    printf "(c) CPU per L1 miss (answered by L2): %.1f us, against %.1f us per request of ceil_redis (%.2fx)\n",
-      miss, median("ceil_redis", 5), miss / median("ceil_redis", 5)
+    miss_get = hg < 1 ? (median("zipf_get", 5) - hg * median("hits", 5)) / (1 - hg) : 0
+    printf "(c) CPU per L1 miss (answered by L2): %.1f us coalesced, %.1f us with one GET each, against %.1f us per request of ceil_redis (%.2fx, %.2fx)\n",
+      miss, miss_get, median("ceil_redis", 5), miss / median("ceil_redis", 5), miss_get / median("ceil_redis", 5)
   }' "$WORK/results"

@@ -1440,3 +1440,91 @@ async fn with_gzip_off_everyone_gets_identity_and_vary_names_only_the_token() {
     }
     app.shutdown().await;
 }
+
+/// `calls` of `command` in Redis's `INFO commandstats` (0 before its first call).
+fn command_calls(info: &str, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+#[tokio::test]
+async fn concurrent_misses_share_redis_lookups() {
+    use catalog::store::redis::{L2, L2Config};
+    use fred::prelude::*;
+
+    let db = seeded(100, 4).await;
+    let redis = OwnRedis::start().await;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let mut config = TestApp::config(&db);
+    config.redis_url = Some(url.clone());
+    // Long enough that lookups wait out the freeze below instead of failing.
+    config.redis_timeout = Duration::from_secs(5);
+    // L2 holds every product, as the relay leaves them.
+    let l2 = L2::connect(&L2Config {
+        url: url.clone(),
+        prefix: config.redis_prefix.clone(),
+        ttl: config.l2_ttl,
+        command_timeout: Duration::from_secs(5),
+        breaker_trips: Default::default(),
+    })
+    .unwrap();
+    l2.wait_connected(Duration::from_secs(5)).await.unwrap();
+    let ids: Vec<i64> = (1..=100).collect();
+    let documents: Vec<_> = catalog::store::catalog::products_by_ids(&db.primary, &ids)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.id, row.into_lookup().unwrap()))
+        .collect();
+    assert_eq!(documents.len(), 100);
+    l2.put_many(&documents).await.unwrap();
+    let app = TestApp::spawn(&config).await;
+    let stats = Builder::from_config(Config::from_url(&url).unwrap())
+        .build()
+        .unwrap();
+    stats.init().await.unwrap();
+    let info = || async {
+        let text: String = stats
+            .info(Some(fred::types::InfoKind::CommandStats))
+            .await
+            .unwrap();
+        (command_calls(&text, "get"), command_calls(&text, "mget"))
+    };
+    let (gets, mgets) = info().await;
+
+    // Redis frozen while 100 cold reads arrive: the first lookups go out and wait, the
+    // rest gather; once Redis answers, they go out in a few batches.
+    redis.freeze();
+    let client = &app;
+    let reads = futures_util::future::join_all(
+        ids.iter()
+            .map(|id| async move { client.get(&format!("/products/{id}")).await }),
+    );
+    let thaw = async {
+        poll(|| async { (app.metric("catalog_l1_misses_total").await >= 100.0).then_some(()) })
+            .await;
+        redis.thaw();
+    };
+    let (replies, ()) = tokio::join!(reads, thaw);
+    for (id, reply) in ids.iter().zip(&replies) {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.json()["id"], *id);
+    }
+    assert_eq!(app.metric("catalog_l2_hits_total").await, 100.0);
+    let (gets_after, mgets_after) = info().await;
+    let batches = mgets_after - mgets;
+    eprintln!(
+        "100 concurrent misses: {batches} MGETs, {} GETs",
+        gets_after - gets
+    );
+    assert_eq!(gets_after, gets, "no miss looked up alone");
+    assert!(
+        (1..=10).contains(&batches),
+        "100 misses in {batches} lookups"
+    );
+    stats.quit().await.unwrap();
+    app.shutdown().await;
+}

@@ -276,6 +276,9 @@ pub struct ReadConfig {
     pub audit_interval: Option<Duration>,
     /// `CATALOG_AUDIT_SAMPLE`: L1 entries the auditor compares with the primary per round.
     pub audit_sample: usize,
+    /// `CATALOG_L2_COALESCE`: at most this many concurrent misses share one Redis
+    /// lookup (`MGET`); 0 gives each miss a `GET` of its own.
+    pub l2_coalesce: usize,
 }
 
 impl Config {

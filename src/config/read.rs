@@ -35,6 +35,7 @@ impl Default for ReadConfig {
             },
             audit_interval: Some(Duration::from_secs(10)),
             audit_sample: 64,
+            l2_coalesce: 64,
         }
     }
 }
@@ -121,6 +122,9 @@ pub(super) fn parse<S: Source + ?Sized>(var: &Vars<'_, S>) -> Result<ReadConfig,
         })?,
         audit_sample: var.or("CATALOG_AUDIT_SAMPLE", d.audit_sample, |raw| {
             parse_in_range(raw, 1..=10_000)
+        })?,
+        l2_coalesce: var.or("CATALOG_L2_COALESCE", d.l2_coalesce, |raw| {
+            parse_in_range(raw, 0..=1_000)
         })?,
     };
     // Refresh-ahead happens before expiry, or at it.

@@ -168,7 +168,8 @@ impl Application {
                     (None, Some(rx)) => Some(Source::Local(rx)),
                     (None, None) => None,
                 };
-                Some(Self::read_side(config, l2.clone(), source, &metrics).await?)
+                let l2 = l2.clone().map(|l2| l2.coalescing(config.read.l2_coalesce));
+                Some(Self::read_side(config, l2, source, &metrics).await?)
             }
             Role::Writer => None,
         };

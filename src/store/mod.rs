@@ -9,6 +9,7 @@
 
 pub mod breaker;
 pub mod catalog;
+pub mod coalesce;
 pub mod postgres;
 pub mod redis;
 pub mod replicas;

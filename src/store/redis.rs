@@ -12,6 +12,10 @@
 //! cluster, documents spread over every master by their own keys: each command names
 //! one key (the script included), and a batch is a pipeline that fred sends to each
 //! key's node, never a multi-key command.
+//!
+//! A reader's L2 coalesces the lookups of concurrent misses ([`L2::coalescing`]): a
+//! miss's `GET` joins the misses that arrived meanwhile in one `MGET` (a pipeline on a
+//! cluster), so fred's per-command work and the round trip's system calls are shared.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -26,6 +30,7 @@ use fred::util::redis_keyslot;
 use prometheus_client::metrics::counter::Counter;
 
 use super::breaker::Breaker;
+use super::coalesce::Coalescer;
 
 use crate::document::{Document, Lookup};
 
@@ -64,7 +69,15 @@ pub struct L2 {
     ttl_secs: u64,
     put_if_newer: Script,
     breaker: Arc<Breaker>,
+    /// The deadline of each command, and of a lookup waiting for its batch.
+    timeout: Duration,
+    /// Where single lookups are batched, when this L2 coalesces them.
+    lookups: Option<Coalescer<i64, Option<Lookup>, fred::error::Error>>,
 }
+
+/// Batches of coalesced lookups in flight at once: a few, so one slow answer does not
+/// hold every miss back, and few enough that busy misses gather into batches.
+const BATCHES_IN_FLIGHT: usize = 4;
 
 impl std::fmt::Debug for L2 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -96,7 +109,32 @@ impl L2 {
             ttl_secs: config.ttl.as_secs().max(1),
             put_if_newer: Script::from_lua(PUT_IF_NEWER),
             breaker: Arc::new(Breaker::new(config.breaker_trips.clone())),
+            timeout,
+            lookups: None,
         })
+    }
+
+    /// This L2 with its single lookups ([`L2::get`]) coalesced into batches of at most
+    /// `max_batch` keys ([`Coalescer`]); `max_batch` 0 leaves one command per lookup.
+    /// Spawns the batch task, which ends when the last clone of the returned L2 is gone.
+    #[must_use]
+    pub fn coalescing(self, max_batch: usize) -> Self {
+        if max_batch == 0 {
+            return self;
+        }
+        let plain = self.clone();
+        let lookups = Coalescer::start(
+            move |ids: Vec<i64>| {
+                let l2 = plain.clone();
+                async move { l2.get_many(&ids).await }
+            },
+            max_batch,
+            BATCHES_IN_FLIGHT,
+        );
+        Self {
+            lookups: Some(lookups),
+            ..self
+        }
     }
 
     /// Waits (bounded) for the first connection; an error means Redis is not there yet.
@@ -147,8 +185,22 @@ impl L2 {
         result
     }
 
-    /// What L2 holds for `id`: `Ok(None)` when nothing.
+    /// What L2 holds for `id`: `Ok(None)` when nothing. Coalesced with concurrent
+    /// lookups when this L2 coalesces ([`L2::coalescing`]), within one command's
+    /// deadline in all; alone when the batch queue is full.
     pub async fn get(&self, id: i64) -> Result<Option<Lookup>, fred::error::Error> {
+        if let Some(lookups) = &self.lookups {
+            match tokio::time::timeout(self.timeout, lookups.get(id)).await {
+                Ok(Ok(answer)) => return answer,
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    return Err(fred::error::Error::new(
+                        fred::error::ErrorKind::Timeout,
+                        "a coalesced lookup was not answered in time",
+                    ));
+                }
+            }
+        }
         let raw: Option<Bytes> = self.guarded(|| self.client.get(self.key(id))).await?;
         Ok(raw.and_then(|raw| decode(id, raw)))
     }
