@@ -418,6 +418,23 @@ async fn own_relay(
     )
 }
 
+/// 300 unpublished outbox rows of products that do not exist (more than a relay round
+/// takes), then `id`'s stock set to `stock`, committed behind them as its version 2.
+async fn backlog_then_stock(db: &TestDb, id: i64, stock: i64) {
+    sqlx::query(
+        "insert into outbox (product_id, version, categories, created_at) \
+         select g, 1, '{}', clock_timestamp() from generate_series(900001, 900300) g",
+    )
+    .execute(&db.primary)
+    .await
+    .unwrap();
+    let patch = format!(r#"{{"stock": {stock}}}"#);
+    let committed = catalog::write::tx::product::patch(&db.primary, id, patch.as_bytes(), None)
+        .await
+        .unwrap();
+    assert_eq!(committed.written.version, 2);
+}
+
 #[tokio::test]
 async fn a_relay_round_stopped_at_its_batch_limit_carries_no_watermark() {
     let db = seeded(10, 4).await;
@@ -430,17 +447,7 @@ async fn a_relay_round_stopped_at_its_batch_limit_carries_no_watermark() {
         1
     );
     // A backlog: more unpublished rows than one round takes, then the product's write.
-    sqlx::query(
-        "insert into outbox (product_id, version, categories, created_at) \
-         select g, 1, '{}', clock_timestamp() from generate_series(900001, 900300) g",
-    )
-    .execute(&db.primary)
-    .await
-    .unwrap();
-    let committed = catalog::write::tx::product::patch(&db.primary, id, br#"{"stock": 77}"#, None)
-        .await
-        .unwrap();
-    assert_eq!(committed.written.version, 2);
+    backlog_then_stock(&db, id, 77).await;
     let token = catalog::write::tx::outbox::token(&db.primary, Duration::from_secs(2))
         .await
         .expect("the write's token");
@@ -600,17 +607,7 @@ async fn a_feed_heard_again_is_trusted_only_once_it_has_caught_up_with_the_prima
     // The relay stops (as when Redis freezes): the feed goes silent.
     poll(|| async { (app.metric("catalog_feed_silent").await == 1.0).then_some(()) }).await;
     // Meanwhile a backlog builds, then a write is acknowledged behind it.
-    sqlx::query(
-        "insert into outbox (product_id, version, categories, created_at) \
-         select g, 1, '{}', clock_timestamp() from generate_series(900001, 900300) g",
-    )
-    .execute(&db.primary)
-    .await
-    .unwrap();
-    let committed = catalog::write::tx::product::patch(&db.primary, id, br#"{"stock": 78}"#, None)
-        .await
-        .unwrap();
-    assert_eq!(committed.written.version, 2);
+    backlog_then_stock(&db, id, 78).await;
 
     // The relay is back and publishes its oldest 256 rows: the feed is heard again,
     // but the write is not announced yet, and L2 still holds version 1.
