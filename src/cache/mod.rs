@@ -25,8 +25,8 @@
 //! silent keep moka's per-entry expiry.
 //!
 //! A document's gzip form is made after it was stored, on the first gzip response
-//! ([`crate::document::Document::gzip`]); the reader then has L1 weigh the entry again
-//! ([`L1::reweigh`]), so the budget counts it.
+//! ([`crate::document::Document::gzip`]); the reader asks L1 for it ([`L1::gzip`]),
+//! which then weighs the entry again, so the budget counts it.
 //!
 //! What an entry weighs is in `weigh.rs`, when moka expires it in `expiry.rs`.
 
@@ -42,7 +42,7 @@ use foldhash::fast::RandomState;
 use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 
-use crate::document::{Document, Lookup};
+use crate::document::{Document, Gzipped, Lookup};
 use expiry::Ttl;
 use weigh::weigh;
 
@@ -285,10 +285,20 @@ impl L1 {
         )
     }
 
+    /// `doc`'s gzip form ([`Document::gzip`]); when this call made it, what the document
+    /// holds grew, so its entry is weighed again ([`L1::reweigh`]).
+    pub fn gzip<'d>(&self, doc: &'d Document) -> Option<Gzipped<'d>> {
+        let form = doc.gzip()?;
+        if form.made {
+            self.reweigh(doc);
+        }
+        Some(form)
+    }
+
     /// Weighs `doc`'s entry again if L1 still holds it (compared by identity), after what
     /// it holds grew (its gzip form was made). It is stored again as it is, as a fill of
     /// it would store it now.
-    pub fn reweigh(&self, doc: &Document) {
+    fn reweigh(&self, doc: &Document) {
         self.cache
             .entry(Key::Product(doc.id))
             .and_compute_with(|current| match current.as_ref().map(|e| e.value()) {

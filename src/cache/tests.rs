@@ -244,16 +244,13 @@ fn a_document_is_charged_its_gzip_form_once_made() {
         before,
         u64::from(weigh(&Key::Product(1), &Cached::Found(Arc::clone(&doc))))
     );
-    let gzip = doc.gzip().unwrap();
-    assert!(gzip.made);
-    l1.reweigh(&doc);
+    assert!(l1.gzip(&doc).unwrap().made);
     l1.sync();
     let grown = allocation_size(doc.gzip_held_bytes().unwrap()) + GZIP_OVERHEAD;
     assert_eq!(l1.usage().1, before + grown as u64);
     // Another copy of the same version is not reweighed in its place.
     let other = Arc::new(Document::new(1, 1, "SKU", &vec![b'x'; 2000]));
-    other.gzip().unwrap();
     l1.insert_product(1, Lookup::Found(Arc::clone(&doc)));
-    l1.reweigh(&other);
+    assert!(l1.gzip(&other).unwrap().made);
     assert!(matches!(l1.product(1), Some(Lookup::Found(held)) if Arc::ptr_eq(&held, &doc)));
 }

@@ -42,7 +42,7 @@ impl Reader {
         };
         let body = || match encoding {
             Encoding::Identity => listing::batch_body(&docs, &missing),
-            Encoding::Gzip => listing::batch_gzip(&docs, &missing, |doc| self.l1.reweigh(doc)),
+            Encoding::Gzip => listing::batch_gzip(&docs, &missing, |doc| self.l1.gzip(doc)),
         };
         Ok(self.listing_response(body, etag, encoding, keys, headers))
     }

@@ -113,9 +113,7 @@ impl Reader {
         let etag = response::listing_etag(&docs, tail, encoding);
         let body = || match encoding {
             Encoding::Identity => listing::page_body(&docs, cursor.as_deref()),
-            Encoding::Gzip => {
-                listing::page_gzip(&docs, cursor.as_deref(), |doc| self.l1.reweigh(doc))
-            }
+            Encoding::Gzip => listing::page_gzip(&docs, cursor.as_deref(), |doc| self.l1.gzip(doc)),
         };
         let keys = || category_key(raw_slug);
         Ok(self.listing_response(body, etag, encoding, keys, headers))

@@ -14,7 +14,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::error::ReadError;
 use super::limits::{DEFAULT_LIMIT, MAX_BATCH_IDS, MAX_LIMIT};
-use crate::document::Document;
+use crate::document::{Document, Gzipped};
 use crate::gzip;
 use crate::http::parse::{parse_id, percent_decode};
 
@@ -113,25 +113,20 @@ impl Sink for BytesMut {
 }
 
 /// A gzip member of a listing: each document's deflated bytes as they are (its gzip
-/// form is made if it was not yet, and `made` told), the JSON around them stored.
+/// form, which `form` hands out, made if it was not yet), the JSON around them stored.
 struct GzipSink<F> {
     out: gzip::Assembler,
-    made: F,
+    form: F,
 }
 
-impl<F: FnMut(&Document)> Sink for GzipSink<F> {
+impl<F: FnMut(&Document) -> Option<Gzipped<'_>>> Sink for GzipSink<F> {
     fn put(&mut self, bytes: &[u8]) {
         self.out.literal(bytes);
     }
 
     fn document(&mut self, doc: &Document) {
-        match doc.gzip() {
-            Some(gzip) => {
-                if gzip.made {
-                    (self.made)(doc);
-                }
-                self.out.piece(gzip.piece());
-            }
+        match (self.form)(doc) {
+            Some(gzip) => self.out.piece(gzip.piece()),
             None => self.out.literal(doc.body()),
         }
     }
@@ -145,12 +140,16 @@ pub fn batch_body(docs: &[&Document], missing: &[i64]) -> Bytes {
     out.freeze()
 }
 
-/// [`batch_body`] as a gzip member assembled from the documents' gzip forms; `made`
-/// is told of each form this call made.
-pub fn batch_gzip(docs: &[&Document], missing: &[i64], made: impl FnMut(&Document)) -> Bytes {
+/// [`batch_body`] as a gzip member assembled from the documents' gzip forms, as `form`
+/// hands them out (L1's, which re-weighs an entry whose form it made).
+pub fn batch_gzip(
+    docs: &[&Document],
+    missing: &[i64],
+    form: impl FnMut(&Document) -> Option<Gzipped<'_>>,
+) -> Bytes {
     let mut out = GzipSink {
         out: gzip::Assembler::with_capacity(gzip_size(docs) + missing.len() * 20),
-        made,
+        form,
     };
     write_batch(&mut out, docs, missing);
     out.out.finish()
@@ -178,16 +177,16 @@ pub fn page_body(docs: &[&Document], next_cursor: Option<&str>) -> Bytes {
     out.freeze()
 }
 
-/// [`page_body`] as a gzip member assembled from the documents' gzip forms; `made` is
-/// told of each form this call made.
+/// [`page_body`] as a gzip member assembled from the documents' gzip forms, as `form`
+/// hands them out.
 pub fn page_gzip(
     docs: &[&Document],
     next_cursor: Option<&str>,
-    made: impl FnMut(&Document),
+    form: impl FnMut(&Document) -> Option<Gzipped<'_>>,
 ) -> Bytes {
     let mut out = GzipSink {
         out: gzip::Assembler::with_capacity(gzip_size(docs) + 64),
-        made,
+        form,
     };
     write_page(&mut out, docs, next_cursor);
     out.out.finish()
@@ -327,12 +326,18 @@ mod tests {
         );
         assert!(worth_gzip(&docs));
         assert!(!worth_gzip(&docs[..1]));
-        // Half the forms are made ahead; the listing makes the rest, and says which.
+        // Half the forms are made ahead; the listing has the rest made, once.
         for doc in docs.iter().step_by(2) {
             doc.gzip();
         }
         let mut made = Vec::new();
-        let batch = batch_gzip(&docs, &[7, 9], |doc| made.push(doc.id));
+        let batch = batch_gzip(&docs, &[7, 9], |doc| {
+            let form = doc.gzip();
+            if form.as_ref().is_some_and(|f| f.made) {
+                made.push(doc.id);
+            }
+            form
+        });
         assert_eq!(inflate(&batch), batch_body(&docs, &[7, 9]));
         assert!(batch.len() < batch_body(&docs, &[7, 9]).len() / 2);
         let expected: Vec<i64> = docs
@@ -344,16 +349,20 @@ mod tests {
             .collect();
         assert_eq!(made, expected);
         let mut made = 0;
-        let page = page_gzip(&docs, Some("c"), |_| made += 1);
+        let page = page_gzip(&docs, Some("c"), |doc| {
+            let form = doc.gzip();
+            made += usize::from(form.as_ref().is_some_and(|f| f.made));
+            form
+        });
         assert_eq!(inflate(&page), page_body(&docs, Some("c")));
         assert_eq!(made, 0, "made once, not per listing");
         for (docs, cursor) in [(&docs[..0], None), (&docs[..1], Some("x"))] {
             assert_eq!(
-                inflate(&page_gzip(docs, cursor, |_| ())),
+                inflate(&page_gzip(docs, cursor, Document::gzip)),
                 page_body(docs, cursor)
             );
             assert_eq!(
-                inflate(&batch_gzip(docs, &[], |_| ())),
+                inflate(&batch_gzip(docs, &[], Document::gzip)),
                 batch_body(docs, &[])
             );
         }

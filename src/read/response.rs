@@ -98,14 +98,11 @@ impl Reader {
     ) -> Response<Full<Bytes>> {
         let keys = self.surrogate_keys.then(|| doc.key());
         let gzip = match self.encoding(headers) {
-            Encoding::Gzip => doc.gzip(),
+            Encoding::Gzip => self.l1.gzip(doc),
             Encoding::Identity => None,
         };
         let mut response = match gzip {
             Some(gzip) => {
-                if gzip.made {
-                    self.l1.reweigh(doc);
-                }
                 self.validated(|| gzip.member(), gzip.etag(), Encoding::Gzip, keys, headers)
             }
             None => self.validated(
