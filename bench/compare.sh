@@ -149,6 +149,7 @@ start_reader sizing "$ZIPF_ADDR" CATALOG_DATABASE_URL="$LARGE_PRIMARY" CATALOG_R
 # every product once in batches of 100, writing its fills back to Redis with a week's
 # TTL, twice (a write-back skipped while 256 were in flight is made by the second
 # pass); a later run finds them there and skips it.
+# L2's keys are <prefix>p:<id> (src/store/redis.rs), the prefix here bench1m.
 l2_held() { redis-cli -u "$CATALOG_REDIS_URL" --scan --pattern 'bench1mp:*' | wc -l; }
 held=$(l2_held)
 if ((held < LARGE)); then
