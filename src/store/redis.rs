@@ -126,7 +126,10 @@ impl L2 {
         let lookups = Coalescer::start(
             move |ids: Vec<i64>| {
                 let l2 = plain.clone();
-                async move { l2.get_many(&ids).await }
+                // Boxed where it is made: `get_many`'s future holds fred's command
+                // futures (kilobytes), and the batch task moves it twice more (into
+                // its own future, then into the set of batches in flight).
+                Box::pin(async move { l2.get_many(&ids).await })
             },
             max_batch,
             BATCHES_IN_FLIGHT,
