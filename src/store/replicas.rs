@@ -191,13 +191,9 @@ impl Databases {
 
     /// Probes the primary and every replica once and publishes the new healthy set.
     pub async fn check(&self, metrics: &Metrics) {
-        let primary_lsn = probe(&self.primary, "select pg_current_wal_lsn()::text").await;
+        let primary_lsn = self.primary_position().await;
         self.primary_up
             .store(primary_lsn.is_some(), Ordering::Relaxed);
-        let primary_lsn = primary_lsn.as_deref().and_then(parse_lsn);
-        if let Some(position) = primary_lsn {
-            self.primary_position.fetch_max(position, Ordering::Relaxed);
-        }
         let mut healthy = Vec::with_capacity(self.replicas.len());
         for (index, replica) in self.replicas.iter().enumerate() {
             let replay = probe(
