@@ -9,12 +9,17 @@ use common::fault::{self, FaultProxy};
 use common::{OwnRedis, TestApp, TestDb, poll, replica_has_products, seeded};
 use serde_json::Value;
 
-/// A configuration whose replica is reached through a fault proxy, without Redis.
+/// A configuration whose replica is reached through a fault proxy, without Redis. Its
+/// replica is never taken out for lag: the shared replica replays every test's writes,
+/// and while other tests seed databases it can fall more than the default bound behind
+/// the primary, which would send these tests' reads to the primary, away from the
+/// fault they inject.
 async fn replica_behind_proxy(db: &TestDb) -> (FaultProxy, catalog::config::Config) {
     let proxy = FaultProxy::start(fault::target(&db.replica_url)).await;
     let mut config = TestApp::config(db);
     config.replica_urls = vec![fault::through(&db.replica_url, proxy.addr)];
     config.redis_url = None;
+    config.read.replica_max_lag_bytes = u64::MAX;
     (proxy, config)
 }
 
@@ -1526,5 +1531,50 @@ async fn concurrent_misses_share_redis_lookups() {
         "100 misses in {batches} lookups"
     );
     stats.quit().await.unwrap();
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_misses_share_replica_queries() {
+    let db = seeded(100, 4).await;
+    replica_has_products(&db, 100).await;
+    let (proxy, mut config) = replica_behind_proxy(&db).await;
+    // Long enough that the queries wait out the freeze below instead of failing.
+    config.db_timeout = Duration::from_secs(5);
+    let app = TestApp::spawn(&config).await;
+    replica_healthy(&app).await;
+    let replica_reads = app.metric("catalog_db_reads_replica_total").await;
+    let primary_reads = app.metric("catalog_db_reads_primary_total").await;
+
+    // The replica silent while 100 cold reads arrive: the first queries go out and wait,
+    // the other fills gather; once it answers, they go out in a few shared queries.
+    proxy.freeze();
+    let ids: Vec<i64> = (1..=100).collect();
+    let client = &app;
+    let reads = futures_util::future::join_all(
+        ids.iter()
+            .map(|id| async move { client.get(&format!("/products/{id}")).await }),
+    );
+    let thaw = async {
+        poll(|| async { (app.metric("catalog_l1_misses_total").await >= 100.0).then_some(()) })
+            .await;
+        proxy.thaw();
+    };
+    let (replies, ()) = tokio::join!(reads, thaw);
+    for (id, reply) in ids.iter().zip(&replies) {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.json()["id"], *id);
+    }
+    let queries = app.metric("catalog_db_reads_replica_total").await - replica_reads;
+    eprintln!("100 concurrent misses: {queries} replica queries");
+    assert!(
+        (1.0..=10.0).contains(&queries),
+        "100 misses in {queries} queries"
+    );
+    assert_eq!(
+        app.metric("catalog_db_reads_primary_total").await,
+        primary_reads,
+        "a miss was read from the primary"
+    );
     app.shutdown().await;
 }

@@ -279,6 +279,9 @@ pub struct ReadConfig {
     /// `CATALOG_L2_COALESCE`: at most this many concurrent misses share one Redis
     /// lookup (`MGET`); 0 gives each miss a `GET` of its own.
     pub l2_coalesce: usize,
+    /// `CATALOG_DB_COALESCE`: at most this many concurrent misses that go to the
+    /// databases share one query; 0 gives each miss a query of its own.
+    pub db_coalesce: usize,
 }
 
 impl Config {

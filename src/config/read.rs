@@ -36,6 +36,7 @@ impl Default for ReadConfig {
             audit_interval: Some(Duration::from_secs(10)),
             audit_sample: 64,
             l2_coalesce: 64,
+            db_coalesce: 64,
         }
     }
 }
@@ -124,6 +125,9 @@ pub(super) fn parse<S: Source + ?Sized>(var: &Vars<'_, S>) -> Result<ReadConfig,
             parse_in_range(raw, 1..=10_000)
         })?,
         l2_coalesce: var.or("CATALOG_L2_COALESCE", d.l2_coalesce, |raw| {
+            parse_in_range(raw, 0..=1_000)
+        })?,
+        db_coalesce: var.or("CATALOG_DB_COALESCE", d.db_coalesce, |raw| {
             parse_in_range(raw, 0..=1_000)
         })?,
     };

@@ -75,13 +75,14 @@ impl Reader {
         let slug: Arc<str> = Arc::from(raw_slug);
         let page = match at {
             Consistency::Cached => {
-                self.query_replica_or_primary(move |pool| {
-                    let slug = Arc::clone(&slug);
-                    Box::pin(
-                        async move { catalog::category_page(pool, &slug, after, limit + 1).await },
-                    )
-                })
-                .await?
+                self.reads
+                    .query(move |pool| {
+                        let slug = Arc::clone(&slug);
+                        Box::pin(async move {
+                            catalog::category_page(pool, &slug, after, limit + 1).await
+                        })
+                    })
+                    .await?
             }
             Consistency::AtLeast(lsn) => {
                 self.query_covering(lsn, move |pool| {

@@ -8,21 +8,18 @@
 //! database fill is written back to L2 by version. Unknown ids are cached briefly as
 //! negative entries.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::Reader;
+use super::db::take;
 use super::error::ReadError;
-use crate::document::{Document, Lookup, ProductRow};
+use crate::document::{Document, Lookup};
 use crate::store::catalog;
 use crate::store::postgres::within;
 use crate::store::redis::L2;
-use crate::store::replicas::Target;
 
 /// What L1 holds for one product, as the read path sees it.
 #[derive(Debug)]
@@ -37,9 +34,6 @@ pub(super) enum InL1 {
 
 /// Write-backs to L2 in flight at once, per reader.
 pub(super) const WRITE_BACKS: usize = 256;
-
-/// A boxed query future, so one retry loop can run any query on any pool.
-pub(super) type Query<'p, T> = Pin<Box<dyn Future<Output = Result<T, sqlx::Error>> + Send + 'p>>;
 
 impl Reader {
     /// The state of one product: L1, else one coalesced fill. A document past the
@@ -171,7 +165,7 @@ impl Reader {
                 self.metrics.l2_misses.inc_by(from_db.len() as u64);
             }
             if !from_db.is_empty() {
-                let mut loaded = self.read_replica_or_primary(from_db.clone()).await?;
+                let mut loaded = self.reads.products(from_db.clone()).await?;
                 for id in from_db {
                     let lookup = self.settle_db_fill(id, take(&mut loaded, id)).await?;
                     if let Some(i) = ids.iter().position(|&x| x == id) {
@@ -205,8 +199,8 @@ impl Reader {
                 Err(err) => self.l2_failed(&err),
             }
         }
-        let mut loaded = self.read_replica_or_primary(vec![id]).await?;
-        self.settle_db_fill(id, take(&mut loaded, id)).await
+        let lookup = self.reads.product(id).await?;
+        self.settle_db_fill(id, lookup).await
     }
 
     /// Finishes a database fill: a row older than the product's floor is read again
@@ -254,15 +248,6 @@ impl Reader {
         }
     }
 
-    /// Reads and renders the rows of `ids` that exist, from a healthy replica or the
-    /// primary (no freshness promise: the caller checks floors).
-    async fn read_replica_or_primary(
-        &self,
-        ids: Vec<i64>,
-    ) -> Result<Vec<(i64, Lookup)>, ReadError> {
-        rendered(self.query_replica_or_primary(rows_of(ids)).await?)
-    }
-
     /// L2, unless there is none or the invalidation feed is silent (the relay, which
     /// keeps L2 current, may be what stopped).
     fn live_l2(&self) -> Option<&L2> {
@@ -295,74 +280,12 @@ impl Reader {
         self.metrics.l2_errors.inc();
         tracing::debug!(error = %err, "Redis command failed; reading on without L2");
     }
-
-    /// Runs a query on a healthy replica (or the primary), under the database deadline;
-    /// a replica that fails or does not answer in time is taken out of the healthy set
-    /// and the query is retried once elsewhere.
-    pub(super) async fn query_replica_or_primary<T, F>(&self, run: F) -> Result<T, ReadError>
-    where
-        F: for<'p> Fn(&'p PgPool) -> Query<'p, T>,
-    {
-        let mut last_error = ReadError::NoDatabase;
-        for _ in 0..2 {
-            let target = self.db.pick().ok_or(ReadError::NoDatabase)?;
-            match within(self.db_timeout, run(target.pool())).await {
-                Ok(value) => {
-                    self.count_read(target);
-                    return Ok(value);
-                }
-                Err(err) => {
-                    self.metrics.db_errors.inc();
-                    match target {
-                        Target::Replica(index, _) => {
-                            tracing::warn!(error = %err, replica = index, "replica query failed");
-                            self.db.mark_failed(index, &self.metrics);
-                            last_error = ReadError::from(err);
-                        }
-                        Target::Primary(_) => return Err(err.into()),
-                    }
-                }
-            }
-        }
-        Err(last_error)
-    }
-
-    /// Counts one read on the tier it ran on.
-    pub(super) fn count_read(&self, target: Target<'_>) {
-        let counter = match target {
-            Target::Replica(..) => &self.metrics.db_reads_replica,
-            Target::Primary(_) => &self.metrics.db_reads_primary,
-        };
-        counter.inc();
-    }
-}
-
-/// The query reading the rows of `ids`, on any pool.
-pub(super) fn rows_of(ids: Vec<i64>) -> impl for<'p> Fn(&'p PgPool) -> Query<'p, Vec<ProductRow>> {
-    let ids = Arc::new(ids);
-    move |pool| {
-        let ids = Arc::clone(&ids);
-        Box::pin(async move { catalog::products_by_ids(pool, &ids).await })
-    }
-}
-
-/// Rows rendered into what the caches hold, by id.
-pub(super) fn rendered(rows: Vec<ProductRow>) -> Result<Vec<(i64, Lookup)>, ReadError> {
-    rows.into_iter()
-        .map(|row| Ok((row.id, row.into_lookup()?)))
-        .collect()
-}
-
-/// Removes and returns `id`'s state from rows just loaded; `Unknown` if no row had it.
-pub(super) fn take(loaded: &mut Vec<(i64, Lookup)>, id: i64) -> Lookup {
-    match loaded.iter().position(|(found, _)| *found == id) {
-        Some(at) => loaded.swap_remove(at).1,
-        None => Lookup::Unknown,
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
     use super::*;
 
     /// The size of the future `fill` returns, without calling it.

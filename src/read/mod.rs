@@ -18,6 +18,8 @@
 //! - [`sku`]: by-SKU lookups;
 //! - [`fill`]: the read through the tiers: L1, one coalesced fill per key from L2 or
 //!   a replica, never older than the product's freshness floor;
+//! - `db.rs`: the queries on a replica or the primary, retried elsewhere when a
+//!   replica fails, with concurrent fills' rows read together in one query;
 //! - [`listing`]: `ids=`, `limit=`, cursors, and bodies assembled by concatenation;
 //! - [`encoding`]: whether a request's `Accept-Encoding` lets it have gzip;
 //! - [`response`]: documents and listings as responses (`ETag`, 304, `Cache-Control`,
@@ -29,6 +31,7 @@ mod batch;
 mod categories;
 pub mod changes;
 pub mod cors;
+mod db;
 pub mod encoding;
 pub mod error;
 pub mod fill;
@@ -62,6 +65,7 @@ use crate::store::redis::L2;
 use crate::store::replicas::Databases;
 use changes::ChangeFeed;
 use cors::Cors;
+use db::DbReads;
 use error::ReadError;
 use http_body_util::BodyExt as _;
 use limits::MAX_URI_BYTES;
@@ -153,6 +157,8 @@ pub struct Reader {
     feed: Feed,
     flight: SingleFlight<Result<Lookup, ReadError>>,
     db: Arc<Databases>,
+    /// The queries that read products and listings from a replica (or the primary).
+    reads: DbReads,
     metrics: Arc<Metrics>,
     http: HttpMetrics<ReadRoute>,
     /// `Cache-Control` of documents and listings, built once from the configuration.
@@ -202,6 +208,7 @@ impl Reader {
             applied: freshness.applied,
             feed: freshness.feed,
             flight: SingleFlight::default(),
+            reads: DbReads::new(Arc::clone(&db), Arc::clone(&metrics), settings.db_timeout),
             db,
             http: HttpMetrics::new(&metrics),
             metrics,
@@ -220,6 +227,15 @@ impl Reader {
             refresh_queue,
             refresh_rx: std::sync::Mutex::new(Some(refresh_rx)),
         }
+    }
+
+    /// This reader with the rows of concurrent single-product fills read in shared
+    /// queries of at most `max_batch` ids (`CATALOG_DB_COALESCE`; 0: one query each).
+    /// Spawns the batch task, so it is called within the runtime.
+    #[must_use]
+    pub fn coalescing_db_reads(mut self, max_batch: usize) -> Self {
+        self.reads = self.reads.coalescing(max_batch);
+        self
     }
 
     /// Serves `feed` at `GET /changes`.

@@ -11,8 +11,8 @@ use hyper::Response;
 use hyper::header::HeaderMap;
 use sqlx::PgPool;
 
+use super::db::Query;
 use super::error::ReadError;
-use super::fill::Query;
 use super::limits::MAX_SKU_CHARS;
 use super::token::Consistency;
 use super::{MIN_CATALOG_TOKEN, Reader};
@@ -79,7 +79,7 @@ impl Reader {
     async fn resolve_sku(&self, sku: &Arc<str>, at: Consistency) -> Result<Option<i64>, ReadError> {
         let run = id_by_sku(Arc::clone(sku));
         let id = match at {
-            Consistency::Cached => self.query_replica_or_primary(run).await?,
+            Consistency::Cached => self.reads.query(run).await?,
             Consistency::AtLeast(lsn) => self.query_covering(lsn, run).await?,
         };
         self.l1.insert_sku(Arc::clone(sku), id);

@@ -13,8 +13,8 @@ use sqlx::PgPool;
 use tokio::sync::SemaphorePermit;
 
 use super::Reader;
+use super::db::{Query, rendered, rows_of, take};
 use super::error::ReadError;
-use super::fill::{Query, rendered, rows_of, take};
 use super::limits::TOKEN_WAIT;
 use crate::document::Lookup;
 use crate::store::postgres::within;
@@ -119,7 +119,7 @@ impl Reader {
         let target = self.db.pick_covering(lsn);
         match within(self.db_timeout, run(target.pool())).await {
             Ok(value) => {
-                self.count_read(target);
+                self.reads.count(target);
                 Ok(value)
             }
             Err(err) => {

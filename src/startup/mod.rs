@@ -312,7 +312,9 @@ impl Application {
                 cors: Cors::new(&config.read.cors_origins),
             },
         );
-        let reader = reader.with_changes(Arc::clone(&changes));
+        let reader = reader
+            .with_changes(Arc::clone(&changes))
+            .coalescing_db_reads(config.read.db_coalesce);
         let reader = Arc::new(match config.metrics_addr {
             Some(_) => reader.metrics_elsewhere(),
             None => reader,
