@@ -14,7 +14,10 @@
 #                (CATALOG_L2_COALESCE, 64 keys at most)
 #   zipf_get     (c) again with CATALOG_L2_COALESCE=0: one GET per miss, side by side
 #   (d) cold     catalogd reader over 1,000,000 products, no Redis, a 1 MiB L1, ids
-#                uniform: almost every request is a miss read from the replica
+#                uniform: almost every request is a miss read from the replica; the rows
+#                of concurrent misses read in shared queries (CATALOG_DB_COALESCE, 64 ids
+#                at most)
+#   cold_one     (d) again with CATALOG_DB_COALESCE=0: one query per miss, side by side
 #   (e) batch50  catalogd reader, GET /products?ids=<50 random ids>, all warm
 # beside two more ceilings, the same example:
 #   ceiling50    answering a batch of 50 documents the reader served (about 29 KB), the
@@ -55,6 +58,7 @@ COLD_ADDR=127.0.0.1:18083
 CEILING50_ADDR=127.0.0.1:18084
 CEILING_REDIS_ADDR=127.0.0.1:18086
 ZIPF_GET_ADDR=127.0.0.1:18087
+COLD_ONE_ADDR=127.0.0.1:18088
 WORK=$(mktemp -d)
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
@@ -182,6 +186,8 @@ start_reader zipf_get "$ZIPF_GET_ADDR" CATALOG_DATABASE_URL="$LARGE_PRIMARY" CAT
   CATALOG_REDIS_PREFIX=bench1m CATALOG_L1_BYTES=$budget CATALOG_L2_COALESCE=0
 start_reader cold "$COLD_ADDR" -u CATALOG_REDIS_URL CATALOG_DATABASE_URL="$LARGE_PRIMARY" \
   CATALOG_REPLICA_URLS="$LARGE_REPLICA" CATALOG_L1_BYTES=$((1024 * 1024))
+start_reader cold_one "$COLD_ONE_ADDR" -u CATALOG_REDIS_URL CATALOG_DATABASE_URL="$LARGE_PRIMARY" \
+  CATALOG_REPLICA_URLS="$LARGE_REPLICA" CATALOG_L1_BYTES=$((1024 * 1024)) CATALOG_DB_COALESCE=0
 
 log "warming: every product of (b) once, and (c) to its steady state"
 taskset -c 1 wrk -t1 -c"$CONNS" -d20s -s "$WORK/uniform.lua" "http://$READER_ADDR" >/dev/null
@@ -210,7 +216,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " "); h 
 
 : >"$WORK/results"
 declare -A before_counts
-for addr in "$READER_ADDR" "$ZIPF_ADDR" "$ZIPF_GET_ADDR" "$COLD_ADDR"; do before_counts[$addr]=$(counts "$addr"); done
+for addr in "$READER_ADDR" "$ZIPF_ADDR" "$ZIPF_GET_ADDR" "$COLD_ADDR" "$COLD_ONE_ADDR"; do before_counts[$addr]=$(counts "$addr"); done
 for round in $(seq 1 "$ROUNDS"); do
   log "round $round of $ROUNDS"
   echo "ceiling $(run "$ceiling_pid" "http://$CEILING_ADDR" "$WORK/uniform.lua")" >>"$WORK/results"
@@ -220,12 +226,14 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "zipf $(run "$zipf_pid" "http://$ZIPF_ADDR" "$WORK/zipf.$round.lua")" >>"$WORK/results"
   echo "zipf_get $(run "$zipf_get_pid" "http://$ZIPF_GET_ADDR" "$WORK/zipf.$round.lua")" >>"$WORK/results"
   echo "cold $(run "$cold_pid" "http://$COLD_ADDR" "$WORK/cold.lua")" >>"$WORK/results"
+  echo "cold_one $(run "$cold_one_pid" "http://$COLD_ONE_ADDR" "$WORK/cold.lua")" >>"$WORK/results"
   echo "batch50 $(run "$hits_pid" "http://$READER_ADDR" "$WORK/batch.lua")" >>"$WORK/results"
 done
 hits_ratio=$(ratio "${before_counts[$READER_ADDR]}" "$(counts "$READER_ADDR")")
 zipf_ratio=$(ratio "${before_counts[$ZIPF_ADDR]}" "$(counts "$ZIPF_ADDR")")
 zipf_get_ratio=$(ratio "${before_counts[$ZIPF_GET_ADDR]}" "$(counts "$ZIPF_GET_ADDR")")
 cold_ratio=$(ratio "${before_counts[$COLD_ADDR]}" "$(counts "$COLD_ADDR")")
+cold_one_ratio=$(ratio "${before_counts[$COLD_ONE_ADDR]}" "$(counts "$COLD_ONE_ADDR")")
 curl -s "http://$ZIPF_ADDR/metrics" >/dev/null # a scrape applies moka's pending work first
 zipf_entries=$(metric "$ZIPF_ADDR" catalog_l1_entries)
 oracle=$("$ZIPF_BIN" oracle --products $LARGE --exponent "$ZIPF" --entries "$zipf_entries" |
@@ -236,7 +244,7 @@ budget_oracle=$("$ZIPF_BIN" oracle --products $LARGE --exponent "$ZIPF" --entrie
 
 echo
 echo "bench/compare.sh: $ROUNDS rounds x ${SECS}s, $CONNS connections, servers on CPU 0, wrk on CPU 1"
-echo "L1 hit ratio over the measured rounds: (b) $hits_ratio, (c) $zipf_ratio (zipf_get $zipf_get_ratio), (d) $cold_ratio"
+echo "L1 hit ratio over the measured rounds: (b) $hits_ratio, (c) $zipf_ratio (zipf_get $zipf_get_ratio), (d) $cold_ratio (cold_one $cold_one_ratio)"
 echo "(c) Zipf $ZIPF over $LARGE products, L1 budget $budget bytes (mean document $mean_doc bytes):" \
   "$zipf_entries entries held; an oracle holding the $zipf_entries most popular would hit $oracle;" \
   "one holding only documents' bytes in the same budget ($budget_entries entries) would hit $budget_oracle" \
@@ -250,9 +258,9 @@ awk -v h="$zipf_ratio" -v hg="$zipf_get_ratio" '
   { rows++; kind[rows] = $1; for (c = 2; c <= 5; c++) val[rows, c] = $c }
   END {
     printf "%-10s %10s %8s %9s %9s %12s %8s\n", "target", "req/s", "ratio", "p50 ms", "p99 ms", "CPU us/req", "ratio"
-    split("ceiling ceiling50 ceil_redis hits zipf zipf_get cold batch50", names, " ")
+    split("ceiling ceiling50 ceil_redis hits zipf zipf_get cold cold_one batch50", names, " ")
     base_rps = median("ceiling", 2); base_cpu = median("ceiling", 5)
-    for (k = 1; k <= 8; k++) {
+    for (k = 1; k <= 9; k++) {
       n = names[k]
       printf "%-10s %10.0f %8.3f %9.3f %9.3f %12.2f %8.3f\n", n, median(n, 2), median(n, 2) / base_rps, median(n, 3), median(n, 4), median(n, 5), median(n, 5) / base_cpu
     }
