@@ -18,8 +18,13 @@
 # heartbeats here and a silent feed skips Redis), and `cold`, without Redis, whose
 # misses read the replica. Profiles: callgrind.out.l2, callgrind.out.cold.
 #
+# Mode `batch` profiles scenario (e) of compare.sh: a reader with every product in L1
+# answering GET /products?ids=<50 random ids>, beside the ceiling answering a batch of
+# 50 documents the reader served (`ceiling50`). Profiles: callgrind.out.ceiling50,
+# callgrind.out.batch.
+#
 # Usage: bench/profile.sh [seconds of load per server (20)] [output dir (target/profile)]
-#                         [mode: hits (default) | misses]
+#                         [mode: hits (default) | misses | batch]
 # Needs the local stack with the demo catalog (ops/dev.sh run seeds it once); installs
 # what is missing (wrk, valgrind: ops/dev.sh deps --bench); builds catalogd and the
 # ceiling example.
@@ -54,21 +59,22 @@ read_all() {
   done | curl -s -K -
 }
 
-# profile NAME ADDR PATH_TO_PROBE COMMAND... -> instructions per request on stdout
+# profile NAME ADDR PATH_TO_PROBE COMMAND... -> instructions per request on stdout;
+# the requests are SCRIPT's (default: uniform.lua).
 profile() {
-  local name=$1 addr=$2 probe=$3 pid answered total
+  local name=$1 addr=$2 probe=$3 pid answered total script=${SCRIPT:-$OUT/uniform.lua}
   shift 3
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out.$name" \
     "$@" 2>"$OUT/valgrind.$name.log" &
   pid=$!
   PIDS+=("$pid")
   wait_up "$addr" "$probe" 600
-  if [[ $name == reader ]]; then
+  if [[ $name == reader || $name == batch ]]; then
     log "warming the reader's L1 under valgrind (every product once)"
     read_all "$addr"
   fi
   callgrind_control -i on "$pid" >/dev/null 2>&1
-  answered=$(wrk -t1 -c8 -d"${SECS}s" -s "$OUT/uniform.lua" "http://$addr" | awk '/requests in/ {print $1}')
+  answered=$(wrk -t1 -c8 -d"${SECS}s" -s "$script" "http://$addr" | awk '/requests in/ {print $1}')
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill "$pid"
   wait "$pid" 2>/dev/null || true
@@ -98,6 +104,29 @@ if [[ $MODE == misses ]]; then
   )
   echo "bench/profile.sh misses: ${SECS}s of GET /products/{id}, 8 connections, 1 MiB L1, instructions per request"
   printf '%-28s %10d\n' "l2 (L1 miss, Redis hit)" "$l2" "cold (L1 miss, replica read)" "$cold"
+  echo "profiles and annotations: $OUT"
+  exit 0
+fi
+
+if [[ $MODE == batch ]]; then
+  wrk_scripts "$OUT" $PRODUCTS
+  export CATALOG_READER_ADDR=$READER_ADDR CATALOG_LOG=warn CATALOG_FEED_SILENCE_MS=3600000 \
+    CATALOG_AUDIT_INTERVAL_MS=0 CATALOG_L1_BYTES=$((1024 * 1024 * 1024))
+  # The ceiling's body: a batch of 50 random ids as the reader answers it, fetched from
+  # a reader outside valgrind.
+  "$RELEASE/catalogd" reader &
+  PIDS+=($!)
+  wait_up "$READER_ADDR" /healthz
+  ids=$(awk -v n=$PRODUCTS 'BEGIN {srand(7); for (i = 1; i <= 50; i++) printf "%s%d", (i > 1 ? "," : ""), 1 + int(rand() * n)}')
+  curl -sf -o "$OUT/batch.json" "http://$READER_ADDR/products?ids=$ids"
+  kill "${PIDS[-1]}"
+  wait "${PIDS[-1]}" 2>/dev/null || true
+  ceiling50=$(profile ceiling50 "$CEILING_ADDR" / "$RELEASE/examples/ceiling" "$CEILING_ADDR" "$OUT/batch.json")
+  batch=$(SCRIPT=$OUT/batch.lua profile batch "$READER_ADDR" /healthz "$RELEASE/catalogd" reader)
+  echo "bench/profile.sh batch: ${SECS}s of batches of 50 ids ($(wc -c <"$OUT/batch.json") bytes for the ceiling), 8 connections, instructions per request"
+  printf '%-10s %10s %7s\n' target "instr/req" ratio
+  printf '%-10s %10d %7.2f\n' ceiling50 "$ceiling50" 1
+  printf '%-10s %10d %7.2f\n' batch "$batch" "$(awk -v a="$batch" -v b="$ceiling50" 'BEGIN {print a / b}')"
   echo "profiles and annotations: $OUT"
   exit 0
 fi
