@@ -20,4 +20,4 @@ if [[ ! -s $PGDATA/PG_VERSION ]]; then
   chmod 0700 "$PGDATA"
 fi
 
-exec postgres -c hot_standby=on -c hot_standby_feedback=on
+exec postgres -c hot_standby=on -c hot_standby_feedback=on -c wal_receiver_status_interval=1s

@@ -259,7 +259,11 @@ create_replica() {
     rm -rf -- "$tmp"
     die "pg_basebackup failed"
   fi
-  printf '\n# ---- ops/dev.sh: replica ----\nhot_standby = on\nhot_standby_feedback = on\n' \
+  # With hot_standby_feedback the primary keeps rows the replica's reads may still
+  # see, as of the replica's last status report: every 10 s by default, so the relay's
+  # scans of unpublished outbox rows crossed 10 s of published ones' dead index entries
+  # (docs/operations.md, "PostgreSQL settings"). Reports every second bound that to 1 s.
+  printf '\n# ---- ops/dev.sh: replica ----\nhot_standby = on\nhot_standby_feedback = on\nwal_receiver_status_interval = 1s\n' \
     >>"$tmp/postgresql.conf"
   mv -- "$tmp" "$PG_AREA/replica"
 }

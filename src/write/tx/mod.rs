@@ -106,13 +106,14 @@ impl Current {
     }
 }
 
-/// Locks product `id`'s row and reads it with its categories.
+/// Locks product `id`'s row and reads it with its categories (each slug by primary key:
+/// see [`crate::store::catalog`] for why not a join).
 async fn lock(tx: &mut Transaction<'_, Postgres>, id: i64) -> Result<Option<Current>, sqlx::Error> {
     sqlx::query_as(
         "select p.version, p.deleted_at is not null as deleted, p.sku, p.name, p.description, \
          p.brand, p.price_amount, p.currency, p.stock, p.attributes, p.images, p.active, \
-         array(select c.slug from product_categories pc join categories c on c.id = pc.category_id \
-               where pc.product_id = p.id order by c.slug) as categories \
+         array(select (select c.slug from categories c where c.id = pc.category_id) \
+               from product_categories pc where pc.product_id = p.id order by 1) as categories \
          from products p where p.id = $1 for update",
     )
     .bind(id)
