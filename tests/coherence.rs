@@ -673,6 +673,63 @@ async fn a_create_is_found_by_sku_with_its_token_at_once() {
 }
 
 #[tokio::test]
+async fn a_rollback_after_a_large_import_does_not_stall_the_relay() {
+    let db = seeded(10, 4).await;
+    let mut config = TestApp::config(&db);
+    // A short deadline, so that marking every change of L2's lifetime unpublished in one
+    // statement, what a recovery used to do, cannot finish in it.
+    config.db_timeout = Duration::from_millis(300);
+    let app = TestApp::spawn_as(&config, Role::All).await;
+    let (id, _) = product_in_category(&db).await;
+    set_stock(&app, id, 11).await;
+    // An import's worth of changes published within L2's lifetime.
+    sqlx::query(
+        "insert into outbox (product_id, version, categories, created_at, published_at) \
+         select 1 + i % 10, 1, '{}', now(), now() from generate_series(1, 200000) i",
+    )
+    .execute(&db.primary)
+    .await
+    .unwrap();
+    let published = app.metric("catalog_relay_published_total").await;
+
+    // Redis loses the stream: the relay's next round finds its sequence ahead of it.
+    let redis =
+        Builder::from_config(Config::from_url(config.redis_url.as_deref().unwrap()).unwrap())
+            .build()
+            .unwrap();
+    redis.init().await.unwrap();
+    let stream = catalog::coherence::relay::stream_key(&config.redis_prefix);
+    let _: i64 = redis.del(&stream).await.unwrap();
+    poll(|| async { (app.metric("catalog_stream_rollbacks_total").await >= 1.0).then_some(()) })
+        .await;
+
+    // A write after the loss is published (beside the changes published again, batch by
+    // batch), and readers see it.
+    let version = patch_stock(&app, id, 77).await.json()["version"]
+        .as_i64()
+        .unwrap();
+    poll(|| async {
+        sqlx::query_scalar::<_, bool>(
+            "select published_at is not null from outbox where product_id = $1 and version = $2",
+        )
+        .bind(id)
+        .bind(version)
+        .fetch_one(&db.primary)
+        .await
+        .ok()?
+        .then_some(())
+    })
+    .await;
+    assert_eq!(wait_for_version(&app, id, version).await["stock"], 77);
+    poll(|| async {
+        (app.metric("catalog_relay_published_total").await > published + 1000.0).then_some(())
+    })
+    .await;
+    redis.quit().await.unwrap();
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_redis_that_rolls_back_is_a_reset_and_its_old_documents_are_replaced() {
     let db = seeded(10, 4).await;
     let config = TestApp::config(&db);

@@ -42,7 +42,9 @@ use crate::document::Lookup;
 use crate::metrics::Metrics;
 use crate::store::catalog;
 use crate::store::redis::L2;
-use outbox::{OutboxRow, advance_sequence, unpublished};
+use outbox::{
+    OutboxRow, advance_sequence, begin_republishing, end_republishing, to_republish, unpublished,
+};
 use sink::StreamState;
 
 /// The channel writes notify on commit.
@@ -291,8 +293,9 @@ impl Relay {
         let mut tx = self.primary.begin().await?;
         // The lock and the WAL position in one statement: the position is read before the
         // rows are selected (by the next statement), as the watermark needs.
-        let (next_seq, watermark): (i64, String) = sqlx::query_as(
-            "select next_seq, pg_current_wal_lsn()::text from relay_state where id = 1 for update",
+        let (next_seq, watermark, mut republishing): (i64, String, bool) = sqlx::query_as(
+            "select next_seq, pg_current_wal_lsn()::text, republish_after is not null \
+             from relay_state where id = 1 for update",
         )
         .fetch_one(&mut *tx)
         .await?;
@@ -304,13 +307,28 @@ impl Relay {
         let (mut rows, stream) = (rows?, stream?);
         let epoch = match (&self.sink, stream) {
             (Sink::Redis { l2, epoch_key, .. }, StreamState::RolledBack) => {
-                let epoch = self.recover_from_rollback(&mut tx, l2, epoch_key).await?;
-                rows = unpublished(&mut tx).await?;
-                epoch
+                republishing = true;
+                self.recover_from_rollback(&mut tx, l2, epoch_key).await?
             }
             (_, StreamState::Intact(Some(epoch))) => epoch,
             (_, _) => self.epoch().await?,
         };
+        // Unpublished rows first; room left in the round goes to rows a recovery from a
+        // rollback publishes again. The position read before the select covers every row
+        // committed before it only if the select took them all, and the caches include
+        // those writes only once nothing is left to publish again: until then no
+        // watermark.
+        let mut drained = rows.len() < BATCH as usize;
+        if republishing && drained {
+            let room = BATCH as usize - rows.len();
+            let again = to_republish(&mut tx, room).await?;
+            if again.len() < room {
+                end_republishing(&mut tx).await?;
+                republishing = false;
+            }
+            rows.extend(again);
+        }
+        drained &= !republishing;
         if rows.is_empty() {
             let (at, follow_up) = self.last();
             if !follow_up && at.elapsed() < self.heartbeat {
@@ -338,10 +356,6 @@ impl Relay {
             self.metrics.outbox_backlog.set(0);
             return Ok(0);
         }
-        // The position read before the select covers every row committed before it only
-        // if the select took them all: a round stopped at its limit leaves older rows
-        // unpublished, so it carries no watermark.
-        let drained = rows.len() < BATCH as usize;
         let entries: Vec<Invalidation> = rows
             .iter()
             .enumerate()
@@ -412,10 +426,14 @@ impl Relay {
     }
 
     /// After Redis lost published entries: a new epoch (every reader flushes L1) and,
-    /// inside the round's transaction, every row published within L2's lifetime marked
-    /// unpublished again, so this round and the next publish them anew: their documents
-    /// go back to L2 by version (over whatever older copy Redis came back with) and
-    /// every reader, new ones included, gets their floors again.
+    /// inside the round's transaction, the window of every change published within L2's
+    /// lifetime recorded in `relay_state`, so this round and the next publish those
+    /// changes anew, a batch at a time beside new writes: their documents go back to L2
+    /// by version (over whatever older copy Redis came back with) and every reader, new
+    /// ones included, gets their floors again. Recording the window is one cheap update
+    /// however many changes it holds (marking them all unpublished at once outlasted
+    /// the database deadline after a large import, and the relay never published
+    /// again).
     async fn recover_from_rollback(
         &self,
         tx: &mut Transaction<'_, Postgres>,
@@ -423,20 +441,13 @@ impl Relay {
         epoch_key: &str,
     ) -> Result<String, RelayError> {
         let epoch = super::stream::new_epoch(l2.client(), epoch_key).await?;
-        let republished = sqlx::query(
-            "update outbox set published_at = null, seq = null \
-             where published_at > now() - make_interval(secs => $1)",
-        )
-        .bind(l2.ttl().as_secs_f64())
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
+        begin_republishing(tx, l2.ttl().as_secs_f64()).await?;
         self.metrics.stream_rollbacks.inc();
         tracing::warn!(
             %epoch,
-            republished,
+            lifetime_secs = l2.ttl().as_secs(),
             "the invalidation stream lost entries it had (Redis failed over or was restored): \
-             new epoch, recent changes published again"
+             new epoch, the changes of L2's lifetime published again"
         );
         Ok(epoch)
     }

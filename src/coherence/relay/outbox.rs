@@ -1,5 +1,6 @@
 //! The relay's queries on the outbox, inside a round's transaction: the oldest
-//! unpublished rows it takes, and the sequence in `relay_state` it advances past them.
+//! unpublished rows it takes, the rows it publishes again after Redis lost entries, and
+//! the sequence in `relay_state` it advances past them.
 
 use sqlx::{Postgres, Transaction};
 
@@ -30,6 +31,54 @@ pub(super) async fn unpublished(
     .bind(BATCH)
     .fetch_all(&mut **tx)
     .await
+}
+
+/// At most `limit` rows of the window of publication times that a recovery from a Redis
+/// rollback recorded in `relay_state` ([`begin_republishing`]); publishing a row moves
+/// its `published_at` past the window, so each call takes the next ones.
+pub(super) async fn to_republish(
+    tx: &mut Transaction<'_, Postgres>,
+    limit: usize,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    sqlx::query_as(
+        "select id, product_id, purge, deleted, coalesce(version, 0) as version, categories, \
+         (extract(epoch from created_at) * 1000000)::bigint as created_micros \
+         from outbox \
+         where published_at > (select republish_after from relay_state where id = 1) \
+           and published_at < (select republish_before from relay_state where id = 1) \
+         order by published_at limit $1",
+    )
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Records the window to publish again after Redis lost entries: every change published
+/// within the last `lifetime_secs` (L2's lifetime) before now, the round's time.
+pub(super) async fn begin_republishing(
+    tx: &mut Transaction<'_, Postgres>,
+    lifetime_secs: f64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update relay_state set republish_after = now() - make_interval(secs => $1), \
+         republish_before = now() where id = 1",
+    )
+    .bind(lifetime_secs)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Clears the window once every row of it was published again.
+pub(super) async fn end_republishing(
+    tx: &mut Transaction<'_, Postgres>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update relay_state set republish_after = null, republish_before = null where id = 1",
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Moves the relay's sequence to `next`, inside the round's transaction.
