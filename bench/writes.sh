@@ -17,7 +17,9 @@
 # (2) writes: RUNS rounds, each running wrk for SECS seconds at 1, 16 and 64
 #     connections (concurrent admins), each request a PATCH {"stock": n} of a random
 #     product of the imported catalog: writes/s, p50, p99 (wrk's closed-loop latency);
-#     any non-2xx answer fails the script. The relay publishes meanwhile.
+#     any non-2xx answer fails the script. The relay publishes meanwhile, from an empty
+#     outbox and stream, and the script fails if it has not published every write once
+#     the last run ended.
 # Each figure also comes with the CPU time it cost per product or per write: the
 # writer process's, and that of the PostgreSQL backends serving the database (the
 # import's and the relay's together), read from /proc; on a shared machine these move
@@ -139,13 +141,35 @@ stop_writer() {
   WRITER=
 }
 
-# An empty catalog: the categories only, no product, an empty outbox, the relay's
-# sequence back at 1 and no Redis key of the prefix (so each run starts alike).
-reset_catalog() {
+# An empty publication state: an empty outbox, the relay's sequence back at 1 with no
+# window to publish again, and no Redis key of the prefix. Without it, a writer started
+# after the keys were deleted (at the end of every invocation) finds the stream behind
+# its sequence, a Redis rollback, and publishes the last hour's changes again while the
+# figures are taken.
+reset_publication() {
   stop_writer
-  sql "truncate product_categories, products, outbox; update relay_state set next_seq = 1" >/dev/null
+  sql "truncate outbox; update relay_state set next_seq = 1, republish_after = null,
+    republish_before = null" >/dev/null
   clear_redis
+}
+
+# An empty catalog: the categories only, no product, and an empty publication state
+# (so each run starts alike).
+reset_catalog() {
+  reset_publication
+  sql "truncate product_categories, products" >/dev/null
   sql "vacuum analyze products, product_categories, outbox" >/dev/null
+}
+
+# wait_drained WHAT: waits (30 minutes at most) until the relay has published every
+# change; fails if it has not.
+wait_drained() {
+  for _ in $(seq 1 18000); do
+    drained && return 0
+    sleep 0.1
+  done
+  log "$1: the outbox did not drain within 30 minutes"
+  exit 1
 }
 
 drained() { [[ $(sql "select exists(select 1 from outbox where published_at is null)") == f ]]; }
@@ -187,14 +211,7 @@ import_pass() {
     fi
   done
   t1=$(now)
-  for _ in $(seq 1 18000); do
-    drained && break
-    sleep 0.1
-  done
-  drained || {
-    log "$1: the outbox did not drain within 30 minutes"
-    exit 1
-  }
+  wait_drained "$1"
   t2=$(now)
   c2=$(cpu)
   check_published "$PRODUCTS"
@@ -262,14 +279,14 @@ if [[ " $PHASES " == *" import "* ]]; then
 fi
 
 if [[ " $PHASES " == *" writes "* ]]; then
-  [[ -n $WRITER ]] || start_writer
   if [[ $(sql "select count(*) from products where deleted_at is null") != "$PRODUCTS" ]]; then
     log "importing the catalog once (untimed)"
-    stop_writer
     reset_catalog
     start_writer
     import_pass create >/dev/null
   fi
+  reset_publication
+  start_writer
   cat >"$WORK/patch.lua" <<LUA
 local n = 0
 setup = function(thread) n = n + 1; thread:set("seed", n) end
@@ -311,6 +328,8 @@ LUA
       FIG[w$c.pus]+="$pus "
     done
   done
+  # Every write was published: the relay kept up, or the figures would not include it.
+  wait_drained writes
 fi
 
 med() { tr ' ' '\n' <<<"${FIG[$1]}" | grep . | median; }
