@@ -672,6 +672,16 @@ async fn a_create_is_found_by_sku_with_its_token_at_once() {
     app.shutdown().await;
 }
 
+/// A client of the Redis `config` names, connected.
+async fn redis_client(config: &catalog::config::Config) -> Client {
+    let url = config.redis_url.as_deref().expect("a Redis URL");
+    let redis = Builder::from_config(Config::from_url(url).unwrap())
+        .build()
+        .unwrap();
+    redis.init().await.unwrap();
+    redis
+}
+
 #[tokio::test]
 async fn a_rollback_after_a_large_import_does_not_stall_the_relay() {
     let db = seeded(10, 4).await;
@@ -693,11 +703,7 @@ async fn a_rollback_after_a_large_import_does_not_stall_the_relay() {
     let published = app.metric("catalog_relay_published_total").await;
 
     // Redis loses the stream: the relay's next round finds its sequence ahead of it.
-    let redis =
-        Builder::from_config(Config::from_url(config.redis_url.as_deref().unwrap()).unwrap())
-            .build()
-            .unwrap();
-    redis.init().await.unwrap();
+    let redis = redis_client(&config).await;
     let stream = catalog::coherence::relay::stream_key(&config.redis_prefix);
     let _: i64 = redis.del(&stream).await.unwrap();
     poll(|| async { (app.metric("catalog_stream_rollbacks_total").await >= 1.0).then_some(()) })
@@ -735,11 +741,7 @@ async fn a_redis_that_rolls_back_is_a_reset_and_its_old_documents_are_replaced()
     let config = TestApp::config(&db);
     let app = TestApp::spawn_as(&config, Role::All).await;
     let (id, _) = product_in_category(&db).await;
-    let redis =
-        Builder::from_config(Config::from_url(config.redis_url.as_deref().unwrap()).unwrap())
-            .build()
-            .unwrap();
-    redis.init().await.unwrap();
+    let redis = redis_client(&config).await;
     let stream = catalog::coherence::relay::stream_key(&config.redis_prefix);
     let key = format!("{}p:{id}", config.redis_prefix);
 

@@ -1455,6 +1455,27 @@ fn command_calls(info: &str, command: &str) -> u64 {
         .map_or(0, |calls| calls.parse().unwrap())
 }
 
+/// Reads every one of `ids` at once from an app whose next tier was just frozen, and
+/// `thaw`s it once every read has missed L1 (and so waits on that tier); each read must
+/// answer its product.
+async fn cold_reads_while_frozen(app: &TestApp, ids: &[i64], thaw: impl FnOnce()) {
+    let reads = futures_util::future::join_all(
+        ids.iter()
+            .map(|id| async move { app.get(&format!("/products/{id}")).await }),
+    );
+    let misses = ids.len() as f64;
+    let thaw = async {
+        poll(|| async { (app.metric("catalog_l1_misses_total").await >= misses).then_some(()) })
+            .await;
+        thaw();
+    };
+    let (replies, ()) = tokio::join!(reads, thaw);
+    for (id, reply) in ids.iter().zip(&replies) {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.json()["id"], *id);
+    }
+}
+
 #[tokio::test]
 async fn concurrent_misses_share_redis_lookups() {
     use catalog::store::redis::{L2, L2Config};
@@ -1503,21 +1524,7 @@ async fn concurrent_misses_share_redis_lookups() {
     // Redis frozen while 100 cold reads arrive: the first lookups go out and wait, the
     // rest gather; once Redis answers, they go out in a few batches.
     redis.freeze();
-    let client = &app;
-    let reads = futures_util::future::join_all(
-        ids.iter()
-            .map(|id| async move { client.get(&format!("/products/{id}")).await }),
-    );
-    let thaw = async {
-        poll(|| async { (app.metric("catalog_l1_misses_total").await >= 100.0).then_some(()) })
-            .await;
-        redis.thaw();
-    };
-    let (replies, ()) = tokio::join!(reads, thaw);
-    for (id, reply) in ids.iter().zip(&replies) {
-        assert_eq!(reply.status, 200, "{}", reply.text());
-        assert_eq!(reply.json()["id"], *id);
-    }
+    cold_reads_while_frozen(&app, &ids, || redis.thaw()).await;
     assert_eq!(app.metric("catalog_l2_hits_total").await, 100.0);
     let (gets_after, mgets_after) = info().await;
     let batches = mgets_after - mgets;
@@ -1550,21 +1557,7 @@ async fn concurrent_misses_share_replica_queries() {
     // the other fills gather; once it answers, they go out in a few shared queries.
     proxy.freeze();
     let ids: Vec<i64> = (1..=100).collect();
-    let client = &app;
-    let reads = futures_util::future::join_all(
-        ids.iter()
-            .map(|id| async move { client.get(&format!("/products/{id}")).await }),
-    );
-    let thaw = async {
-        poll(|| async { (app.metric("catalog_l1_misses_total").await >= 100.0).then_some(()) })
-            .await;
-        proxy.thaw();
-    };
-    let (replies, ()) = tokio::join!(reads, thaw);
-    for (id, reply) in ids.iter().zip(&replies) {
-        assert_eq!(reply.status, 200, "{}", reply.text());
-        assert_eq!(reply.json()["id"], *id);
-    }
+    cold_reads_while_frozen(&app, &ids, || proxy.thaw()).await;
     let queries = app.metric("catalog_db_reads_replica_total").await - replica_reads;
     eprintln!("100 concurrent misses: {queries} replica queries");
     assert!(
