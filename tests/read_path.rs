@@ -743,8 +743,11 @@ async fn a_frozen_replica_costs_a_read_its_deadline_not_minutes() {
     assert_eq!(app.get("/products/1").await.status, 200);
     assert_eq!(app.metric("catalog_db_reads_replica_total").await, 1.0);
 
-    // Silent in the middle of the product query, after the pool's liveness check passed.
-    proxy.freeze_on(b"from products");
+    // Silent from now on: the product query meets a replica that says nothing. Not
+    // `freeze_on` the query's text: sqlx prepares a statement once per connection and
+    // later executions send no text, so when the read reused the first read's
+    // connection nothing froze and it was answered in a millisecond.
+    proxy.freeze();
     let started = Instant::now();
     let reply = tokio::time::timeout(Duration::from_secs(15), app.get("/products/2"))
         .await
@@ -1001,8 +1004,9 @@ async fn on_shutdown_readiness_turns_false_first_and_requests_in_flight_finish()
     assert_eq!(app.get("/readyz").await.status, 200);
     assert_eq!(app.get("/products/1").await.status, 200);
 
-    // A request in flight: its product query is held by the replica.
-    replica.freeze_on(b"from products");
+    // A request in flight: its product query is held by the replica (frozen whole, as
+    // above: a prepared statement sends no text to match).
+    replica.freeze();
     let addr = app.addr;
     let in_flight =
         tokio::spawn(async move { common::http_request(addr, "GET", "/products/2", &[]).await });

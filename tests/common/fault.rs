@@ -6,7 +6,9 @@
 //! [`FaultProxy::freeze`] stops moving bytes in both directions on every connection,
 //! open or new, until [`FaultProxy::thaw`]; nothing is closed. [`FaultProxy::freeze_on`]
 //! freezes the moment a client sends bytes holding a pattern (after forwarding them):
-//! a server that goes silent in the middle of a query. [`FaultProxy::down`] is a peer
+//! a server that goes silent in the middle of a query. A query's text passes only when
+//! a connection prepares the statement, the first time it runs it: sqlx sends later
+//! executions without it. [`FaultProxy::down`] is a peer
 //! that is gone: open connections are closed and new ones are closed at once, until
 //! [`FaultProxy::up`]. [`FaultProxy::retarget`] sends new connections elsewhere (a
 //! service address that moves to a promoted replica).
