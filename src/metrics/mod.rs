@@ -200,8 +200,12 @@ impl Metrics {
             "l2_write_backs_skipped",
             "Write-backs to Redis skipped while too many were in flight",
         );
-        let db_reads_replica = counter(r, "db_reads_replica", "Product rows read from a replica");
-        let db_reads_primary = counter(r, "db_reads_primary", "Product rows read from the primary");
+        let db_reads_replica = counter(r, "db_reads_replica", "Read queries answered by a replica");
+        let db_reads_primary = counter(
+            r,
+            "db_reads_primary",
+            "Read queries answered by the primary",
+        );
         let db_errors = counter(r, "db_errors", "Database queries that failed");
         let stale_fills = counter(
             r,
