@@ -42,9 +42,9 @@ pub struct Metrics {
     pub l2_breaker_trips: Counter,
     /// Write-backs to L2 skipped because too many were in flight.
     pub l2_write_backs_skipped: Counter,
-    /// Product rows read from a replica.
+    /// Read queries answered by a replica.
     pub db_reads_replica: Counter,
-    /// Product rows read from the primary.
+    /// Read queries answered by the primary.
     pub db_reads_primary: Counter,
     /// Database queries that failed.
     pub db_errors: Counter,
