@@ -195,7 +195,8 @@ taskset -c 1 wrk -t1 -c"$CONNS" -d20s -s "$WORK/zipf.0.lua" "http://$ZIPF_ADDR" 
 taskset -c 1 wrk -t1 -c"$CONNS" -d20s -s "$WORK/zipf.0.lua" "http://$ZIPF_GET_ADDR" >/dev/null
 
 
-# run PID URL SCRIPT -> "req_per_s p50_ms p99_ms cpu_us_per_req"
+# run PID URL SCRIPT -> "req_per_s p50_ms p99_ms cpu_us_per_req failed", failed being
+# the answers that were not 2xx or 3xx and the socket errors wrk counted.
 run() {
   local pid=$1 url=$2 script=$3 before after out
   before=$(cpu_ticks "$pid")
@@ -207,7 +208,9 @@ run() {
     /Requests\/sec/ { rps = $2 }
     $1 == "50%" { p50 = ms($2) }
     $1 == "99%" { p99 = ms($2) }
-    END { printf "%.0f %.3f %.3f %.2f\n", rps, p50, p99, cpu / tick * 1e6 / reqs }' <<<"$out"
+    /Non-2xx/ { failed += $NF }
+    /Socket errors/ { gsub(/,/, ""); failed += $4 + $6 + $8 + $10 }
+    END { printf "%.0f %.3f %.3f %.2f %d\n", rps, p50, p99, cpu / tick * 1e6 / reqs, failed }' <<<"$out"
 }
 
 # Hit ratio of a reader between two snapshots "hits misses".
@@ -229,6 +232,11 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "cold_one $(run "$cold_one_pid" "http://$COLD_ONE_ADDR" "$WORK/cold.lua")" >>"$WORK/results"
   echo "batch50 $(run "$hits_pid" "http://$READER_ADDR" "$WORK/batch.lua")" >>"$WORK/results"
 done
+# A server answering errors fast would look fast: any failed answer voids the run.
+if awk '$6 > 0 {print "compare.sh: " $1 " had " $6 " failed answers in a round"; bad = 1} END {exit !bad}' \
+  "$WORK/results" >&2; then
+  exit 1
+fi
 hits_ratio=$(ratio "${before_counts[$READER_ADDR]}" "$(counts "$READER_ADDR")")
 zipf_ratio=$(ratio "${before_counts[$ZIPF_ADDR]}" "$(counts "$ZIPF_ADDR")")
 zipf_get_ratio=$(ratio "${before_counts[$ZIPF_GET_ADDR]}" "$(counts "$ZIPF_GET_ADDR")")
