@@ -6,6 +6,18 @@ use sqlx::{Postgres, Transaction};
 
 use super::BATCH;
 
+/// `select <the columns of an [`OutboxRow`]> from outbox` followed by `$tail`.
+macro_rules! outbox_rows {
+    ($tail:literal) => {
+        concat!(
+            "select id, product_id, purge, deleted, coalesce(version, 0) as version, \
+             categories, (extract(epoch from created_at) * 1000000)::bigint as created_micros \
+             from outbox ",
+            $tail
+        )
+    };
+}
+
 /// One outbox row.
 #[derive(Debug, sqlx::FromRow)]
 pub(super) struct OutboxRow {
@@ -23,11 +35,9 @@ pub(super) struct OutboxRow {
 pub(super) async fn unpublished(
     tx: &mut Transaction<'_, Postgres>,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
-    sqlx::query_as(
-        "select id, product_id, purge, deleted, coalesce(version, 0) as version, categories, \
-         (extract(epoch from created_at) * 1000000)::bigint as created_micros \
-         from outbox where published_at is null order by bulk, id limit $1",
-    )
+    sqlx::query_as(outbox_rows!(
+        "where published_at is null order by bulk, id limit $1"
+    ))
     .bind(BATCH)
     .fetch_all(&mut **tx)
     .await
@@ -40,14 +50,11 @@ pub(super) async fn to_republish(
     tx: &mut Transaction<'_, Postgres>,
     limit: usize,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
-    sqlx::query_as(
-        "select id, product_id, purge, deleted, coalesce(version, 0) as version, categories, \
-         (extract(epoch from created_at) * 1000000)::bigint as created_micros \
-         from outbox \
-         where published_at > (select republish_after from relay_state where id = 1) \
+    sqlx::query_as(outbox_rows!(
+        "where published_at > (select republish_after from relay_state where id = 1) \
            and published_at < (select republish_before from relay_state where id = 1) \
-         order by published_at limit $1",
-    )
+         order by published_at limit $1"
+    ))
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
     .fetch_all(&mut **tx)
     .await
