@@ -45,7 +45,8 @@ impl Reader {
         let generation = self.l1.body_generation();
         let applied = *self.applied.borrow();
         let rows = self
-            .query_covering(applied, |pool| Box::pin(catalog::categories(pool)))
+            .reads
+            .covering(applied, |pool| Box::pin(catalog::categories(pool)))
             .await?;
         #[derive(serde::Serialize)]
         struct Items<'a> {
@@ -85,13 +86,14 @@ impl Reader {
                     .await?
             }
             Consistency::AtLeast(lsn) => {
-                self.query_covering(lsn, move |pool| {
-                    let slug = Arc::clone(&slug);
-                    Box::pin(
-                        async move { catalog::category_page(pool, &slug, after, limit + 1).await },
-                    )
-                })
-                .await?
+                self.reads
+                    .covering(lsn, move |pool| {
+                        let slug = Arc::clone(&slug);
+                        Box::pin(async move {
+                            catalog::category_page(pool, &slug, after, limit + 1).await
+                        })
+                    })
+                    .await?
             }
         };
         let mut ids = page.ok_or(ReadError::CategoryNotFound)?;

@@ -1,11 +1,13 @@
-//! The reads a storefront request makes of the databases when the caches cannot answer
-//! it without a token: a query on a healthy replica (or the primary), retried once
-//! elsewhere when a replica fails or does not answer in time ([`DbReads::query`]); and
-//! the rows of single-product fills, which concurrent misses share
-//! ([`DbReads::product`]): with coalescing on, the ids of fills that arrive while
-//! earlier ones are in flight go out together in one `where p.id = any($1)` query
-//! ([`Coalescer`]), so a burst of cold reads costs the reader and the replica a few
-//! queries instead of one each.
+//! The reads a storefront request makes of the databases, each under the database
+//! deadline: a query on a healthy replica (or the primary), retried once elsewhere when
+//! a replica fails or does not answer in time ([`DbReads::query`]); one on a replica
+//! that has replayed a token's position, else the primary ([`DbReads::covering`]); a
+//! product read from the primary when a floor refused the copy found
+//! ([`DbReads::product_on_primary`]); and the rows of single-product fills, which concurrent
+//! misses share ([`DbReads::product`]): with coalescing on, the ids of fills that
+//! arrive while earlier ones are in flight go out together in one
+//! `where p.id = any($1)` query ([`Coalescer`]), so a burst of cold reads costs the
+//! reader and the replica a few queries instead of one each.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -140,6 +142,46 @@ impl DbReads {
             }
         }
         Err(last_error)
+    }
+
+    /// Runs a query, under the database deadline, on a healthy replica that has
+    /// replayed `lsn`, else on the primary; a replica that fails is taken out of the
+    /// healthy set and the query is run on the primary.
+    pub(super) async fn covering<T, F>(&self, lsn: u64, run: F) -> Result<T, ReadError>
+    where
+        F: for<'p> Fn(&'p PgPool) -> Query<'p, T>,
+    {
+        let target = self.db.pick_covering(lsn);
+        match within(self.timeout, run(target.pool())).await {
+            Ok(value) => {
+                self.count(target);
+                Ok(value)
+            }
+            Err(err) => {
+                self.metrics.db_errors.inc();
+                let Target::Replica(index, _) = target else {
+                    return Err(err.into());
+                };
+                self.db.mark_failed(index, &self.metrics);
+                let value = within(self.timeout, run(self.db.primary())).await?;
+                self.metrics.db_reads_primary.inc();
+                Ok(value)
+            }
+        }
+    }
+
+    /// The state of product `id` as the primary has it, under the database deadline.
+    pub(super) async fn product_on_primary(&self, id: i64) -> Result<Lookup, ReadError> {
+        let rows = within(
+            self.timeout,
+            catalog::products_by_ids(self.db.primary(), &[id]),
+        )
+        .await?;
+        self.metrics.db_reads_primary.inc();
+        match rows.into_iter().next() {
+            Some(row) => Ok(row.into_lookup()?),
+            None => Ok(Lookup::Unknown),
+        }
     }
 
     /// Counts one read on the tier it ran on.

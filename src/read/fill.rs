@@ -17,8 +17,6 @@ use super::Reader;
 use super::db::take;
 use super::error::ReadError;
 use crate::document::{Document, Lookup};
-use crate::store::catalog;
-use crate::store::postgres::within;
 use crate::store::redis::L2;
 
 /// What L1 holds for one product, as the read path sees it.
@@ -236,16 +234,7 @@ impl Reader {
     /// product's floor.
     async fn read_primary(&self, id: i64) -> Result<Lookup, ReadError> {
         self.metrics.stale_fills.inc();
-        let rows = within(
-            self.db_timeout,
-            catalog::products_by_ids(self.db.primary(), &[id]),
-        )
-        .await?;
-        self.metrics.db_reads_primary.inc();
-        match rows.into_iter().next() {
-            Some(row) => Ok(row.into_lookup()?),
-            None => Ok(Lookup::Unknown),
-        }
+        self.reads.product_on_primary(id).await
     }
 
     /// L2, unless there is none or the invalidation feed is silent (the relay, which

@@ -167,8 +167,6 @@ pub struct Reader {
     surrogate_keys: bool,
     /// Whether documents and listings are sent in gzip to clients that accept it.
     gzip: bool,
-    /// Deadline of each database call.
-    db_timeout: Duration,
     /// Deadline of each request that is not an L1 hit.
     request_timeout: Duration,
     /// Permits for token reads around the caches, so tokens cannot pile reads onto
@@ -215,7 +213,6 @@ impl Reader {
             cache_control: response::cache_control(settings.caching),
             surrogate_keys: settings.caching.surrogate_keys,
             gzip: settings.caching.gzip,
-            db_timeout: settings.db_timeout,
             request_timeout: settings.request_timeout,
             bypasses: tokio::sync::Semaphore::new(settings.token_bypass_max),
             write_backs: Arc::new(tokio::sync::Semaphore::new(fill::WRITE_BACKS)),

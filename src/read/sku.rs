@@ -80,7 +80,7 @@ impl Reader {
         let run = id_by_sku(Arc::clone(sku));
         let id = match at {
             Consistency::Cached => self.reads.query(run).await?,
-            Consistency::AtLeast(lsn) => self.query_covering(lsn, run).await?,
+            Consistency::AtLeast(lsn) => self.reads.covering(lsn, run).await?,
         };
         self.l1.insert_sku(Arc::clone(sku), id);
         Ok(id)

@@ -9,16 +9,14 @@
 //! tokens cannot be used to pile reads onto the primary.
 
 use hyper::header::HeaderValue;
-use sqlx::PgPool;
 use tokio::sync::SemaphorePermit;
 
 use super::Reader;
-use super::db::{Query, rendered, rows_of, take};
+use super::db::{rendered, rows_of, take};
 use super::error::ReadError;
 use super::limits::TOKEN_WAIT;
 use crate::document::Lookup;
-use crate::store::postgres::within;
-use crate::store::replicas::{Target, parse_lsn};
+use crate::store::replicas::parse_lsn;
 
 /// What a read must include.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,32 +104,6 @@ impl Reader {
         ids: Vec<i64>,
         lsn: u64,
     ) -> Result<Vec<(i64, Lookup)>, ReadError> {
-        rendered(self.query_covering(lsn, rows_of(ids)).await?)
-    }
-
-    /// Runs a query, under the database deadline, on a healthy replica that has
-    /// replayed `lsn`, else on the primary; a replica that fails is taken out of the
-    /// healthy set and the query is run on the primary.
-    pub(super) async fn query_covering<T, F>(&self, lsn: u64, run: F) -> Result<T, ReadError>
-    where
-        F: for<'p> Fn(&'p PgPool) -> Query<'p, T>,
-    {
-        let target = self.db.pick_covering(lsn);
-        match within(self.db_timeout, run(target.pool())).await {
-            Ok(value) => {
-                self.reads.count(target);
-                Ok(value)
-            }
-            Err(err) => {
-                self.metrics.db_errors.inc();
-                let Target::Replica(index, _) = target else {
-                    return Err(err.into());
-                };
-                self.db.mark_failed(index, &self.metrics);
-                let value = within(self.db_timeout, run(self.db.primary())).await?;
-                self.metrics.db_reads_primary.inc();
-                Ok(value)
-            }
-        }
+        rendered(self.reads.covering(lsn, rows_of(ids)).await?)
     }
 }
