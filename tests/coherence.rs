@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use catalog::checker::{Event, Report};
+use catalog::coherence::stream::Invalidation;
 use catalog::startup::Role;
 use common::admin::{lamp, patch_stock, product_in_category, set_stock, wait_for_version};
 use common::{OwnRedis, Stack, TestApp, TestDb, poll, seeded};
@@ -735,6 +736,18 @@ async fn a_rollback_after_a_large_import_does_not_stall_the_relay() {
     app.shutdown().await;
 }
 
+/// Restores the stream and a document as a snapshot had them, in one atomic script:
+/// every entry after `ARGV[1]` is deleted and `KEYS[2]` set to `ARGV[2]`; returns how
+/// many entries went.
+const RESTORE_SNAPSHOT: &str = r"
+local lost = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+')
+for _, entry in ipairs(lost) do
+  redis.call('XDEL', KEYS[1], entry[1])
+end
+redis.call('SET', KEYS[2], ARGV[2])
+return #lost
+";
+
 #[tokio::test]
 async fn a_redis_that_rolls_back_is_a_reset_and_its_old_documents_are_replaced() {
     let db = seeded(10, 4).await;
@@ -755,26 +768,34 @@ async fn a_redis_that_rolls_back_is_a_reset_and_its_old_documents_are_replaced()
     let before: Vec<(String, HashMap<String, String>)> =
         redis.xrange(&stream, "-", "+", None).await.unwrap();
 
-    // Changes after it: version 2, published and applied.
+    // Changes after it: version 2, published and applied, and the heartbeat that follows
+    // its round (after which the relay is quiet until the next heartbeat is due).
     set_stock(&app, id, 55).await;
-    // Redis comes back from the snapshot: the entries published since are gone, L2 holds
-    // version 1 again, and the epoch key is the same.
-    let lost: Vec<String> = poll(|| async {
+    poll(|| async {
         let after: Vec<(String, HashMap<String, String>)> =
             redis.xrange(&stream, "-", "+", None).await.ok()?;
-        let lost: Vec<String> = after
+        let entries: Vec<Invalidation> = after
             .iter()
-            .filter(|(id, _)| !before.iter().any(|(kept, _)| kept == id))
-            .map(|(id, _)| id.clone())
+            .filter_map(|(_, fields)| Invalidation::parse(fields))
             .collect();
-        (!lost.is_empty()).then_some(lost)
+        let change = entries
+            .iter()
+            .position(|e| e.product_id == Some(id) && e.version == 2)?;
+        entries[change..].iter().any(|e| e.heartbeat).then_some(())
     })
     .await;
-    let _: i64 = redis.xdel(&stream, lost).await.unwrap();
-    let _: () = redis
-        .set(&key, snapshot.as_str(), None, None, false)
+    // Redis comes back from the snapshot, at once: the entries published since are gone,
+    // L2 holds version 1 again, and the epoch key is the same.
+    let snapshot_end = before.last().map_or("0-0", |(id, _)| id.as_str());
+    let lost: i64 = redis
+        .eval(
+            RESTORE_SNAPSHOT,
+            vec![stream.clone(), key.clone()],
+            vec![snapshot_end.to_owned(), snapshot],
+        )
         .await
         .unwrap();
+    assert!(lost >= 2, "{lost} entries deleted");
 
     // The relay's next round (a heartbeat at the latest) notices, and every reader resets.
     poll(|| async { (app.metric("catalog_stream_rollbacks_total").await >= 1.0).then_some(()) })
