@@ -77,6 +77,7 @@ fn entry(seq: i64, product: i64, version: i64) -> Invalidation {
         seq,
         epoch: "bench".to_owned(),
         watermark: Some(seq as u64 * 1000),
+        visible_at: None,
         heartbeat: false,
     }
 }

@@ -683,6 +683,68 @@ async fn redis_client(config: &catalog::config::Config) -> Client {
     redis
 }
 
+/// A change to categories is published with the position where it is visible: a
+/// replica that has replayed that position has it (readers fill `GET /categories` from
+/// such a database). A product's change carries none.
+#[tokio::test]
+async fn a_category_change_carries_the_position_where_it_is_visible() {
+    let db = seeded(10, 4).await;
+    let config = TestApp::config(&db);
+    let app = TestApp::spawn_as(&config, Role::All).await;
+    let (id, _) = product_in_category(&db).await;
+    set_stock(&app, id, 12).await;
+    let reply = app
+        .admin(
+            "PUT",
+            "/admin/categories/new-in",
+            &[],
+            r#"{"name": "New in"}"#,
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+
+    let redis = redis_client(&config).await;
+    let stream = catalog::coherence::relay::stream_key(&config.redis_prefix);
+    let entries: Vec<Invalidation> = poll(|| async {
+        let all: Vec<(String, HashMap<String, String>)> =
+            redis.xrange(&stream, "-", "+", None).await.ok()?;
+        let entries: Vec<Invalidation> = all
+            .iter()
+            .filter_map(|(_, fields)| Invalidation::parse(fields))
+            .collect();
+        entries
+            .iter()
+            .any(|e| e.categories == ["new-in"])
+            .then_some(entries)
+    })
+    .await;
+    let category = entries.iter().find(|e| e.categories == ["new-in"]).unwrap();
+    assert_eq!(category.product_id, None);
+    let visible_at = category
+        .visible_at
+        .expect("the position of a category change");
+    let product = entries.iter().find(|e| e.product_id == Some(id)).unwrap();
+    assert_eq!(product.visible_at, None);
+
+    let replica = db.replica().await;
+    poll(|| async {
+        let replayed: String = sqlx::query_scalar("select pg_last_wal_replay_lsn()::text")
+            .fetch_one(&replica)
+            .await
+            .ok()?;
+        (catalog::store::replicas::parse_lsn(&replayed)? >= visible_at).then_some(())
+    })
+    .await;
+    let names: Vec<String> =
+        sqlx::query_scalar("select name from categories where slug = 'new-in'")
+            .fetch_all(&replica)
+            .await
+            .unwrap();
+    assert_eq!(names, ["New in"]);
+    redis.quit().await.unwrap();
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_rollback_after_a_large_import_does_not_stall_the_relay() {
     let db = seeded(10, 4).await;

@@ -395,3 +395,101 @@ async fn a_category_change_is_never_undone_by_a_lagging_replica() {
     }
     app.shutdown().await;
 }
+
+/// The relay reads its watermark before it selects a round's rows, so a change to
+/// categories committed in between is published under a watermark that does not cover
+/// it. This test plays that relay against a reader: the entry's watermark is a position
+/// the paused replica has replayed, its `visible_at` one it has not. A reader filling
+/// `GET /categories` at its watermark alone read the replica's list without the new
+/// category and kept it; one filling where the change is visible never does.
+#[tokio::test]
+async fn a_category_change_published_under_an_older_watermark_is_read_where_visible() {
+    use catalog::coherence::{relay, stream};
+    use catalog::store::replicas::{format_lsn, parse_lsn};
+
+    let _replay = REPLAY.lock().await;
+    let db = seeded(10, 2).await;
+    let replica = db.replica().await;
+    let config = TestApp::config(&db);
+    let app = TestApp::spawn(&config).await;
+    let listed = |text: String| text.contains("\"slug\":\"late-arrivals\"");
+    assert!(!listed(app.get("/categories").await.text()));
+
+    // The watermark: a position the reader knows the replica has replayed (a read at it
+    // is answered by the replica).
+    let lsn = |text: String| parse_lsn(&text).expect("a WAL position");
+    let watermark = lsn(sqlx::query_scalar("select pg_current_wal_lsn()::text")
+        .fetch_one(&db.primary)
+        .await
+        .unwrap());
+    let token = format_lsn(watermark);
+    poll(|| async {
+        let replica_reads = app.metric("catalog_db_reads_replica_total").await;
+        let reply = app
+            .request("GET", "/products/1", &[("min-catalog-token", &token)])
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        (app.metric("catalog_db_reads_replica_total").await > replica_reads).then_some(())
+    })
+    .await;
+
+    // The change, committed on the primary while the replica does not replay it.
+    let _resume = resume_on_drop(&db.replica_url);
+    sqlx::query("select pg_wal_replay_pause()")
+        .execute(&replica)
+        .await
+        .unwrap();
+    sqlx::query("insert into categories (slug, name) values ('late-arrivals', 'Late arrivals')")
+        .execute(&db.primary)
+        .await
+        .unwrap();
+    let visible_at = lsn(
+        sqlx::query_scalar("select pg_current_wal_insert_lsn()::text")
+            .fetch_one(&db.primary)
+            .await
+            .unwrap(),
+    );
+    assert!(visible_at > watermark);
+
+    // Its entry, as the relay publishes it.
+    let redis = fred::prelude::Builder::from_config(
+        fred::prelude::Config::from_url(config.redis_url.as_deref().unwrap()).unwrap(),
+    )
+    .build()
+    .unwrap();
+    redis.init().await.unwrap();
+    let epoch = stream::ensure_epoch(&redis, &relay::epoch_key(&config.redis_prefix))
+        .await
+        .unwrap();
+    let entry = stream::Invalidation {
+        product_id: None,
+        version: 0,
+        purge: false,
+        deleted: false,
+        categories: vec!["late-arrivals".to_owned()],
+        committed_at_micros: stream::now_micros(),
+        seq: 1,
+        epoch,
+        watermark: Some(watermark),
+        visible_at: Some(visible_at),
+        heartbeat: false,
+    };
+    let _: String = redis
+        .xadd(
+            relay::stream_key(&config.redis_prefix),
+            false,
+            None,
+            "*",
+            entry.fields(),
+        )
+        .await
+        .unwrap();
+
+    // Once the reader applied it, the list shows the category, and keeps showing it.
+    poll(|| async { listed(app.get("/categories").await.text()).then_some(()) }).await;
+    for _ in 0..20 {
+        assert!(listed(app.get("/categories").await.text()));
+    }
+    redis.quit().await.unwrap();
+    app.shutdown().await;
+}

@@ -120,6 +120,15 @@ pub struct L1Config {
     pub stale_if_error: Duration,
 }
 
+/// Where a fill of a cached body starts ([`L1::body_fill`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyFill {
+    /// The generation the body is stored under.
+    pub generation: u64,
+    /// The WAL position the body's source must have replayed.
+    pub floor: u64,
+}
+
 /// The in-process cache.
 #[derive(Debug, Clone)]
 pub struct L1 {
@@ -127,9 +136,12 @@ pub struct L1 {
     /// A cap on the life of entries stored from now on, in milliseconds (0: none);
     /// set while the invalidation feed is silent.
     cap_millis: Arc<AtomicU64>,
-    /// Bumped by every invalidation of a cached body, before the body is dropped: a
-    /// fill that began before it must not store what it read.
+    /// Bumped by every invalidation of a cached body (and by a flush), before the body
+    /// is dropped: a fill that began before it must not store what it read.
     generation: Arc<AtomicU64>,
+    /// The WAL position a body's source must have replayed: raised, before the
+    /// generation moves, by an invalidation that says where its change is visible.
+    body_floor: Arc<AtomicU64>,
     /// How long a live document is kept after it was loaded: `max_ttl` plus
     /// `stale_if_error`.
     document_life: Duration,
@@ -153,6 +165,7 @@ impl L1 {
             cache,
             cap_millis,
             generation: Arc::default(),
+            body_floor: Arc::default(),
             document_life: config.max_ttl.saturating_add(config.stale_if_error),
             _alive: Arc::new(()),
         };
@@ -329,19 +342,31 @@ impl L1 {
     }
 
     /// Drops a cached response body; fills of bodies that began before this call will
-    /// not store theirs.
-    pub fn invalidate(&self, key: &Key) {
+    /// not store theirs, and fills that begin after it read a source that has replayed
+    /// `visible_at` (where the change that invalidates it is visible), when known.
+    pub fn invalidate(&self, key: &Key, visible_at: Option<u64>) {
+        if let Some(position) = visible_at {
+            self.body_floor.fetch_max(position, Ordering::SeqCst);
+        }
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.cache.invalidate(key);
     }
 
-    /// The generation of cached bodies: read it before reading a body's source.
-    pub fn body_generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
+    /// What a fill of a body starts from, read before reading its source: the
+    /// generation to store under ([`L1::insert_body`]) and the WAL position its source
+    /// must have replayed.
+    pub fn body_fill(&self) -> BodyFill {
+        let generation = self.generation.load(Ordering::SeqCst);
+        BodyFill {
+            generation,
+            floor: self.body_floor.load(Ordering::SeqCst),
+        }
     }
 
-    /// Drops everything (after a gap or a reset of the invalidation stream).
+    /// Drops everything (after a gap or a reset of the invalidation stream); fills of
+    /// bodies that began before will not store theirs.
     pub fn flush(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.cache.invalidate_all();
     }
 

@@ -191,7 +191,8 @@ fn skus_and_bodies_round_trip() {
     assert_eq!(l1.sku(&a), Some(Some(7)));
     assert_eq!(l1.sku(&b), Some(None));
     assert_eq!(l1.sku(&"C".into()), None);
-    let generation = l1.body_generation();
+    let BodyFill { generation, floor } = l1.body_fill();
+    assert_eq!(floor, 0);
     let body = Arc::new(Body {
         identity: Bytes::from_static(b"[]"),
         gzip: Some(Bytes::from_static(b"gz")),
@@ -202,8 +203,28 @@ fn skus_and_bodies_round_trip() {
         weigh(&Key::Categories, &Cached::Body(Arc::clone(&body))),
         4 + ENTRY_OVERHEAD
     );
-    l1.invalidate(&Key::Categories);
-    assert!(!l1.insert_body(Key::Categories, body, generation));
+    l1.invalidate(&Key::Categories, None);
+    assert!(!l1.insert_body(Key::Categories, Arc::clone(&body), generation));
+    assert_eq!(l1.body(&Key::Categories), None);
+}
+
+#[test]
+fn a_body_invalidated_where_its_change_is_visible_is_filled_from_there() {
+    let l1 = L1::new(config());
+    let body = Arc::new(Body {
+        identity: Bytes::from_static(b"[]"),
+        gzip: None,
+    });
+    l1.invalidate(&Key::Categories, Some(500));
+    // A later invalidation from an older position does not lower the floor.
+    l1.invalidate(&Key::Categories, Some(300));
+    let fill = l1.body_fill();
+    assert_eq!(fill.floor, 500);
+    assert!(l1.insert_body(Key::Categories, Arc::clone(&body), fill.generation));
+    // A flush moves the generation too: a fill begun before it does not store.
+    let before = l1.body_fill();
+    l1.flush();
+    assert!(!l1.insert_body(Key::Categories, body, before.generation));
     assert_eq!(l1.body(&Key::Categories), None);
 }
 

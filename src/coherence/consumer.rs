@@ -336,8 +336,10 @@ impl Consumer {
             }
             (None, _) => {}
         }
-        if !entry.categories.is_empty() {
-            self.l1.invalidate(&Key::Categories);
+        // `GET /categories` changes only with categories themselves (a product's write
+        // names the categories it is in, which the list does not show).
+        if entry.product_id.is_none() && !entry.categories.is_empty() {
+            self.l1.invalidate(&Key::Categories, entry.visible_at);
         }
         if let Some(watermark) = entry.watermark {
             self.watermark.send_if_modified(|current| {
@@ -416,6 +418,7 @@ mod tests {
             seq,
             epoch: epoch.to_owned(),
             watermark: None,
+            visible_at: None,
             heartbeat: false,
         }
     }

@@ -13,6 +13,7 @@ const COMMITTED: &str = "t";
 const SEQ: &str = "s";
 const EPOCH: &str = "e";
 const WATERMARK: &str = "w";
+const VISIBLE: &str = "l";
 const PURGE: &str = "x";
 const HEARTBEAT: &str = "h";
 const DELETED: &str = "d";
@@ -76,6 +77,11 @@ pub struct Invalidation {
     /// heartbeat): the primary's WAL position read before the round took its rows.
     /// Every write whose token is below it is published in this round or an earlier one.
     pub watermark: Option<u64>,
+    /// On a change to categories (an entry that names categories and no product): the
+    /// primary's WAL position read after the round took its rows, so a database that has
+    /// replayed it has the change. The watermark cannot say this: it is read before the
+    /// rows, and a change committed in between is published under it.
+    pub visible_at: Option<u64>,
     /// A heartbeat: no change, only proof that the relay is alive and the feed flows.
     pub heartbeat: bool,
 }
@@ -93,6 +99,7 @@ impl Invalidation {
         .into_iter()
         .chain(self.product_id.map(|id| (PRODUCT, id.to_string())))
         .chain(self.watermark.map(|w| (WATERMARK, w.to_string())))
+        .chain(self.visible_at.map(|l| (VISIBLE, l.to_string())))
         .chain(self.purge.then(|| (PURGE, "1".to_owned())))
         .chain(self.deleted.then(|| (DELETED, "1".to_owned())))
         .chain(self.heartbeat.then(|| (HEARTBEAT, "1".to_owned())))
@@ -123,6 +130,10 @@ impl Invalidation {
                 Some(w) => Some(w.parse().ok()?),
                 None => None,
             },
+            visible_at: match fields.get(VISIBLE) {
+                Some(l) => Some(l.parse().ok()?),
+                None => None,
+            },
             heartbeat: fields.contains_key(HEARTBEAT),
         })
     }
@@ -144,6 +155,7 @@ mod tests {
             seq: 42,
             epoch: "e1".into(),
             watermark: Some(99),
+            visible_at: None,
             heartbeat: false,
         };
         let fields: HashMap<String, String> = entry
@@ -182,6 +194,12 @@ mod tests {
             ..entry.clone()
         };
         assert_eq!(Invalidation::parse(&fields_of(&heartbeat)), Some(heartbeat));
+        let category = Invalidation {
+            product_id: None,
+            visible_at: Some(123_456),
+            ..entry.clone()
+        };
+        assert_eq!(Invalidation::parse(&fields_of(&category)), Some(category));
         let mut broken = fields;
         broken.insert("s".into(), "x".into());
         assert_eq!(Invalidation::parse(&broken), None);

@@ -24,8 +24,9 @@ use crate::store::catalog;
 
 impl Reader {
     /// `GET /categories`: from L1, else from a database that has replayed everything
-    /// this reader's watermark covers (so never older than an invalidation it applied),
-    /// stored only if no invalidation came while it was read.
+    /// this reader's watermark covers and the position where the last change to
+    /// categories it applied is visible (so never older than that change), stored only
+    /// if no invalidation came while it was read.
     pub(super) async fn categories(
         &self,
         headers: &HeaderMap,
@@ -42,11 +43,13 @@ impl Reader {
         if let Some(body) = self.l1.body(&Key::Categories) {
             return Ok(answer(body));
         }
-        let generation = self.l1.body_generation();
+        let fill = self.l1.body_fill();
         let applied = *self.applied.borrow();
         let rows = self
             .reads
-            .covering(applied, |pool| Box::pin(catalog::categories(pool)))
+            .covering(applied.max(fill.floor), |pool| {
+                Box::pin(catalog::categories(pool))
+            })
             .await?;
         #[derive(serde::Serialize)]
         struct Items<'a> {
@@ -60,7 +63,7 @@ impl Reader {
             gzip,
         });
         self.l1
-            .insert_body(Key::Categories, Arc::clone(&body), generation);
+            .insert_body(Key::Categories, Arc::clone(&body), fill.generation);
         Ok(answer(body))
     }
 

@@ -176,6 +176,7 @@ mod tests {
             seq: 9,
             epoch: "e".into(),
             watermark: None,
+            visible_at: None,
             heartbeat: false,
         };
         let position = Position {

@@ -44,6 +44,7 @@ use crate::store::catalog;
 use crate::store::redis::L2;
 use outbox::{
     OutboxRow, advance_sequence, begin_republishing, end_republishing, to_republish, unpublished,
+    visible_position,
 };
 use sink::StreamState;
 
@@ -329,6 +330,13 @@ impl Relay {
             rows.extend(again);
         }
         drained &= !republishing;
+        // Where the round's changes to categories are visible: read after the select, so
+        // past every commit it saw (readers fill `GET /categories` from there on).
+        let visible_at = if rows.iter().any(OutboxRow::names_categories_only) {
+            Some(visible_position(&mut tx).await?)
+        } else {
+            None
+        };
         if rows.is_empty() {
             let (at, follow_up) = self.last();
             if !follow_up && at.elapsed() < self.heartbeat {
@@ -346,6 +354,7 @@ impl Relay {
                 seq: next_seq,
                 epoch,
                 watermark,
+                visible_at: None,
                 heartbeat: true,
             };
             self.append(std::slice::from_ref(&beat)).await?;
@@ -369,6 +378,7 @@ impl Relay {
                 seq: next_seq + i as i64,
                 epoch: epoch.clone(),
                 watermark: watermark.filter(|_| drained && i + 1 == rows.len()),
+                visible_at: visible_at.filter(|_| row.names_categories_only()),
                 heartbeat: false,
             })
             .collect();

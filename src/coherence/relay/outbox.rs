@@ -30,6 +30,26 @@ pub(super) struct OutboxRow {
     pub(super) created_micros: i64,
 }
 
+impl OutboxRow {
+    /// A change to categories themselves (or their purge): it names categories and no
+    /// product.
+    pub(super) fn names_categories_only(&self) -> bool {
+        self.product_id.is_none() && !self.categories.is_empty()
+    }
+}
+
+/// The primary's WAL insert position: past the commit record of every transaction whose
+/// rows a statement before this one saw (a commit is inserted before it is visible).
+pub(super) async fn visible_position(
+    tx: &mut Transaction<'_, Postgres>,
+) -> Result<u64, sqlx::Error> {
+    let text: String = sqlx::query_scalar("select pg_current_wal_insert_lsn()::text")
+        .fetch_one(&mut **tx)
+        .await?;
+    crate::store::replicas::parse_lsn(&text)
+        .ok_or_else(|| sqlx::Error::Protocol(format!("unparsable WAL position {text}")))
+}
+
 /// The oldest unpublished outbox rows, single writes before a bulk import's, at most
 /// [`BATCH`].
 pub(super) async fn unpublished(
