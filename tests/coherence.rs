@@ -12,6 +12,7 @@ use catalog::checker::{Event, Report};
 use catalog::coherence::stream::Invalidation;
 use catalog::startup::Role;
 use common::admin::{lamp, patch_stock, product_in_category, set_stock, wait_for_version};
+use common::fault::{self, FaultProxy};
 use common::{OwnRedis, Stack, TestApp, TestDb, poll, seeded};
 use fred::prelude::*;
 
@@ -875,6 +876,66 @@ async fn a_redis_that_rolls_back_is_a_reset_and_its_old_documents_are_replaced()
     assert_eq!(doc["version"], 2);
     assert_eq!(doc["stock"], 55);
     late.shutdown().await;
+    redis.quit().await.unwrap();
+    app.shutdown().await;
+}
+
+/// Redis loses entries while a relay round runs: the round read the stream's state
+/// before the loss (a failover in the middle of the round, its commands retried on the
+/// new primary). Its entries must not land on top of the loss, or the stream would end
+/// where the relay's sequence expects and the rollback would never be found: L2 would
+/// keep the restored, older documents for their whole lifetime.
+#[tokio::test]
+async fn entries_lost_while_a_round_runs_are_found_as_a_rollback() {
+    let db = seeded(10, 4).await;
+    let direct = TestApp::config(&db);
+    let redis_url = direct.redis_url.clone().expect("a Redis URL");
+    let proxy = FaultProxy::start(fault::target(&redis_url)).await;
+    let mut config = direct.clone();
+    config.redis_url = Some(fault::through(&redis_url, proxy.addr));
+    // Idle rounds come as heartbeats, which append.
+    config.heartbeat = Duration::from_millis(50);
+    let app = TestApp::spawn_as(&config, Role::All).await;
+    let (id, _) = product_in_category(&db).await;
+    let redis = redis_client(&direct).await;
+    let stream = catalog::coherence::relay::stream_key(&config.redis_prefix);
+    let key = format!("{}p:{id}", config.redis_prefix);
+
+    // The snapshot: version 1 in L2, and the stream as it is.
+    assert_eq!(
+        app.get(&format!("/products/{id}")).await.json()["version"],
+        1
+    );
+    let snapshot: String =
+        poll(|| async { redis.get::<Option<String>, _>(&key).await.ok()? }).await;
+    let before: Vec<(String, HashMap<String, String>)> =
+        redis.xrange(&stream, "-", "+", None).await.unwrap();
+    set_stock(&app, id, 56).await;
+
+    // The next round reads the stream's state, and is held there while Redis comes back
+    // from the snapshot.
+    proxy.freeze_on(b"XREVRANGE");
+    poll(|| async { proxy.is_frozen().then_some(()) }).await;
+    let snapshot_end = before.last().map_or("0-0", |(id, _)| id.as_str());
+    let lost: i64 = redis
+        .eval(
+            RESTORE_SNAPSHOT,
+            vec![stream.clone(), key.clone()],
+            vec![snapshot_end.to_owned(), snapshot],
+        )
+        .await
+        .unwrap();
+    assert!(lost >= 1, "{lost} entries deleted");
+    proxy.thaw();
+
+    // The rollback is found, and version 2 goes back into L2 over the restored copy.
+    poll(|| async { (app.metric("catalog_stream_rollbacks_total").await >= 1.0).then_some(()) })
+        .await;
+    poll(|| async {
+        let value: String = redis.get::<Option<String>, _>(&key).await.ok()??;
+        value.starts_with("F2|").then_some(())
+    })
+    .await;
     redis.quit().await.unwrap();
     app.shutdown().await;
 }

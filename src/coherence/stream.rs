@@ -10,7 +10,8 @@ const PRODUCT: &str = "p";
 const VERSION: &str = "v";
 const CATEGORIES: &str = "c";
 const COMMITTED: &str = "t";
-const SEQ: &str = "s";
+/// The sequence number's field (the relay's append script reads it too).
+pub const SEQ: &str = "s";
 const EPOCH: &str = "e";
 const WATERMARK: &str = "w";
 const VISIBLE: &str = "l";

@@ -81,6 +81,10 @@ pub enum RelayError {
     /// A product row could not be rendered for L2.
     #[error("rendering a document: {0}")]
     Render(#[from] serde_json::Error),
+    /// The stream lost entries after the round read its state (the round appended
+    /// nothing; the next one finds the rollback).
+    #[error("the invalidation stream lost entries while the round ran")]
+    StreamLost,
     /// The round did not finish within its deadline.
     #[error("the round did not finish within {ROUND_DEADLINE:?}")]
     Timeout,
@@ -306,6 +310,7 @@ impl Relay {
         // meanwhile.
         let (rows, stream) = tokio::join!(unpublished(&mut tx), self.stream_state(next_seq));
         let (mut rows, stream) = (rows?, stream?);
+        let recovering = matches!(stream, StreamState::RolledBack);
         let epoch = match (&self.sink, stream) {
             (Sink::Redis { l2, epoch_key, .. }, StreamState::RolledBack) => {
                 republishing = true;
@@ -357,7 +362,7 @@ impl Relay {
                 visible_at: None,
                 heartbeat: true,
             };
-            self.append(std::slice::from_ref(&beat)).await?;
+            self.append(std::slice::from_ref(&beat), recovering).await?;
             advance_sequence(&mut tx, next_seq + 1).await?;
             tx.commit().await?;
             self.published(false);
@@ -382,7 +387,7 @@ impl Relay {
                 heartbeat: false,
             })
             .collect();
-        self.append(&entries).await?;
+        self.append(&entries, recovering).await?;
         if let Sink::Redis { l2, .. } = &self.sink {
             let (purged, written): (Vec<&OutboxRow>, Vec<&OutboxRow>) =
                 rows.iter().partition(|r| r.purge);
