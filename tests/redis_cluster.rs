@@ -4,7 +4,8 @@
 //! reader's L1, L2 shared by two readers (single gets and cross-slot batches), tokens,
 //! a reset, and where the keys live (documents on every master, the stream and its
 //! epoch in one slot). And the sentinel form of `CATALOG_REDIS_URL`: a write reaching a
-//! reader and L2 through a primary that a sentinel names. PostgreSQL is the dev stack's
+//! reader and L2 through a primary that a sentinel names, and a sentinel's failover to
+//! the replica losing no acknowledged write. PostgreSQL is the dev stack's
 //! (`eval "$(ops/dev.sh env)"`).
 //!
 //! docs/operations.md (Redis Cluster) names these tests.
@@ -511,6 +512,103 @@ async fn sentinel_a_write_reaches_a_reader_and_l2_through_the_named_primary() {
     for app in [&writer, &reader, &late] {
         assert_no_redis_errors(app).await;
     }
+    late.shutdown().await;
+    reader.shutdown().await;
+    writer.shutdown().await;
+}
+
+/// `redis-cli -p <port> <args>`'s output, within two seconds.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let output = Command::new("timeout")
+        .args(["2", "redis-cli", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("redis-cli (installed by ops/dev.sh)");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A failover to the replica, as a sentinel carries it out: the replica is promoted
+/// and, some seconds later, the old primary made its replica. Until then the service's
+/// clients still write to the old primary, and what the relay publishes there is lost
+/// with it: the relay finds that as a rollback and publishes it again. A write
+/// acknowledged in that window and one after the failover both reach L2 on the new
+/// primary and the readers.
+#[tokio::test]
+async fn sentinel_a_failover_to_the_replica_loses_no_acknowledged_write() {
+    let primary = OwnRedis::start().await;
+    let replica = OwnRedis::start().await;
+    let replica_of = redis_cli(
+        replica.port,
+        &["replicaof", "127.0.0.1", &primary.port.to_string()],
+    );
+    assert!(replica_of.starts_with("OK"), "{replica_of}");
+    let role = |port: u16, role: &'static str| async move {
+        redis_cli(port, &["info", "replication"])
+            .contains(role)
+            .then_some(())
+    };
+    poll(|| role(replica.port, "master_link_status:up")).await;
+    let sentinel = OwnSentinel::start(primary.port).await;
+    // The sentinel learns of the replica from the primary.
+    poll(|| async {
+        redis_cli(sentinel.port, &["sentinel", "replicas", "catalog"])
+            .contains(&replica.port.to_string())
+            .then_some(())
+    })
+    .await;
+
+    let db = seeded(10, 4).await;
+    let mut config = TestApp::config(&db);
+    config.redis_url = Some(format!(
+        "redis-sentinel://127.0.0.1:{}?sentinelServiceName=catalog",
+        sentinel.port
+    ));
+    let writer = TestApp::spawn_as(&config, Role::Writer).await;
+    let reader = TestApp::spawn(&config).await;
+    let (id, _) = product_in_category(&db).await;
+    let other = if id == 1 { 2 } else { 1 };
+    let first = patch_stock(&writer, id, 21).await.json()["version"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(wait_for_version(&reader, id, first).await["stock"], 21);
+
+    let failover = redis_cli(sentinel.port, &["sentinel", "failover", "catalog"]);
+    assert!(failover.starts_with("OK"), "{failover}");
+    poll(|| role(replica.port, "role:master")).await;
+    // A write while the old primary still takes writes.
+    let between = patch_stock(&writer, other, 31).await.json()["version"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(wait_for_version(&reader, other, between).await["stock"], 31);
+    poll(|| role(primary.port, "role:slave")).await;
+    // And one after the failover.
+    let after = patch_stock(&writer, id, 22).await.json()["version"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(wait_for_version(&reader, id, after).await["stock"], 22);
+
+    let promoted = client(&format!("redis://127.0.0.1:{}", replica.port)).await;
+    for (product, version) in [(other, between), (id, after)] {
+        let key = format!("{}p:{product}", config.redis_prefix);
+        poll(|| async {
+            let stored: Option<String> = promoted.get(&key).await.ok()?;
+            stored
+                .is_some_and(|s| s.starts_with(&format!("F{version}|")))
+                .then_some(())
+        })
+        .await;
+    }
+    promoted.quit().await.unwrap();
+    let late = TestApp::spawn(&config).await;
+    for (product, version) in [(other, between), (id, after)] {
+        let doc = late.get(&format!("/products/{product}")).await.json();
+        assert_eq!(doc["version"], version);
+    }
+    eprintln!(
+        "failover: {} rollback(s) found by the relay",
+        writer.metric("catalog_stream_rollbacks_total").await
+    );
     late.shutdown().await;
     reader.shutdown().await;
     writer.shutdown().await;
