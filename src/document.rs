@@ -18,9 +18,47 @@ use serde_json::value::RawValue;
 
 use crate::gzip;
 
-/// The reference point of [`Document::loaded`]: a document keeps its load time as
-/// nanoseconds since this instant, 8 bytes rather than an `Instant`'s 16.
+/// The reference point of [`Tick`]: a document keeps its load time as nanoseconds since
+/// this instant, 8 bytes rather than an `Instant`'s 16.
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// A clock reading as nanoseconds since [`EPOCH`], the form a document keeps its load
+/// time in: a document's age at a tick is one subtraction, where with `Instant`s the
+/// load time had to be turned back into one first. A lookup takes its tick once and
+/// ages every document it touches at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Tick(u64);
+
+impl Tick {
+    /// The clock now.
+    pub fn now() -> Self {
+        Self::of(Instant::now())
+    }
+
+    /// The tick of `instant` (a reading taken before the epoch counts as the epoch).
+    pub fn of(instant: Instant) -> Self {
+        let since = instant.saturating_duration_since(*EPOCH);
+        Self(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+#[cfg(test)]
+impl std::ops::Add<Duration> for Tick {
+    type Output = Self;
+
+    fn add(self, later: Duration) -> Self {
+        Self(self.0 + u64::try_from(later.as_nanos()).unwrap())
+    }
+}
+
+#[cfg(test)]
+impl std::ops::Sub<Duration> for Tick {
+    type Output = Self;
+
+    fn sub(self, earlier: Duration) -> Self {
+        Self(self.0 - u64::try_from(earlier.as_nanos()).unwrap())
+    }
+}
 
 /// One product as served: pre-serialized JSON and the headers derived from its version.
 ///
@@ -39,9 +77,9 @@ pub struct Document {
     pub version: i64,
     /// Body, then `ETag` (`"<version>"`), surrogate key (`p<id>`) and SKU (UTF-8).
     buffer: Bytes,
-    /// When this copy was read from its source (PostgreSQL or Redis), in nanoseconds since
-    /// [`EPOCH`]: see [`Document::loaded`].
-    loaded: u64,
+    /// When this copy was read from its source (PostgreSQL or Redis): see
+    /// [`Document::age_at`].
+    loaded: Tick,
     /// Where the body ends in `buffer`.
     body_end: u32,
     /// The lengths of the `ETag` and of the surrogate key that follow the body.
@@ -111,12 +149,11 @@ impl Document {
         buffer.push(crate::http::surrogate::PRODUCT_PREFIX);
         buffer.extend_from_slice(id_digits);
         buffer.extend_from_slice(sku.as_bytes());
-        let loaded = Instant::now().saturating_duration_since(*EPOCH);
         Self {
             id,
             version,
             buffer: Bytes::from(buffer),
-            loaded: u64::try_from(loaded.as_nanos()).unwrap_or(u64::MAX),
+            loaded: Tick::now(),
             body_end: u32::try_from(body.len()).expect("a document body under 4 GiB"),
             // at most 20 digits and a sign, and two quotes or a prefix
             etag_len: u8::try_from(version_digits.len() + 2).expect("an i64's digits"),
@@ -198,10 +235,16 @@ impl Document {
         std::str::from_utf8(&self.buffer[start..]).expect("built from a str")
     }
 
-    /// When this copy was read from its source (PostgreSQL or Redis): its age is the HTTP
-    /// `Age` of a stale answer, and drives refresh-ahead and expiry in L1.
-    pub fn loaded(&self) -> Instant {
-        *EPOCH + Duration::from_nanos(self.loaded)
+    /// How long before `now` this copy was read from its source (PostgreSQL or Redis):
+    /// the HTTP `Age` of a stale answer; it drives refresh-ahead and expiry in L1.
+    pub fn age_at(&self, now: Tick) -> Duration {
+        Duration::from_nanos(now.0.saturating_sub(self.loaded.0))
+    }
+
+    /// When this copy was read from its source.
+    #[cfg(test)]
+    pub(crate) fn loaded(&self) -> Tick {
+        self.loaded
     }
 
     /// The bytes of the document's buffer (body, `ETag`, surrogate key, SKU): what it
@@ -381,8 +424,15 @@ mod tests {
             doc.held_bytes(),
             doc.body().len() + "\"4\"p7ACM-LAM-7".len()
         );
-        let age = doc.loaded().elapsed();
+        let age = doc.age_at(Tick::now());
         assert!(age < Duration::from_secs(5), "loaded {age:?} ago");
+        let later = Tick::of(Instant::now() + Duration::from_secs(7));
+        assert!(doc.age_at(later) >= Duration::from_secs(7));
+        assert_eq!(
+            doc.age_at(Tick::of(*EPOCH)),
+            Duration::ZERO,
+            "no age before loading"
+        );
     }
 
     #[test]
@@ -414,7 +464,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<Document>(), 80);
         let a = Document::new(1, 2, "AB", b"{}");
         let b = Document::new(1, 2, "AB", b"{}");
-        assert!(b.loaded() >= a.loaded());
+        assert!(b.loaded >= a.loaded);
         assert_eq!(a, b, "the same document whenever loaded");
         assert_ne!(a, Document::new(1, 3, "AB", b"{}"));
     }

@@ -42,7 +42,7 @@ use foldhash::fast::RandomState;
 use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 
-use crate::document::{Document, Gzipped, Lookup};
+use crate::document::{Document, Gzipped, Lookup, Tick};
 use expiry::Ttl;
 use weigh::weigh;
 
@@ -190,7 +190,7 @@ impl L1 {
                 while alive.strong_count() > 0 {
                     let now = Instant::now();
                     if next.is_some_and(|next| now >= next) {
-                        sweeper.sweep(now);
+                        sweeper.sweep(Tick::of(now));
                         next = now.checked_add(period);
                     }
                     let wait =
@@ -205,8 +205,8 @@ impl L1 {
     }
 
     /// Whether a live document has outlived its life in L1 as of `now`.
-    fn outlived(&self, doc: &Document, now: Instant) -> bool {
-        now.saturating_duration_since(doc.loaded()) >= self.document_life
+    fn outlived(&self, doc: &Document, now: Tick) -> bool {
+        doc.age_at(now) >= self.document_life
     }
 
     /// Drops `id`'s document if it is still `doc` (compared by identity), outlived.
@@ -221,7 +221,7 @@ impl L1 {
 
     /// Drops every document outlived as of `now`: one walk of the cache. Returns how
     /// many it dropped.
-    fn sweep(&self, now: Instant) -> usize {
+    fn sweep(&self, now: Tick) -> usize {
         let outlived: Vec<(i64, Arc<Document>)> = self
             .cache
             .iter()
@@ -249,12 +249,12 @@ impl L1 {
 
     /// The cached state of a product, if L1 has it.
     pub fn product(&self, id: i64) -> Option<Lookup> {
-        self.product_at(id, Instant::now())
+        self.product_at(id, Tick::now())
     }
 
     /// The cached state of a product as of `now` (the caller's clock reading): a
     /// document that outlived its life in L1 is not returned, and dropped.
-    pub fn product_at(&self, id: i64, now: Instant) -> Option<Lookup> {
+    pub fn product_at(&self, id: i64, now: Tick) -> Option<Lookup> {
         match self.cache.get(&Key::Product(id))? {
             Cached::Found(doc) if self.outlived(&doc, now) => {
                 self.drop_outlived(id, &doc);
@@ -269,7 +269,7 @@ impl L1 {
 
     /// What a compute sees under `id`'s lock: its product state's version, with an
     /// outlived document counted as absent.
-    fn held_version(&self, current: Option<&Cached>, now: Instant) -> Option<i64> {
+    fn held_version(&self, current: Option<&Cached>, now: Tick) -> Option<i64> {
         match current? {
             Cached::Found(doc) if self.outlived(doc, now) => None,
             cached => cached.version(),
@@ -279,7 +279,7 @@ impl L1 {
     /// Stores a product's state unless L1 already holds a newer version or the
     /// product's floor (read under the key's lock) is newer. Returns whether it stored.
     pub fn insert_fresh(&self, id: i64, lookup: Lookup, floor: impl FnOnce() -> i64) -> bool {
-        let now = Instant::now();
+        let now = Tick::now();
         let result = self
             .cache
             .entry(Key::Product(id))
@@ -419,7 +419,7 @@ impl L1 {
     /// walk of the cache), for the consistency auditor; outlived documents, which L1
     /// no longer serves, are left out.
     pub fn sample_products(&self, n: usize, rng: &mut impl rand::RngExt) -> Vec<(i64, i64)> {
-        let now = Instant::now();
+        let now = Tick::now();
         let mut picked: Vec<(i64, i64)> = Vec::with_capacity(n);
         let mut seen = 0usize;
         for (key, value) in self.cache.iter() {

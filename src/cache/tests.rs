@@ -3,7 +3,7 @@
 
 use super::weigh::{ENTRY_OVERHEAD, GZIP_OVERHEAD, allocation_size};
 use super::*;
-use crate::document::Document;
+use crate::document::{Document, Tick};
 
 fn config() -> L1Config {
     L1Config {
@@ -92,7 +92,7 @@ fn negative_entries_expire_first_and_a_fill_replaces_them() {
     assert!(matches!(l1.product(3), Some(Lookup::Found(_))));
 }
 
-fn loaded(l1: &L1, id: i64) -> Instant {
+fn loaded(l1: &L1, id: i64) -> Tick {
     match l1.product(id) {
         Some(Lookup::Found(doc)) => doc.loaded(),
         other => panic!("{other:?}"),
@@ -145,7 +145,7 @@ fn the_sweeper_drops_the_outlived_documents_no_read_finds() {
     l1.insert_product(1, found(1, 10));
     l1.insert_product(2, Lookup::Gone { version: 2 });
     let loaded = loaded(&l1, 1);
-    assert_eq!(l1.sweep(Instant::now()), 0);
+    assert_eq!(l1.sweep(Tick::now()), 0);
     assert_eq!(l1.sweep(loaded + Duration::from_secs(300)), 1);
     l1.sync();
     assert_eq!(l1.usage().0, 1, "the tombstone has a timer of its own");

@@ -9,14 +9,13 @@
 //! negative entries.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
 use super::Reader;
 use super::db::take;
 use super::error::ReadError;
-use crate::document::{Document, Lookup};
+use crate::document::{Document, Lookup, Tick};
 use crate::store::redis::L2;
 
 /// What L1 holds for one product, as the read path sees it.
@@ -38,7 +37,7 @@ impl Reader {
     /// hard TTL is refilled, and served (stale, with its age) only if no database can
     /// answer (`CATALOG_STALE_IF_ERROR_SECS`).
     pub(super) async fn l1_or_fill(&self, id: i64) -> Result<Lookup, ReadError> {
-        let expired = match self.in_l1(id, Instant::now()) {
+        let expired = match self.in_l1(id, Tick::now()) {
             InL1::Fresh(lookup) => return Ok(lookup),
             InL1::Expired(doc) => Some(doc),
             InL1::Missing => None,
@@ -63,12 +62,12 @@ impl Reader {
     /// What L1 holds for `id` as of `now`, counted as a hit when it may be served: a
     /// document past the soft TTL is served and queued for a refresh, one past the
     /// hard TTL is not served (it is kept for when no database answers).
-    pub(super) fn in_l1(&self, id: i64, now: Instant) -> InL1 {
+    pub(super) fn in_l1(&self, id: i64, now: Tick) -> InL1 {
         let Some(lookup) = self.l1.product_at(id, now) else {
             return InL1::Missing;
         };
         if let Lookup::Found(doc) = &lookup {
-            let age = now.saturating_duration_since(doc.loaded());
+            let age = doc.age_at(now);
             if age >= self.ttl.hard {
                 return InL1::Expired(Arc::clone(doc));
             }
@@ -111,7 +110,7 @@ impl Reader {
             };
             // Queued many times by many hits: refresh only what is still old.
             if let Some(Lookup::Found(doc)) = self.l1.product(id)
-                && doc.loaded().elapsed() >= self.ttl.soft
+                && doc.age_at(Tick::now()) >= self.ttl.soft
             {
                 let refill = self.flight.run(id, Box::pin(self.fill_from_l2_or_db(id)));
                 if let (Err(err), _) = refill.await {
@@ -126,7 +125,7 @@ impl Reader {
     pub(super) async fn l1_or_fill_many(&self, ids: &[i64]) -> Result<Vec<Lookup>, ReadError> {
         let mut out: Vec<Option<Lookup>> = Vec::with_capacity(ids.len());
         let mut misses: Vec<usize> = Vec::new();
-        let now = Instant::now();
+        let now = Tick::now();
         for (i, &id) in ids.iter().enumerate() {
             let cached = match self.in_l1(id, now) {
                 InL1::Fresh(lookup) => Some(lookup),

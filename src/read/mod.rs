@@ -57,7 +57,7 @@ use tokio_util::either::Either;
 use crate::cache::L1;
 use crate::coherence::feed::Feed;
 use crate::coherence::floors::Floors;
-use crate::document::Lookup;
+use crate::document::{Lookup, Tick};
 use crate::http::response as plain;
 use crate::http::{Draining, StreamBody};
 use crate::metrics::{HttpMetrics, Metrics};
@@ -341,11 +341,12 @@ impl Reader {
         if request.headers().contains_key(MIN_CATALOG_TOKEN) {
             return None;
         }
-        let fill::InL1::Fresh(lookup) = self.in_l1(id, started) else {
+        let now = Tick::of(started);
+        let fill::InL1::Fresh(lookup) = self.in_l1(id, now) else {
             return None;
         };
         let outcome = self
-            .product_response(id, lookup, request.headers(), started)
+            .product_response(id, lookup, request.headers(), now)
             .map(|response| (ReadRoute::Product, response))
             .map_err(|error| (ReadRoute::Product, error));
         Some(self.finish(started, request.headers(), outcome))
@@ -480,7 +481,7 @@ impl Reader {
             Consistency::Cached => self.l1_or_fill(id).await?,
             Consistency::AtLeast(_) => Box::pin(self.product_at(id, at)).await?,
         };
-        self.product_response(id, lookup, headers, Instant::now())
+        self.product_response(id, lookup, headers, Tick::now())
     }
 
     fn product_response(
@@ -488,7 +489,7 @@ impl Reader {
         id: i64,
         lookup: Lookup,
         headers: &HeaderMap,
-        now: Instant,
+        now: Tick,
     ) -> Result<Response<Full<Bytes>>, ReadError> {
         match lookup {
             Lookup::Found(doc) => Ok(self.document_response(&doc, headers, now)),

@@ -9,7 +9,6 @@
 //! [`crate::http::response`].
 
 use std::hash::{BuildHasher as _, Hasher as _};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -22,7 +21,7 @@ use hyper::{Response, StatusCode};
 use super::encoding::Encoding;
 use super::listing;
 use super::{HttpCaching, Reader};
-use crate::document::Document;
+use crate::document::{Document, Tick};
 use crate::http::response::JSON;
 use crate::http::surrogate::{SURROGATE_KEY, XKEY};
 
@@ -94,7 +93,7 @@ impl Reader {
         &self,
         doc: &Document,
         headers: &HeaderMap,
-        now: Instant,
+        now: Tick,
     ) -> Response<Full<Bytes>> {
         let keys = self.surrogate_keys.then(|| doc.key());
         let gzip = match self.encoding(headers) {
@@ -115,7 +114,7 @@ impl Reader {
         };
         // Only a copy past the hard TTL is ever served this old: a stale answer, because
         // no database could answer. Say how old (RFC 9111 `Age`).
-        let age = now.saturating_duration_since(doc.loaded());
+        let age = doc.age_at(now);
         if age >= self.ttl.hard {
             response
                 .headers_mut()

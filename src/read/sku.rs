@@ -3,7 +3,6 @@
 //! that carries one), then the product read as any other.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -16,7 +15,7 @@ use super::error::ReadError;
 use super::limits::MAX_SKU_CHARS;
 use super::token::Consistency;
 use super::{MIN_CATALOG_TOKEN, Reader};
-use crate::document::Lookup;
+use crate::document::{Lookup, Tick};
 use crate::http::parse::percent_decode;
 use crate::store::catalog;
 use crate::store::replicas::parse_lsn;
@@ -59,13 +58,13 @@ impl Reader {
         };
         match self.product_at(id, at).await? {
             Lookup::Found(doc) if doc.sku() == &*sku => {
-                Ok(self.document_response(&doc, headers, Instant::now()))
+                Ok(self.document_response(&doc, headers, Tick::now()))
             }
             _ if resolved_now => Err(ReadError::SkuNotFound),
             _ => match self.resolve_sku(&key, resolve_at).await? {
                 Some(id) => match self.product_at(id, at).await? {
                     Lookup::Found(doc) if doc.sku() == &*sku => {
-                        Ok(self.document_response(&doc, headers, Instant::now()))
+                        Ok(self.document_response(&doc, headers, Tick::now()))
                     }
                     _ => Err(ReadError::SkuNotFound),
                 },
