@@ -23,8 +23,14 @@
 # 50 documents the reader served (`ceiling50`). Profiles: callgrind.out.ceiling50,
 # callgrind.out.batch.
 #
+# Mode `import` profiles the writer through a bulk import instead: bench/writes.sh's
+# create pass of IMPORT_PRODUCTS (20,000) products into a database of its own
+# (catalog_profile_writes), the writer (its relay publishing everything) under callgrind
+# from start to exit; prints the writer's instructions per product imported and
+# published (the first argument is not used). Profile: callgrind.out.writer.<pid>.
+#
 # Usage: bench/profile.sh [seconds of load per server (20)] [output dir (target/profile)]
-#                         [mode: hits (default) | misses | batch]
+#                         [mode: hits (default) | misses | batch | import]
 # Needs the local stack with the demo catalog (ops/dev.sh run seeds it once); installs
 # what is missing (wrk, valgrind: ops/dev.sh deps --bench); builds catalogd and the
 # ceiling example.
@@ -84,6 +90,30 @@ profile() {
   echo "$answered" >"$OUT/requests.$name"
   awk -v t="$total" -v n="$answered" 'BEGIN {printf "%.0f\n", t / n}'
 }
+
+if [[ $MODE == import ]]; then
+  products=${IMPORT_PRODUCTS:-20000}
+  rm -f "$OUT"/callgrind.out.writer.*
+  # writes.sh runs its binary twice (migrate, then the writer): each under callgrind.
+  cat >"$OUT/catalogd-callgrind" <<SH
+#!/usr/bin/env bash
+exec valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.writer.%p" \
+  "$RELEASE/catalogd" "\$@" 2>>"$OUT/valgrind.writer.log"
+SH
+  chmod +x "$OUT/catalogd-callgrind"
+  WRITES_PHASES=import WRITES_PASSES=create WRITES_CHUNK=10000 WRITES_DB=catalog_profile_writes \
+    WRITES_DB_TIMEOUT_MS=60000 WRITES_BIN="$OUT/catalogd-callgrind" \
+    bench/writes.sh 1 "$products" >"$OUT/writes.log"
+  # The writer's profile is the larger of the two.
+  total=$(for f in "$OUT"/callgrind.out.writer.*; do
+    callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ && !n {gsub(",", "", $1); print $1; n = 1}'
+  done | sort -n | tail -n 1)
+  echo "bench/profile.sh import: $products products imported and published, the writer under callgrind"
+  printf '%-10s %14s %12s\n' target instructions instr/product
+  printf '%-10s %14d %12.0f\n' writer "$total" "$(awk -v t="$total" -v n="$products" 'BEGIN {print t / n}')"
+  echo "profiles: $OUT"
+  exit 0
+fi
 
 if [[ $MODE == misses ]]; then
   export CATALOG_READER_ADDR=$READER_ADDR CATALOG_LOG=warn CATALOG_REDIS_PREFIX=profile:

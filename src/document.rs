@@ -15,6 +15,8 @@ use bytes::Bytes;
 use hyper::header::HeaderValue;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use sqlx::Row as _;
+use sqlx::postgres::PgRow;
 
 use crate::gzip;
 
@@ -290,8 +292,9 @@ impl Lookup {
     }
 }
 
-/// One product row as loaded from PostgreSQL, before rendering.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// One product row as loaded from PostgreSQL, before rendering: the columns of
+/// `crate::store::catalog`'s product query, in its order.
+#[derive(Debug, Clone)]
 pub struct ProductRow {
     /// Product id.
     pub id: i64,
@@ -321,6 +324,29 @@ pub struct ProductRow {
     pub updated_at: String,
     /// Whether the storefront may show it (not deleted, active).
     pub visible: bool,
+}
+
+impl<'r> sqlx::FromRow<'r, PgRow> for ProductRow {
+    /// By position: a column named for each field cost a hash of its name per field per
+    /// row (sqlx looks names up in a `HashMap`), in every fill and every relay round.
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: row.try_get(0)?,
+            sku: row.try_get(1)?,
+            name: row.try_get(2)?,
+            description: row.try_get(3)?,
+            brand: row.try_get(4)?,
+            price_amount: row.try_get(5)?,
+            currency: row.try_get(6)?,
+            stock: row.try_get(7)?,
+            attributes: row.try_get(8)?,
+            images: row.try_get(9)?,
+            categories: row.try_get(10)?,
+            version: row.try_get(11)?,
+            updated_at: row.try_get(12)?,
+            visible: row.try_get(13)?,
+        })
+    }
 }
 
 /// The document's field order: stable, and the order clients see.

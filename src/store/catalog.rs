@@ -13,7 +13,8 @@ use sqlx::{PgExecutor, PgPool};
 
 use crate::document::ProductRow;
 
-/// `select <product columns> from products p` followed by `$tail`.
+/// `select <product columns> from products p` followed by `$tail`. [`ProductRow`] reads
+/// the columns by position: a column added, removed or moved here changes it too.
 macro_rules! select_products {
     ($tail:literal) => {
         concat!(

@@ -84,13 +84,16 @@ impl Relay {
                 // One script: a round of 256 entries costs one round trip, so the relay
                 // keeps up with bulk imports and a write behind them is not held up.
                 let previous = if recovering { 0 } else { first.seq - 1 };
-                let mut args: Vec<Value> = vec![
+                let fields: Vec<Vec<(&str, String)>> =
+                    entries.iter().map(Invalidation::fields).collect();
+                let mut args: Vec<Value> =
+                    Vec::with_capacity(3 + fields.iter().map(|f| 1 + 2 * f.len()).sum::<usize>());
+                args.extend([
                     previous.into(),
                     stream::SEQ.into(),
                     (*max_len as i64).into(),
-                ];
-                for entry in entries {
-                    let fields = entry.fields();
+                ]);
+                for fields in fields {
                     args.push(((fields.len() * 2) as i64).into());
                     for (name, value) in fields {
                         args.push(name.into());
