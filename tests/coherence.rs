@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use catalog::checker::{Event, Report};
 use catalog::coherence::stream::Invalidation;
 use catalog::startup::Role;
-use common::admin::{lamp, patch_stock, product_in_category, set_stock, wait_for_version};
+use common::admin::{
+    create_category, lamp, patch_stock, product_in_category, set_stock, wait_for_version,
+};
 use common::fault::{self, FaultProxy};
 use common::{OwnRedis, Stack, TestApp, TestDb, poll, seeded};
 use fred::prelude::*;
@@ -694,15 +696,7 @@ async fn a_category_change_carries_the_position_where_it_is_visible() {
     let app = TestApp::spawn_as(&config, Role::All).await;
     let (id, _) = product_in_category(&db).await;
     set_stock(&app, id, 12).await;
-    let reply = app
-        .admin(
-            "PUT",
-            "/admin/categories/new-in",
-            &[],
-            r#"{"name": "New in"}"#,
-        )
-        .await;
-    assert_eq!(reply.status, 201, "{}", reply.text());
+    create_category(&app, "new-in", "New in").await;
 
     let redis = redis_client(&config).await;
     let stream = catalog::coherence::relay::stream_key(&config.redis_prefix);
@@ -811,6 +805,64 @@ redis.call('SET', KEYS[2], ARGV[2])
 return #lost
 ";
 
+/// What a Redis snapshot holds of product `id`: its L2 value and where the stream ends.
+struct Snapshot {
+    stream: String,
+    key: String,
+    value: String,
+    end: String,
+}
+
+impl Snapshot {
+    /// Taken once `app` has served `id` at version 1 (the reader's write-back put it in
+    /// L2).
+    async fn take(app: &TestApp, redis: &Client, prefix: &str, id: i64) -> Self {
+        let stream = catalog::coherence::relay::stream_key(prefix);
+        let key = format!("{prefix}p:{id}");
+        assert_eq!(
+            app.get(&format!("/products/{id}")).await.json()["version"],
+            1
+        );
+        let value: String =
+            poll(|| async { redis.get::<Option<String>, _>(&key).await.ok()? }).await;
+        let entries: Vec<(String, HashMap<String, String>)> =
+            redis.xrange(&stream, "-", "+", None).await.unwrap();
+        let end = entries
+            .last()
+            .map_or("0-0".to_owned(), |(id, _)| id.clone());
+        Self {
+            stream,
+            key,
+            value,
+            end,
+        }
+    }
+
+    /// Redis comes back from the snapshot, at once: the entries published since are
+    /// gone, L2 holds the snapshot's value again, and the epoch key is the same. Returns
+    /// how many entries went.
+    async fn restore(&self, redis: &Client) -> i64 {
+        redis
+            .eval(
+                RESTORE_SNAPSHOT,
+                vec![self.stream.clone(), self.key.clone()],
+                vec![self.end.clone(), self.value.clone()],
+            )
+            .await
+            .unwrap()
+    }
+
+    /// Waits until L2 holds `version` of the product again.
+    async fn wait_for_l2_version(&self, redis: &Client, version: i64) {
+        let prefix = format!("F{version}|");
+        poll(|| async {
+            let value: String = redis.get::<Option<String>, _>(&self.key).await.ok()??;
+            value.starts_with(&prefix).then_some(())
+        })
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn a_redis_that_rolls_back_is_a_reset_and_its_old_documents_are_replaced() {
     let db = seeded(10, 4).await;
@@ -818,25 +870,14 @@ async fn a_redis_that_rolls_back_is_a_reset_and_its_old_documents_are_replaced()
     let app = TestApp::spawn_as(&config, Role::All).await;
     let (id, _) = product_in_category(&db).await;
     let redis = redis_client(&config).await;
-    let stream = catalog::coherence::relay::stream_key(&config.redis_prefix);
-    let key = format!("{}p:{id}", config.redis_prefix);
-
-    // The "snapshot": version 1 in L2 (the reader's write-back), and the stream as it is.
-    assert_eq!(
-        app.get(&format!("/products/{id}")).await.json()["version"],
-        1
-    );
-    let snapshot: String =
-        poll(|| async { redis.get::<Option<String>, _>(&key).await.ok()? }).await;
-    let before: Vec<(String, HashMap<String, String>)> =
-        redis.xrange(&stream, "-", "+", None).await.unwrap();
+    let snapshot = Snapshot::take(&app, &redis, &config.redis_prefix, id).await;
 
     // Changes after it: version 2, published and applied, and the heartbeat that follows
     // its round (after which the relay is quiet until the next heartbeat is due).
     set_stock(&app, id, 55).await;
     poll(|| async {
         let after: Vec<(String, HashMap<String, String>)> =
-            redis.xrange(&stream, "-", "+", None).await.ok()?;
+            redis.xrange(&snapshot.stream, "-", "+", None).await.ok()?;
         let entries: Vec<Invalidation> = after
             .iter()
             .filter_map(|(_, fields)| Invalidation::parse(fields))
@@ -847,17 +888,7 @@ async fn a_redis_that_rolls_back_is_a_reset_and_its_old_documents_are_replaced()
         entries[change..].iter().any(|e| e.heartbeat).then_some(())
     })
     .await;
-    // Redis comes back from the snapshot, at once: the entries published since are gone,
-    // L2 holds version 1 again, and the epoch key is the same.
-    let snapshot_end = before.last().map_or("0-0", |(id, _)| id.as_str());
-    let lost: i64 = redis
-        .eval(
-            RESTORE_SNAPSHOT,
-            vec![stream.clone(), key.clone()],
-            vec![snapshot_end.to_owned(), snapshot],
-        )
-        .await
-        .unwrap();
+    let lost = snapshot.restore(&redis).await;
     assert!(lost >= 2, "{lost} entries deleted");
 
     // The relay's next round (a heartbeat at the latest) notices, and every reader resets.
@@ -865,11 +896,7 @@ async fn a_redis_that_rolls_back_is_a_reset_and_its_old_documents_are_replaced()
         .await;
     poll(|| async { (app.metric("catalog_stream_resets_total").await >= 1.0).then_some(()) }).await;
     // The republished change put version 2 back into L2 over the restored copy.
-    poll(|| async {
-        let value: String = redis.get::<Option<String>, _>(&key).await.ok()??;
-        value.starts_with("F2|").then_some(())
-    })
-    .await;
+    snapshot.wait_for_l2_version(&redis, 2).await;
     // A reader started now has no floor from before: it must not get the old copy.
     let late = TestApp::spawn(&config).await;
     let doc = late.get(&format!("/products/{id}")).await.json();
@@ -898,44 +925,21 @@ async fn entries_lost_while_a_round_runs_are_found_as_a_rollback() {
     let app = TestApp::spawn_as(&config, Role::All).await;
     let (id, _) = product_in_category(&db).await;
     let redis = redis_client(&direct).await;
-    let stream = catalog::coherence::relay::stream_key(&config.redis_prefix);
-    let key = format!("{}p:{id}", config.redis_prefix);
-
-    // The snapshot: version 1 in L2, and the stream as it is.
-    assert_eq!(
-        app.get(&format!("/products/{id}")).await.json()["version"],
-        1
-    );
-    let snapshot: String =
-        poll(|| async { redis.get::<Option<String>, _>(&key).await.ok()? }).await;
-    let before: Vec<(String, HashMap<String, String>)> =
-        redis.xrange(&stream, "-", "+", None).await.unwrap();
+    let snapshot = Snapshot::take(&app, &redis, &config.redis_prefix, id).await;
     set_stock(&app, id, 56).await;
 
     // The next round reads the stream's state, and is held there while Redis comes back
     // from the snapshot.
     proxy.freeze_on(b"XREVRANGE");
     poll(|| async { proxy.is_frozen().then_some(()) }).await;
-    let snapshot_end = before.last().map_or("0-0", |(id, _)| id.as_str());
-    let lost: i64 = redis
-        .eval(
-            RESTORE_SNAPSHOT,
-            vec![stream.clone(), key.clone()],
-            vec![snapshot_end.to_owned(), snapshot],
-        )
-        .await
-        .unwrap();
+    let lost = snapshot.restore(&redis).await;
     assert!(lost >= 1, "{lost} entries deleted");
     proxy.thaw();
 
     // The rollback is found, and version 2 goes back into L2 over the restored copy.
     poll(|| async { (app.metric("catalog_stream_rollbacks_total").await >= 1.0).then_some(()) })
         .await;
-    poll(|| async {
-        let value: String = redis.get::<Option<String>, _>(&key).await.ok()??;
-        value.starts_with("F2|").then_some(())
-    })
-    .await;
+    snapshot.wait_for_l2_version(&redis, 2).await;
     redis.quit().await.unwrap();
     app.shutdown().await;
 }

@@ -9,6 +9,7 @@ mod common;
 
 use catalog::seed::{self, SeedSpec};
 use catalog::startup::Role;
+use common::admin::create_category;
 use common::{TestApp, TestDb, poll, replica_has_products, seeded};
 use fred::prelude::*;
 use std::time::Duration;
@@ -379,15 +380,7 @@ async fn a_category_change_is_never_undone_by_a_lagging_replica() {
         .execute(&replica)
         .await
         .unwrap();
-    let reply = app
-        .admin(
-            "PUT",
-            "/admin/categories/late-arrivals",
-            &[],
-            r#"{"name": "Late arrivals"}"#,
-        )
-        .await;
-    assert_eq!(reply.status, 201, "{}", reply.text());
+    create_category(&app, "late-arrivals", "Late arrivals").await;
     // Once the change's invalidation is applied, the list shows it, and keeps showing it.
     poll(|| async { listed(app.get("/categories").await.text()).then_some(()) }).await;
     for _ in 0..20 {

@@ -17,6 +17,19 @@ pub async fn product_in_category(db: &TestDb) -> (i64, String) {
     .unwrap()
 }
 
+/// Creates category `slug` named `name` (a top-level one) through the writer.
+pub async fn create_category(app: &TestApp, slug: &str, name: &str) {
+    let reply = app
+        .admin(
+            "PUT",
+            &format!("/admin/categories/{slug}"),
+            &[],
+            &serde_json::json!({ "name": name }).to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text());
+}
+
 pub fn lamp(name: &str, categories: &[String]) -> String {
     serde_json::json!({
         "sku": format!("LAMP-{}", name.len()),
