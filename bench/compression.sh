@@ -71,7 +71,8 @@ read -r id_entries id_weighed id_rss <<<"$(per_entry)"
 load gzip
 read -r gz_entries gz_weighed gz_rss <<<"$(per_entry)"
 
-wrk_scripts "$WORK" $PRODUCTS
+visible_ids "$CATALOG_DATABASE_URL" "$WORK/visible.ids"
+wrk_scripts "$WORK" $PRODUCTS "$WORK/visible.ids"
 
 # body_bytes doc|batch ENCODING: mean body bytes over 200 sampled requests.
 body_bytes() {

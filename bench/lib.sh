@@ -80,13 +80,29 @@ stack_up() {
   cargo build --release "$@" >&2
 }
 
-# wrk_scripts DIR N: DIR/uniform.lua (GET /products/{id}, ids uniform over 1..N) and
-# DIR/batch.lua (GET /products?ids=<50 ids uniform over 1..N>).
-wrk_scripts() {
-  cat >"$1/uniform.lua" <<LUA
+# visible_ids URL FILE: the ids of URL's products a storefront is shown (active, not
+# deleted), one a line. Single-document scripts ask only for these: every answer is a
+# document, as the ceiling's are, and a 404 (about 3 % of a seeded catalog is hidden)
+# is not mistaken for a failed answer.
+visible_ids() { psql "$1" -qtAX -v ON_ERROR_STOP=1 -c 'select id from products where active and deleted_at is null order by id' >"$2"; }
+
+# uniform_script FILE IDS: a wrk script asking GET /products/{id}, ids drawn uniformly
+# from the file IDS (one a line).
+uniform_script() {
+  cat >"$1" <<LUA
+local ids, n = {}, 0
+for line in io.lines("$2") do n = n + 1; ids[n] = tonumber(line) end
+if n == 0 then error("no ids in $2") end
 math.randomseed(os.time())
-request = function() return wrk.format("GET", "/products/" .. math.random(1, $2)) end
+request = function() return wrk.format("GET", "/products/" .. ids[math.random(1, n)]) end
 LUA
+}
+
+# wrk_scripts DIR N IDS: DIR/uniform.lua (GET /products/{id}, ids uniform over the
+# visible ids in the file IDS) and DIR/batch.lua (GET /products?ids=<50 ids uniform over
+# 1..N>: a hidden product in a batch is answered among its missing ids, with 200).
+wrk_scripts() {
+  uniform_script "$1/uniform.lua" "$3"
   cat >"$1/batch.lua" <<LUA
 math.randomseed(os.time())
 request = function()

@@ -5,7 +5,7 @@
 #
 # Each server runs under callgrind with instrumentation off; the reader's L1 is warmed with
 # every product once, then instrumentation is switched on, wrk sends GET /products/{id}
-# requests (uniform over 100,000 products) for a fixed time and the counts are dumped;
+# requests (uniform over the demo catalog's visible products) for a fixed time and the counts are dumped;
 # the count divided by the requests wrk saw answered is the cost of one request.
 # Prints instructions per request for both and their ratio, and leaves the profiles
 # (callgrind.out.ceiling, callgrind.out.reader) and their annotated summaries in the
@@ -53,10 +53,10 @@ ops/dev.sh up >/dev/null
 eval "$(ops/dev.sh env)"
 cargo build --release --bin catalogd --example ceiling >&2
 
-cat >"$OUT/uniform.lua" <<LUA
-math.randomseed(42)
-request = function() return wrk.format("GET", "/products/" .. math.random(1, $PRODUCTS)) end
-LUA
+if [[ $MODE != import ]]; then
+  visible_ids "$CATALOG_DATABASE_URL" "$OUT/visible.ids"
+  wrk_scripts "$OUT" $PRODUCTS "$OUT/visible.ids"
+fi
 
 # read_all ADDR: every product once, in batches of 200.
 read_all() {
@@ -139,7 +139,6 @@ if [[ $MODE == misses ]]; then
 fi
 
 if [[ $MODE == batch ]]; then
-  wrk_scripts "$OUT" $PRODUCTS
   export CATALOG_READER_ADDR=$READER_ADDR CATALOG_LOG=warn CATALOG_FEED_SILENCE_MS=3600000 \
     CATALOG_AUDIT_INTERVAL_MS=0 CATALOG_L1_BYTES=$((1024 * 1024 * 1024))
   # The ceiling's body: a batch of 50 random ids as the reader answers it, fetched from
