@@ -6,7 +6,9 @@
 //! with it. Its gzip form is made the first time a response needs it
 //! ([`Document::gzip`]) and kept with it. What a
 //! tier can know about an id is a [`Lookup`]: a live document, a version that is gone
-//! (deleted or deactivated: a tombstone), or nothing at all.
+//! (deleted or deactivated: a tombstone), or nothing at all. A document's age is taken
+//! at a [`Tick`], the clock reading it keeps its load time as; it is rendered from a
+//! [`ProductRow`], as PostgreSQL answers the product query.
 
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant};
