@@ -356,6 +356,8 @@ impl L1 {
     /// generation to store under ([`L1::insert_body`]) and the WAL position its source
     /// must have replayed.
     pub fn body_fill(&self) -> BodyFill {
+        // The generation first: an invalidation raises the floor before it moves the
+        // generation, so a fill that sees the new generation sees the new floor too.
         let generation = self.generation.load(Ordering::SeqCst);
         BodyFill {
             generation,
