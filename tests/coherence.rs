@@ -686,6 +686,38 @@ async fn redis_client(config: &catalog::config::Config) -> Client {
     redis
 }
 
+/// The relay loads its write-through script once. A Redis that forgot it (a restart, a
+/// failover to a node that never had it, `SCRIPT FLUSH`) answers `NOSCRIPT`; the relay
+/// loads it again within the round, and the round's documents reach L2 (a writer alone,
+/// so no reader's write-back puts them there instead).
+#[tokio::test]
+async fn the_relay_loads_its_write_through_script_again_when_redis_lost_it() {
+    let db = seeded(10, 4).await;
+    let config = TestApp::config(&db);
+    let writer = TestApp::spawn_as(&config, Role::Writer).await;
+    let redis = redis_client(&config).await;
+    let key = format!("{}p:1", config.redis_prefix);
+    let l2_holds = |version: i64| {
+        let (redis, key) = (&redis, &key);
+        async move {
+            poll(|| async {
+                let value: String = redis.get::<Option<String>, _>(key).await.ok()??;
+                value.starts_with(&format!("F{version}|")).then_some(())
+            })
+            .await;
+        }
+    };
+    let version = |reply: common::Reply| reply.json()["version"].as_i64().unwrap();
+
+    let first = version(patch_stock(&writer, 1, 5).await);
+    l2_holds(first).await;
+    redis.script_flush(false).await.unwrap();
+    let second = version(patch_stock(&writer, 1, 6).await);
+    l2_holds(second).await;
+    assert_eq!(writer.metric("catalog_relay_errors_total").await, 0.0);
+    writer.shutdown().await;
+}
+
 /// A change to categories is published with the position where it is visible: a
 /// replica that has replayed that position has it (readers fill `GET /categories` from
 /// such a database). A product's change carries none.

@@ -20,6 +20,7 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -68,6 +69,9 @@ pub struct L2 {
     prefix: Arc<str>,
     ttl_secs: u64,
     put_if_newer: Script,
+    /// Whether `put_if_newer` was loaded for [`L2::put_many`]'s pipelines (cleared when
+    /// Redis answers that it lost it).
+    put_script_loaded: Arc<AtomicBool>,
     breaker: Arc<Breaker>,
     /// The deadline of each command, and of a lookup waiting for its batch.
     timeout: Duration,
@@ -108,6 +112,7 @@ impl L2 {
             prefix: config.prefix.as_str().into(),
             ttl_secs: config.ttl.as_secs().max(1),
             put_if_newer: Script::from_lua(PUT_IF_NEWER),
+            put_script_loaded: Arc::default(),
             breaker: Arc::new(Breaker::new(config.breaker_trips.clone())),
             timeout,
             lookups: None,
@@ -246,7 +251,10 @@ impl L2 {
     }
 
     /// Stores each document unless L2 already holds its version or a newer one, in one
-    /// pipeline (one round trip for the whole batch: the relay's write-through).
+    /// pipeline (one round trip for the whole batch: the relay's write-through). The
+    /// script is loaded by the first call, and again when Redis answers that it lost it
+    /// (a restart, a failover, `SCRIPT FLUSH`); the pipeline is then sent again whole,
+    /// which is harmless since every put compares versions.
     pub async fn put_many(&self, lookups: &[(i64, Lookup)]) -> Result<(), fred::error::Error> {
         let values: Vec<(i64, i64, Bytes)> = lookups
             .iter()
@@ -255,10 +263,6 @@ impl L2 {
         if values.is_empty() {
             return Ok(());
         }
-        // EVALSHA needs the script loaded; loading it again is harmless. On a cluster
-        // fred loads it on every master (`SCRIPT LOAD` to each).
-        self.guarded(|| self.put_if_newer.load(&self.client))
-            .await?;
         let sha: Value = self.put_if_newer.sha1().clone().into();
         let ttl: Value = i64::try_from(self.ttl_secs).unwrap_or(i64::MAX).into();
         let pipeline = self.client.pipeline();
@@ -282,7 +286,26 @@ impl L2 {
                 )
                 .await?;
         }
-        let _: Vec<Value> = self.guarded(|| pipeline.all()).await?;
+        if !self.put_script_loaded.load(Ordering::Relaxed) {
+            self.load_put_script().await?;
+        }
+        match self.guarded(|| pipeline.all::<Vec<Value>>()).await {
+            Err(error) if error.details().starts_with("NOSCRIPT") => {
+                self.load_put_script().await?;
+                let _: Vec<Value> = self.guarded(|| pipeline.all()).await?;
+                Ok(())
+            }
+            result => result.map(drop),
+        }
+    }
+
+    /// Loads `put_if_newer` (on a cluster fred loads it on every master: `SCRIPT LOAD`
+    /// to each).
+    async fn load_put_script(&self) -> Result<(), fred::error::Error> {
+        self.put_script_loaded.store(false, Ordering::Relaxed);
+        self.guarded(|| self.put_if_newer.load(&self.client))
+            .await?;
+        self.put_script_loaded.store(true, Ordering::Relaxed);
         Ok(())
     }
 

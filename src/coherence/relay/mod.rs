@@ -43,8 +43,8 @@ use crate::metrics::Metrics;
 use crate::store::catalog;
 use crate::store::redis::L2;
 use outbox::{
-    OutboxRow, advance_sequence, begin_republishing, end_republishing, to_republish, unpublished,
-    visible_position,
+    OutboxRow, advance_sequence, begin_republishing, end_republishing, mark_published,
+    to_republish, unpublished, visible_position,
 };
 use sink::StreamState;
 
@@ -387,32 +387,22 @@ impl Relay {
                 heartbeat: false,
             })
             .collect();
-        self.append(&entries, recovering).await?;
-        if let Sink::Redis { l2, .. } = &self.sink {
-            let (purged, written): (Vec<&OutboxRow>, Vec<&OutboxRow>) =
-                rows.iter().partition(|r| r.purge);
-            let ids: Vec<i64> = written.iter().filter_map(|r| r.product_id).collect();
-            let documents = catalog::products_by_ids(&mut *tx, &ids)
-                .await?
-                .into_iter()
-                .map(|row| Ok((row.id, row.into_lookup()?)))
-                .collect::<Result<Vec<(i64, Lookup)>, serde_json::Error>>()?;
-            l2.put_many(&documents).await?;
-            for id in purged.iter().filter_map(|r| r.product_id) {
-                l2.remove(id).await?;
-            }
-        }
-        let outbox_ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let seqs: Vec<i64> = (0..rows.len() as i64).map(|i| next_seq + i).collect();
-        sqlx::query(
-            "update outbox set published_at = now(), seq = data.seq \
-             from unnest($1::bigint[], $2::bigint[]) as data(id, seq) where outbox.id = data.id",
-        )
-        .bind(&outbox_ids)
-        .bind(&seqs)
-        .execute(&mut *tx)
-        .await?;
-        advance_sequence(&mut tx, next_seq + rows.len() as i64).await?;
+        // The documents are read while the entries go out, and written to L2 while the
+        // rows are marked published: each pair is one round trip, side by side.
+        let (purged, written): (Vec<&OutboxRow>, Vec<&OutboxRow>) =
+            rows.iter().partition(|r| r.purge);
+        let (appended, documents) = tokio::join!(
+            self.append(&entries, recovering),
+            self.documents(&mut tx, &written)
+        );
+        appended?;
+        let documents = documents?;
+        let (stored, marked) = tokio::join!(
+            self.write_through(&documents, &purged),
+            mark_published(&mut tx, &rows, next_seq)
+        );
+        stored?;
+        marked?;
         tx.commit().await?;
         self.published(true);
         if let Some(purger) = &self.purger {
@@ -428,9 +418,12 @@ impl Relay {
             let lag = u64::try_from(now.saturating_sub(row.created_micros)).unwrap_or(0);
             self.metrics.relay_lag.observe(Duration::from_micros(lag));
         }
-        // Counting the backlog reads all of it: while rounds come full (a large backlog
-        // drains), the gauge is refreshed at most every BACKLOG_COUNT_EVERY.
-        if drained || self.backlog_count_due() {
+        // A round that took every unpublished row leaves none behind as of its select;
+        // counting the backlog reads all of it, so while rounds come full (a large
+        // backlog drains) it is counted at most every BACKLOG_COUNT_EVERY.
+        if drained {
+            self.metrics.outbox_backlog.set(0);
+        } else if self.backlog_count_due() {
             let backlog: i64 =
                 sqlx::query_scalar("select count(*) from outbox where published_at is null")
                     .fetch_one(&self.primary)
@@ -438,6 +431,40 @@ impl Relay {
             self.metrics.outbox_backlog.set(backlog);
         }
         Ok(rows.len())
+    }
+
+    /// The current documents (or tombstones) of the products `rows` changed, for L2;
+    /// none without Redis.
+    async fn documents(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        rows: &[&OutboxRow],
+    ) -> Result<Vec<(i64, Lookup)>, RelayError> {
+        let ids: Vec<i64> = rows.iter().filter_map(|r| r.product_id).collect();
+        if ids.is_empty() || !matches!(self.sink, Sink::Redis { .. }) {
+            return Ok(Vec::new());
+        }
+        Ok(catalog::products_by_ids(&mut **tx, &ids)
+            .await?
+            .into_iter()
+            .map(|row| Ok((row.id, row.into_lookup()?)))
+            .collect::<Result<Vec<(i64, Lookup)>, serde_json::Error>>()?)
+    }
+
+    /// Writes `documents` to L2 by version and drops what L2 holds of the products
+    /// `purged` names (an operator's purge); nothing without Redis.
+    async fn write_through(
+        &self,
+        documents: &[(i64, Lookup)],
+        purged: &[&OutboxRow],
+    ) -> Result<(), RelayError> {
+        if let Sink::Redis { l2, .. } = &self.sink {
+            l2.put_many(documents).await?;
+            for id in purged.iter().filter_map(|r| r.product_id) {
+                l2.remove(id).await?;
+            }
+        }
+        Ok(())
     }
 
     /// After Redis lost published entries: a new epoch (every reader flushes L1) and,

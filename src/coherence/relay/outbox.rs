@@ -119,3 +119,25 @@ pub(super) async fn advance_sequence(
         .await?;
     Ok(())
 }
+
+/// Marks a round's `rows` published, numbered from `first_seq` in their order, and
+/// moves the relay's sequence past them: one statement, inside the round's transaction.
+pub(super) async fn mark_published(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[OutboxRow],
+    first_seq: i64,
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let seqs: Vec<i64> = (first_seq..).take(rows.len()).collect();
+    sqlx::query(
+        "with marked as (update outbox set published_at = now(), seq = data.seq \
+         from unnest($1::bigint[], $2::bigint[]) as data(id, seq) where outbox.id = data.id) \
+         update relay_state set next_seq = $3 where id = 1",
+    )
+    .bind(&ids)
+    .bind(&seqs)
+    .bind(first_seq + rows.len() as i64)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
