@@ -108,7 +108,8 @@ pub enum Source {
 
 impl Source {
     /// The Redis stream of the deployment with key `prefix`, on its own connection (a
-    /// connection to each master, on a cluster). `url` is any form
+    /// connection to each master, on a cluster), opened when the consumer starts, on
+    /// the runtime that runs it. `url` is any form
     /// [`crate::store::redis::redis_config`] takes.
     pub fn redis(url: &str, prefix: &str) -> Result<Self, fred::error::Error> {
         let client = Builder::from_config(crate::store::redis::redis_config(url)?)
@@ -123,7 +124,6 @@ impl Source {
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
             .build()?;
-        client.connect();
         Ok(Self::Redis {
             client,
             stream_key: super::relay::stream_key(prefix),
@@ -235,6 +235,8 @@ impl Consumer {
             stream_key,
             epoch_key,
         } = redis;
+        // Connected here, so the client's tasks run where the consumer does.
+        client.connect();
         let mut backoff = Backoff::default();
         loop {
             // Know the epoch before reading, so a reset is noticed even if it happens

@@ -489,7 +489,7 @@ impl Application {
             });
             if let Some((consumer, source)) = read.consumer {
                 let run = consumer.run(source, stop.child_token());
-                tasks.spawn("invalidation consumer", run);
+                tasks.spawn_on_own_thread("invalidation consumer", run);
             }
             tasks.spawn("feed watchdog", read.feed.run(stop.child_token()));
             if let Some(auditor) = read.auditor {

@@ -31,6 +31,49 @@ impl Supervisor {
         self.names.insert(handle.id(), name);
     }
 
+    /// Runs `task` under the name `name` on a thread of its own, with a single-threaded
+    /// runtime: what it waits for wakes it at once, rather than behind every request the
+    /// shared runtime has queued (the invalidation consumer, whose delay is the
+    /// propagation time). It is watched like the others: its end is noticed, and its
+    /// panic stops the process's tasks. Should the thread not start, it runs on the
+    /// shared runtime.
+    pub(super) fn spawn_on_own_thread(
+        &mut self,
+        name: &'static str,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::warn!(task = name, %error, "no runtime of its own; running on the shared one");
+                return self.spawn(name, task);
+            }
+        };
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(name.replace(' ', "-"))
+            .spawn(move || {
+                runtime.block_on(task);
+                // The receiver is gone only once the supervisor stopped waiting.
+                let _ = done.send(());
+            });
+        match thread {
+            Ok(_) => self.spawn(name, async move {
+                // A dropped sender: the thread unwound.
+                if finished.await.is_err() {
+                    panic!("{name} panicked on its thread");
+                }
+            }),
+            Err(error) => {
+                tracing::error!(task = name, %error, "its thread did not start; shutting down");
+                self.spawn(name, async {});
+            }
+        }
+    }
+
     /// Waits for every task. A task that ends before `stop` fires, or panics at any
     /// time, is logged and cancels `stop` (so the others stop and drain); the result
     /// then names the first such task.
