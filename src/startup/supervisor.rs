@@ -186,4 +186,28 @@ mod tests {
         stop.cancel();
         tasks.wait(&stop).await.unwrap();
     }
+
+    /// A task on a thread of its own runs there, with timers and I/O of its own runtime,
+    /// while the shared runtime cannot run anything (its one thread is blocked); its
+    /// panic stops the process like any task's.
+    #[tokio::test]
+    async fn a_task_on_its_own_thread_runs_while_the_shared_runtime_is_busy() {
+        let stop = CancellationToken::new();
+        let mut tasks = Supervisor::default();
+        let (ran_on, seen) = std::sync::mpsc::channel();
+        tasks.spawn_on_own_thread("invalidation consumer", async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let name = std::thread::current().name().map(str::to_owned);
+            ran_on.send(name).unwrap();
+            panic!("a bug in the consumer");
+        });
+        // This test's runtime has one thread: blocking it here, the task still runs.
+        let name = seen
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the task ran");
+        assert_eq!(name.as_deref(), Some("invalidation-consumer"));
+        let err = tasks.wait(&stop).await.expect_err("a panic is a failure");
+        assert!(stop.is_cancelled());
+        assert_eq!(err.to_string(), "invalidation consumer panicked");
+    }
 }
