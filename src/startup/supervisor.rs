@@ -35,8 +35,8 @@ impl Supervisor {
     /// runtime: what it waits for wakes it at once, rather than behind every request the
     /// shared runtime has queued (the invalidation consumer, whose delay is the
     /// propagation time). It is watched like the others: its end is noticed, and its
-    /// panic stops the process's tasks. Should the thread not start, it runs on the
-    /// shared runtime.
+    /// panic stops the process's tasks. Should its runtime not build, it runs on the
+    /// shared one; should its thread not start, the process stops, as when it ends.
     pub(super) fn spawn_on_own_thread(
         &mut self,
         name: &'static str,
