@@ -388,8 +388,8 @@ impl Relay {
             })
             .collect();
         // One step at a time: overlapping the documents' read with the append, and L2's
-        // write with the marking, made rounds shorter but more frequent, and cost single
-        // writes about a tenth of their throughput for no propagation time measurable
+        // write with the marking, made rounds shorter and cost single writes about a
+        // tenth of their throughput, for no measurable gain in propagation time
         // (docs/coherence.md).
         let (purged, written): (Vec<&OutboxRow>, Vec<&OutboxRow>) =
             rows.iter().partition(|r| r.purge);
