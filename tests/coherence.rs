@@ -686,6 +686,16 @@ async fn redis_client(config: &catalog::config::Config) -> Client {
     redis
 }
 
+/// Waits until L2's `key` holds `version` of its product.
+async fn wait_for_l2_version(redis: &Client, key: &str, version: i64) {
+    let prefix = format!("F{version}|");
+    poll(|| async {
+        let value: String = redis.get::<Option<String>, _>(key).await.ok()??;
+        value.starts_with(&prefix).then_some(())
+    })
+    .await;
+}
+
 /// The relay loads its write-through script once. A Redis that forgot it (a restart, a
 /// failover to a node that never had it, `SCRIPT FLUSH`) answers `NOSCRIPT`; the relay
 /// loads it again within the round, and the round's documents reach L2 (a writer alone,
@@ -697,23 +707,13 @@ async fn the_relay_loads_its_write_through_script_again_when_redis_lost_it() {
     let writer = TestApp::spawn_as(&config, Role::Writer).await;
     let redis = redis_client(&config).await;
     let key = format!("{}p:1", config.redis_prefix);
-    let l2_holds = |version: i64| {
-        let (redis, key) = (&redis, &key);
-        async move {
-            poll(|| async {
-                let value: String = redis.get::<Option<String>, _>(key).await.ok()??;
-                value.starts_with(&format!("F{version}|")).then_some(())
-            })
-            .await;
-        }
-    };
     let version = |reply: common::Reply| reply.json()["version"].as_i64().unwrap();
 
     let first = version(patch_stock(&writer, 1, 5).await);
-    l2_holds(first).await;
+    wait_for_l2_version(&redis, &key, first).await;
     redis.script_flush(false).await.unwrap();
     let second = version(patch_stock(&writer, 1, 6).await);
-    l2_holds(second).await;
+    wait_for_l2_version(&redis, &key, second).await;
     assert_eq!(writer.metric("catalog_relay_errors_total").await, 0.0);
     writer.shutdown().await;
 }
@@ -883,16 +883,6 @@ impl Snapshot {
             .await
             .unwrap()
     }
-
-    /// Waits until L2 holds `version` of the product again.
-    async fn wait_for_l2_version(&self, redis: &Client, version: i64) {
-        let prefix = format!("F{version}|");
-        poll(|| async {
-            let value: String = redis.get::<Option<String>, _>(&self.key).await.ok()??;
-            value.starts_with(&prefix).then_some(())
-        })
-        .await;
-    }
 }
 
 #[tokio::test]
@@ -928,7 +918,7 @@ async fn a_redis_that_rolls_back_is_a_reset_and_its_old_documents_are_replaced()
         .await;
     poll(|| async { (app.metric("catalog_stream_resets_total").await >= 1.0).then_some(()) }).await;
     // The republished change put version 2 back into L2 over the restored copy.
-    snapshot.wait_for_l2_version(&redis, 2).await;
+    wait_for_l2_version(&redis, &snapshot.key, 2).await;
     // A reader started now has no floor from before: it must not get the old copy.
     let late = TestApp::spawn(&config).await;
     let doc = late.get(&format!("/products/{id}")).await.json();
@@ -971,7 +961,7 @@ async fn entries_lost_while_a_round_runs_are_found_as_a_rollback() {
     // The rollback is found, and version 2 goes back into L2 over the restored copy.
     poll(|| async { (app.metric("catalog_stream_rollbacks_total").await >= 1.0).then_some(()) })
         .await;
-    snapshot.wait_for_l2_version(&redis, 2).await;
+    wait_for_l2_version(&redis, &snapshot.key, 2).await;
     redis.quit().await.unwrap();
     app.shutdown().await;
 }
