@@ -2,12 +2,14 @@
 #
 # Defines log, the cleanup of started servers (their pids in PIDS, killed on exit, and
 # $WORK removed if set), wait_up, metric, RELEASE (cargo's release directory: binaries
-# in it, examples in $RELEASE/examples), and for the 1,000,000-product catalog
-# (database catalog_bench_1m on the dev stack, LARGE products): large_catalog, which sets
-# its URLs LARGE_PRIMARY / LARGE_REPLICA once `ops/dev.sh env` is in the environment, and
-# ensure_large_catalog, which seeds it the first time and reuses it afterwards; the
-# common start of a script (stack_up), the wrk scripts of uniform document reads and of
-# batches of 50 (wrk_scripts), and a process's CPU time (cpu_ticks, TICK).
+# in it, examples in $RELEASE/examples), a catalog in a database of its own on the dev
+# stack, seeded the first time and reused afterwards (ensure_catalog, which sets its
+# URLs DB_PRIMARY / DB_REPLICA once `ops/dev.sh env` is in the environment), and so the
+# 1,000,000-product one (database catalog_bench_1m, LARGE products:
+# ensure_large_catalog, which sets LARGE_PRIMARY / LARGE_REPLICA); the common start of a
+# script (stack_up), the wrk scripts of uniform document reads and of batches of 50
+# (wrk_scripts), the median of numbers (median), and a process's CPU time (cpu_ticks,
+# TICK).
 # shellcheck shell=bash
 
 PIDS=()
@@ -39,34 +41,38 @@ wait_up() {
 # metric ADDR NAME: a value of the reader's /metrics.
 metric() { curl -s "http://$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
 
-# large_catalog: sets LARGE_PRIMARY and LARGE_REPLICA from the dev stack's URLs.
-large_catalog() {
-  LARGE_PRIMARY=${CATALOG_DATABASE_URL%/*}/$LARGE_DB
-  LARGE_REPLICA=${CATALOG_REPLICA_URLS%%,*}
-  LARGE_REPLICA=${LARGE_REPLICA%/*}/$LARGE_DB
-}
-
-# ensure_large_catalog CATALOGD: calls large_catalog; the first time (no database, no
-# products table, or not exactly LARGE products) migrates and seeds it with CATALOGD
-# (about a minute), then waits until the replica has every product (bounded: 5 min).
-ensure_large_catalog() {
-  local bin=$1
-  large_catalog
-  if ! psql "$LARGE_PRIMARY" -tAc 'select 1' >/dev/null 2>&1; then
-    psql "$CATALOG_DATABASE_URL" -qc "create database $LARGE_DB" >/dev/null
+# ensure_catalog CATALOGD DB PRODUCTS CATEGORIES: sets DB_PRIMARY and DB_REPLICA, the dev
+# stack's URLs of database DB; the first time (no database, no products table, or not
+# exactly PRODUCTS products) migrates and seeds it with CATALOGD, then waits until the
+# replica has every product (bounded: 5 min; exits otherwise).
+ensure_catalog() {
+  local bin=$1 db=$2 products=$3 categories=$4
+  DB_PRIMARY=${CATALOG_DATABASE_URL%/*}/$db
+  DB_REPLICA=${CATALOG_REPLICA_URLS%%,*}
+  DB_REPLICA=${DB_REPLICA%/*}/$db
+  if ! psql "$DB_PRIMARY" -tAc 'select 1' >/dev/null 2>&1; then
+    psql "$CATALOG_DATABASE_URL" -qc "create database $db" >/dev/null
   fi
-  if [[ $(psql "$LARGE_PRIMARY" -tAc "select to_regclass('products') is not null") != t ]] ||
-    (($(psql "$LARGE_PRIMARY" -tAc 'select count(*) from products') != LARGE)); then
-    log "seeding $LARGE_DB with $LARGE products (once)"
-    CATALOG_DATABASE_URL=$LARGE_PRIMARY "$bin" migrate >&2
-    CATALOG_DATABASE_URL=$LARGE_PRIMARY "$bin" seed --products $LARGE --categories 500 --seed 42 --replace >&2
+  if [[ $(psql "$DB_PRIMARY" -tAc "select to_regclass('products') is not null") != t ]] ||
+    (($(psql "$DB_PRIMARY" -tAc 'select count(*) from products') != products)); then
+    log "seeding $db with $products products (once)"
+    CATALOG_DATABASE_URL=$DB_PRIMARY "$bin" migrate >&2
+    CATALOG_DATABASE_URL=$DB_PRIMARY "$bin" seed --products "$products" --categories "$categories" --seed 42 --replace >&2
   fi
   for _ in $(seq 1 600); do
-    (($(psql "$LARGE_REPLICA" -tAc "select count(*) from products" 2>/dev/null || echo 0) == LARGE)) && return 0
+    (($(psql "$DB_REPLICA" -tAc "select count(*) from products" 2>/dev/null || echo 0) == products)) && return 0
     sleep 0.5
   done
-  log "the replica does not have the $LARGE products of $LARGE_DB after 5 minutes (ops/dev.sh status)"
+  log "the replica does not have the $products products of $db after 5 minutes (ops/dev.sh status)"
   exit 1
+}
+
+# ensure_large_catalog CATALOGD: ensure_catalog of the LARGE-product catalog (about a
+# minute the first time); sets LARGE_PRIMARY and LARGE_REPLICA.
+ensure_large_catalog() {
+  ensure_catalog "$1" $LARGE_DB $LARGE 500
+  # shellcheck disable=SC2034  # used by the scripts
+  LARGE_PRIMARY=$DB_PRIMARY LARGE_REPLICA=$DB_REPLICA
 }
 
 # stack_up CARGO_BUILD_ARGS...: from the repository, installs what the scripts need
@@ -112,6 +118,9 @@ request = function()
 end
 LUA
 }
+
+# median: of the numbers on stdin.
+median() { sort -g | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 
 # cpu_ticks PID: the process's user and system time, in ticks of 1/TICK s.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

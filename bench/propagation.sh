@@ -51,11 +51,7 @@ else
   stack_up --bin catalogd
   BIN=$RELEASE/catalogd
 fi
-PRIMARY=${CATALOG_DATABASE_URL%/*}/$DB
-REPLICA=${CATALOG_REPLICA_URLS%/*}/$DB
 
-# median: of the numbers on stdin.
-median() { sort -g | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 
 # buckets ADDR NAME: NAME's cumulative buckets at ADDR, "le count" a line.
 buckets() {
@@ -73,17 +69,8 @@ quantiles() {
       printf "%s %s %d\n", (p50 == "+Inf" ? p50 : p50 * 1000), (p99 == "+Inf" ? p99 : p99 * 1000), total}' "$1" "$2"
 }
 
-if [[ $(psql "$PRIMARY" -tAc 'select count(*) from products' 2>/dev/null || echo 0) != "$PRODUCTS" ]]; then
-  log "seeding $DB with $PRODUCTS products (once)"
-  psql "$CATALOG_DATABASE_URL" -qc "create database $DB" 2>/dev/null || true
-  CATALOG_DATABASE_URL=$PRIMARY "$BIN" migrate >&2
-  CATALOG_DATABASE_URL=$PRIMARY "$BIN" seed --products $PRODUCTS --categories 50 --seed 42 --replace >&2
-fi
-for _ in $(seq 1 600); do
-  (($(psql "$REPLICA" -tAc 'select count(*) from products' 2>/dev/null || echo 0) == PRODUCTS)) && break
-  sleep 0.5
-done
-visible_ids "$PRIMARY" "$WORK/visible.ids"
+ensure_catalog "$BIN" "$DB" $PRODUCTS 50
+visible_ids "$DB_PRIMARY" "$WORK/visible.ids"
 uniform_script "$WORK/reads.lua" "$WORK/visible.ids"
 cat >"$WORK/patch.lua" <<LUA
 local n = 0
@@ -98,12 +85,12 @@ end
 delay = function() return 10 end
 LUA
 
-env -u CATALOG_REPLICA_URLS CATALOG_DATABASE_URL="$PRIMARY" CATALOG_REDIS_PREFIX=$PREFIX \
+env -u CATALOG_REPLICA_URLS CATALOG_DATABASE_URL="$DB_PRIMARY" CATALOG_REDIS_PREFIX=$PREFIX \
   CATALOG_WRITER_ADDR=$WRITER_ADDR CATALOG_ADMIN_TOKENS=$TOKEN CATALOG_LOG=warn \
   "$BIN" writer 2>>"$WORK/writer.log" &
 PIDS+=($!)
 wait_up $WRITER_ADDR /readyz
-CATALOG_DATABASE_URL="$PRIMARY" CATALOG_REPLICA_URLS="$REPLICA" CATALOG_REDIS_PREFIX=$PREFIX \
+CATALOG_DATABASE_URL="$DB_PRIMARY" CATALOG_REPLICA_URLS="$DB_REPLICA" CATALOG_REDIS_PREFIX=$PREFIX \
   CATALOG_READER_ADDR=$READER_ADDR CATALOG_LOG=warn \
   taskset -c 0 "$BIN" reader 2>>"$WORK/reader.log" &
 PIDS+=($!)

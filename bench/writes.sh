@@ -85,8 +85,6 @@ WRITER=
 
 sql() { psql "$URL" -qtAX -v ON_ERROR_STOP=1 -c "$1"; }
 now() { date +%s.%N; }
-# median: of the numbers on stdin.
-median() { sort -g | awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 
 # Deletes the prefix's Redis keys (documents, the stream and its epoch).
 clear_redis() {
